@@ -1,0 +1,3 @@
+from kclassify.cli import main
+
+main()

@@ -1,0 +1,123 @@
+"""The `kclassify` command. Each command parses options and calls the library; no logic here."""
+import os
+import sys
+
+import click
+
+from kclassify.errors import KClassifyError
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before anything imports TensorFlow
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="kclassify")
+def cli():
+    """Image classification on Keras 3 from recipe files."""
+
+
+@cli.command()
+@click.argument("recipe")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe field, e.g. train.epochs=3.")
+@click.option("--out", type=click.Path(file_okay=False), help="Run folder (default: runs/<recipe name>).")
+@click.option("--fresh", is_flag=True, help="Discard checkpoints in the run folder and start over.")
+def fit(recipe, overrides, out, fresh):
+    """Train from RECIPE (a YAML file or a shipped recipe name); resumes an interrupted run."""
+    from kclassify.recipe import load_recipe
+
+    cfg = load_recipe(recipe, overrides)  # validated before TensorFlow is imported
+    from kclassify.train.fit import fit as run_fit
+
+    run_dir = run_fit(cfg, out=out, fresh=fresh, echo=click.echo)
+    click.echo(f"run folder: {run_dir}")
+
+
+@cli.command()
+@click.argument("model_or_run")
+@click.option("--data", "spec", help="image_folder:/dir, npz:/file.npz, tfds:NAME[:split], or digits.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the full report here.")
+def evaluate(model_or_run, spec, json_out):
+    """Top-1/top-5, per-class precision/recall/F1 and the confusion matrix of a model."""
+    from kclassify.evaluate import run_evaluate
+
+    run_evaluate(model_or_run, spec, json_out, echo=click.echo)
+
+
+@cli.command()
+@click.argument("model_or_run")
+@click.option("--tflite", is_flag=True, required=True, help="Export to TFLite (the one format for now).")
+@click.option("--quant", type=click.Choice(["float32", "float16", "dynamic", "int8"]), default="float32", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), help="Output .tflite (default: beside the model).")
+@click.option("--data", "spec", help="Calibration/evaluation data for a bare .keras file (as in evaluate).")
+@click.option("--calibration-images", default=300, show_default=True, help="Unaugmented training images for int8.")
+def export(model_or_run, tflite, quant, out, spec, calibration_images):
+    """Export a run (or .keras file) to a builtins-only .tflite and measure it with LiteRT."""
+    from kclassify import runtime
+    from kclassify.export import export_tflite
+
+    runtime.quiet_tensorflow()
+    rep = export_tflite(model_or_run, quant=quant, out=out, data_spec=spec,
+                        calibration_count=calibration_images, echo=click.echo)
+    click.echo(f"{rep['file']}: {rep['size_bytes']:,} bytes, {quant}, input {rep['input']['dtype']} "
+               f"{rep['input']['shape']}; top-1 {rep['tflite']['top1']:.4f} (Keras {rep['keras']['top1']:.4f}), "
+               f"agreement {rep['agreement']:.4f}")
+
+
+@cli.group()
+def recipes():
+    """List and show the shipped recipes."""
+
+
+@recipes.command("list")
+def recipes_list():
+    """Each shipped recipe with the first line of its header."""
+    from kclassify.recipe import recipes_dir, shipped_recipes
+
+    for name in shipped_recipes():
+        first = (recipes_dir() / f"{name}.yaml").read_text().splitlines()[0].lstrip("# ")
+        click.echo(f"{name:<18} {first}")
+
+
+@recipes.command("show")
+@click.argument("name")
+@click.option("--resolved", is_flag=True, help="Print the validated recipe with every default filled in.")
+def recipes_show(name, resolved):
+    """Print a recipe (as written, or --resolved)."""
+    from kclassify.recipe import find_recipe, load_recipe
+
+    click.echo(load_recipe(name).to_yaml() if resolved else find_recipe(name).read_text())
+
+
+@cli.group()
+def models():
+    """The model registry."""
+
+
+@models.command("list")
+def models_list():
+    """Every registered model name with its family and tunable parameters."""
+    from kclassify.models import MODELS, model_params
+
+    for name in MODELS.names():
+        click.echo(f"{name:<14} {MODELS.info(name).get('family', ''):<14} params: {', '.join(model_params(name))}")
+
+
+def main():
+    """Entry point: user errors print one message and exit non-zero, without a traceback."""
+    try:
+        cli.main(standalone_mode=False)
+    except KClassifyError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("interrupted: run the same command again to resume from the last finished epoch", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted: run the same command again to resume from the last finished epoch", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,2 @@
+"""Every module defining a Keras object registered with package="kclassify" (for .keras loading)."""
+from kclassify.train import schedules  # noqa: F401

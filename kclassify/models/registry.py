@@ -1,0 +1,4 @@
+"""The model registry. Importing kclassify.models registers every family."""
+from kclassify.registry import Registry
+
+MODELS = Registry("model")

@@ -1,0 +1,186 @@
+"""Typed, strict recipe schema. Loading and validating a recipe never imports TensorFlow.
+
+A typo fails at load time with the key, its section and a close match; a value of the wrong
+type or range names the field and what was given.
+"""
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from kclassify.errors import RecipeError
+from kclassify.registry import suggest
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    source: str = "digits"
+    path: Optional[str] = None  # image_folder directory, npz file, or a .tar.gz of an image folder
+    subdir: Optional[str] = None  # folder inside `path` (or inside the archive) holding the classes
+    val_path: Optional[str] = None  # a separate validation folder instead of a split
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    val_count: Optional[int] = Field(None, ge=1)  # exact stratified validation size (wins over fraction)
+    name: Optional[str] = None  # tfds dataset name
+    data_dir: Optional[str] = None  # tfds data_dir
+    manual_dir: Optional[str] = None  # tfds manual_dir (local archives)
+    image_size: Optional[int] = Field(None, ge=4)  # square resize; None keeps the source size
+    strict: bool = False  # corrupt images: error (True) or skip with a count (False)
+    limit: Optional[int] = Field(None, ge=1)  # cap on training images (smoke runs)
+    cache_gb: float = Field(4.0, ge=0)  # decoded images up to this size are held in memory
+
+
+class ModelConfig(Section):
+    name: str = "resnet20"
+    params: dict = Field(default_factory=dict)  # builder keyword arguments (width, dropout, ...)
+
+
+class AugmentConfig(Section):
+    crop_pad: int = Field(0, ge=0)  # pad by this many pixels then crop back, per image
+    pad_mode: Literal["reflect", "constant"] = "reflect"
+    flip: bool = False  # horizontal flip, per image
+
+
+class TrainConfig(Section):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=1)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(5e-4, ge=0)  # as in the papers; biases and BN are excluded
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0)
+    min_lr: float = Field(0.0, ge=0)
+    step_milestones: list[float] = Field(default_factory=list)  # epochs where lr *= step_gamma
+    step_gamma: float = Field(0.1, gt=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    bn_momentum: float = Field(0.9, gt=0, lt=1)  # Keras' 0.99 lags badly in short runs
+
+    @model_validator(mode="after")
+    def _milestones_inside(self):
+        bad = [m for m in self.step_milestones if not 0 < m < self.epochs]
+        if bad:
+            raise ValueError(f"step_milestones {bad} must lie between 0 and epochs={self.epochs}")
+        return self
+
+
+class RuntimeConfig(Section):
+    seed: int = 0
+    precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "float32"
+    strategy: Literal["default", "mirrored"] = "default"
+    cpu_devices: Optional[int] = Field(None, ge=1)  # split the CPU into N logical devices
+    jit_compile: bool = False
+    verbose: Literal["auto", 0, 1, 2] = "auto"
+
+
+class OutputConfig(Section):
+    dir: Optional[str] = None  # default: runs/<recipe name>
+    tensorboard: bool = True
+    plots: bool = True
+    export: list[Literal["float32", "float16", "dynamic", "int8"]] = Field(default_factory=list)
+    calibration_images: int = Field(300, ge=1)
+
+
+class Recipe(Section):
+    name: str = "recipe"
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    def run_dir(self):
+        return Path(self.output.dir or Path("runs") / self.name)
+
+    def to_yaml(self):
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def recipes_dir():
+    """The shipped recipes: the checkout's recipes/ or the copy packed into the wheel."""
+    here = Path(__file__).resolve().parent
+    for cand in (here.parent / "recipes", here / "_recipes"):
+        if cand.is_dir():
+            return cand
+    return here.parent / "recipes"
+
+
+def shipped_recipes():
+    return sorted(p.stem for p in recipes_dir().glob("*.yaml"))
+
+
+def find_recipe(name_or_path):
+    """A path to an existing YAML file, or the name of a shipped recipe."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = recipes_dir() / f"{path.stem}.yaml"
+    if path.suffix in ("", ".yaml") and shipped.is_file():
+        return shipped
+    raise RecipeError(f"recipe {str(name_or_path)!r} not found{suggest(path.stem, shipped_recipes())}")
+
+
+def load_recipe(name_or_path, overrides=()):
+    """Read a YAML recipe, apply `a.b=value` overrides and validate it."""
+    path = find_recipe(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping of sections, got {type(raw).__name__}")
+    raw.setdefault("name", path.stem)
+    for item in overrides:
+        apply_override(raw, item)
+    return validate(raw, source=str(path))
+
+
+def apply_override(raw, item):
+    """Set `a.b.c=value` in a nested dict; the value is parsed as YAML (3, 0.1, true, [1, 2])."""
+    if "=" not in item:
+        raise RecipeError(f"--set {item!r}: expected KEY=VALUE such as train.epochs=3")
+    key, value = item.split("=", 1)
+    parts = key.strip().split(".")
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise RecipeError(f"--set {item!r}: {part!r} is not a section")
+    node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+
+
+def validate(raw, source="recipe"):
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise RecipeError(f"{source}: invalid recipe\n" + explain(exc)) from None
+
+
+def explain(exc):
+    """One line per problem, naming the field; unknown keys get a close match."""
+    lines = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        where = ".".join(loc)
+        if err["type"] == "extra_forbidden":
+            section = ".".join(loc[:-1]) or "top level"
+            hint = suggest(loc[-1], _field_names(loc[:-1]))
+            lines.append(f"  unknown key {loc[-1]!r} in section {section!r}{hint}")
+        else:
+            lines.append(f"  {where or 'recipe'}: {err['msg']} (given: {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _field_names(loc):
+    cls = Recipe
+    for part in loc:
+        field = cls.model_fields.get(part)
+        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+            return []
+        cls = field.annotation
+    return list(cls.model_fields)

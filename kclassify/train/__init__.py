@@ -1,0 +1,1 @@
+"""Training: schedules, optimizers, callbacks and the fit loop."""

@@ -1,0 +1,144 @@
+"""`kclassify fit`: recipe -> data -> model -> fit with checkpoints -> run folder."""
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from kclassify.errors import RecipeError, TrainingDiverged
+from kclassify.train.callbacks import read_state, write_json
+
+
+def check_resume(run_dir, recipe, fresh):
+    """Return the saved training state to resume from, or None to start anew."""
+    saved = run_dir / "recipe.yaml"
+    state = read_state(run_dir)
+    if fresh or state is None or not saved.exists():
+        if fresh and run_dir.exists():
+            import shutil
+
+            shutil.rmtree(run_dir / "ckpt", ignore_errors=True)
+        return None
+    diffs = recipe_diff(yaml.safe_load(saved.read_text()), recipe.model_dump(mode="json"))
+    if diffs:
+        raise RecipeError(f"{run_dir} holds a run of a different recipe ({'; '.join(diffs[:5])}).\n"
+                          "  Use --fresh to start it over, or --out DIR for a new run folder.")
+    return state
+
+
+def recipe_diff(old, new, prefix=""):
+    """Differences that change training (output and verbosity may change on resume)."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        path = f"{prefix}{key}"
+        if path in ("output", "runtime.verbose"):
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += recipe_diff(a, b, path + ".")
+        elif a != b:
+            out.append(f"{path}: {a!r} -> {b!r}")
+    return out
+
+
+def fit(recipe, out=None, fresh=False, echo=print):
+    """Train per the recipe into the run folder, resuming a run that was interrupted."""
+    run_dir = Path(out) if out else recipe.run_dir()
+    state = check_resume(run_dir, recipe, fresh)
+    if state and state["epoch"] >= recipe.train.epochs and (run_dir / "model.keras").exists():
+        echo(f"{run_dir}: already trained for {state['epoch']} epochs (use --fresh to train again)")
+        return run_dir
+
+    from kclassify import runtime
+
+    strategy = runtime.setup(recipe.runtime)
+    from kclassify.data import load_data
+    from kclassify.data.pipeline import eval_dataset, train_dataset
+    from kclassify.augment import image_augmenter
+
+    data = load_data(recipe.data, recipe.runtime.seed)
+    for note in data.notes:
+        echo(f"note: {note}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "recipe.yaml").write_text(recipe.to_yaml())
+    mean, std = data.channel_stats()
+    write_json(run_dir / "labels.json", {"class_names": data.class_names, "input_shape": list(data.input_shape),
+                                         "train_images": len(data.train), "val_images": len(data.val)})
+    echo(f"data: {len(data.train)} train / {len(data.val)} val images, {len(data.class_names)} classes, "
+         f"shape {data.input_shape}")
+
+    t = recipe.train
+    k = len(data.class_names)
+    steps = max(len(data.train) // t.batch_size, 1)
+    train_ds = train_dataset(data.train, k, t.batch_size, image_augmenter(recipe.augment), recipe.runtime.seed)
+    val_ds = eval_dataset(data.val, k, t.batch_size)
+    model, checkpointer = _compiled_model(recipe, data, mean, std, steps, strategy, run_dir, state, echo)
+    callbacks = [checkpointer]
+    if recipe.output.tensorboard:
+        import keras
+
+        callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "logs"), update_freq="epoch"))
+    verbose = recipe.runtime.verbose
+    if verbose == "auto":
+        verbose = 1 if sys.stdout.isatty() else 2
+    model.fit(train_ds, validation_data=val_ds, epochs=t.epochs, initial_epoch=checkpointer.state["epoch"],
+              callbacks=callbacks, verbose=verbose, shuffle=False)
+    if checkpointer.diverged:
+        ep, batch, loss = checkpointer.diverged
+        raise TrainingDiverged(f"loss became {loss} at epoch {ep}, step {batch}; training stopped. "
+                               f"The last good checkpoint (epoch {checkpointer.state['epoch']}) is kept in "
+                               f"{run_dir / 'ckpt'}. Lower train.lr or raise train.warmup_epochs.")
+    finalize(model, data, recipe, run_dir, checkpointer.state, echo)
+    return run_dir
+
+
+def _compiled_model(recipe, data, mean, std, steps, strategy, run_dir, state, echo):
+    from kclassify.models import build_model
+    from kclassify.train.callbacks import Checkpointer
+    from kclassify.train.optim import make_loss, make_metrics, make_optimizer
+
+    k = len(data.class_names)
+    with strategy.scope():
+        model = build_model(recipe.model.name, k, data.input_shape, mean=mean, std=std,
+                            bn_momentum=recipe.train.bn_momentum, **recipe.model.params)
+        optimizer = make_optimizer(recipe.train, steps, model)
+        model.compile(optimizer=optimizer, loss=make_loss(recipe.train), metrics=make_metrics(k),
+                      jit_compile=recipe.runtime.jit_compile)
+        if state:
+            optimizer.build(model.trainable_variables)
+            model.load_weights(run_dir / "ckpt" / state["file"])
+            echo(f"resuming {run_dir} after epoch {state['epoch']} "
+                 f"(optimizer step {int(optimizer.iterations)}, lr {float(optimizer.learning_rate):.5f})")
+    echo(f"model: {recipe.model.name}, {model.count_params():,} parameters")
+    return model, Checkpointer(run_dir, state)
+
+
+def finalize(model, data, recipe, run_dir, state, echo):
+    """Save the model, evaluate it on the validation split, write metrics, plots and exports."""
+    from kclassify.evaluate import evaluate_model, write_report
+    from kclassify.plots import plot_history
+
+    import keras
+
+    # The saved model is the inference network without optimizer state (checkpoints keep that):
+    # it loads in plain Keras and carries nothing a deployment does not need.
+    keras.Model(model.inputs, model.outputs, name=model.name).save(run_dir / "model.keras")
+    report = evaluate_model(model, data.val, data.class_names, recipe.train.batch_size)
+    metrics = {"val": {"top1": report["top1"], "top5": report["top5"], "loss": report["loss"]},
+               "epochs": state["epoch"], "train_seconds": round(state["train_seconds"], 1),
+               "params": int(model.count_params()), "model": recipe.model.name,
+               "train_images": len(data.train), "val_images": len(data.val)}
+    write_json(run_dir / "metrics.json", metrics)
+    write_report(report, run_dir, "val", plots=recipe.output.plots)
+    if recipe.output.plots and (run_dir / "history.csv").exists():
+        plot_history(run_dir / "history.csv", run_dir / "curves.png")
+    from kclassify.metrics import format_report
+
+    echo(format_report(report, title=f"validation ({recipe.model.name})"))
+    echo(json.dumps(metrics))
+    for mode in recipe.output.export:
+        from kclassify.export import export_tflite
+
+        rep = export_tflite(run_dir, quant=mode, model=model, data=data, echo=echo)
+        echo(f"export {mode}: {rep['file']} {rep['size_bytes']:,} bytes, top-1 {rep['tflite']['top1']:.4f}, "
+             f"agreement with Keras {rep['agreement']:.4f}")

@@ -1,0 +1,57 @@
+"""Learning-rate schedules as functions of the optimizer's step counter. The counter is saved
+with every checkpoint, so a resumed run continues with exactly the learning rate it stopped at."""
+import math
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="kclassify")
+class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warmup from base_lr/warmup_steps to base_lr, then cosine, step or constant.
+
+    kind="step": lr = base_lr * gamma ** (number of milestones passed), milestones in steps.
+    kind="cosine": half a cosine from base_lr down to min_lr at total_steps.
+    """
+
+    def __init__(self, base_lr, total_steps, warmup_steps=0, kind="cosine", milestones=(), gamma=0.1, min_lr=0.0):
+        self.base_lr = float(base_lr)
+        self.total_steps = int(total_steps)
+        self.warmup_steps = int(warmup_steps)
+        self.kind = kind
+        self.milestones = [int(m) for m in milestones]
+        self.gamma = float(gamma)
+        self.min_lr = float(min_lr)
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        if self.kind == "cosine":
+            span = max(self.total_steps - self.warmup_steps, 1)
+            progress = ops.clip((step - self.warmup_steps) / span, 0.0, 1.0)
+            lr = self.min_lr + (self.base_lr - self.min_lr) * 0.5 * (1.0 + ops.cos(math.pi * progress))
+        elif self.kind == "step":
+            passed = sum(ops.cast(step >= m, "float32") for m in self.milestones) if self.milestones else 0.0
+            lr = self.base_lr * ops.power(self.gamma, passed)
+        else:
+            lr = ops.convert_to_tensor(self.base_lr, "float32")
+        if self.warmup_steps:
+            warm = self.base_lr * (step + 1.0) / self.warmup_steps
+            lr = ops.where(step < self.warmup_steps, warm, lr)
+        return lr
+
+    def get_config(self):
+        return dict(base_lr=self.base_lr, total_steps=self.total_steps, warmup_steps=self.warmup_steps,
+                    kind=self.kind, milestones=self.milestones, gamma=self.gamma, min_lr=self.min_lr)
+
+
+def schedule_from(train, steps_per_epoch):
+    """The WarmupSchedule a TrainConfig asks for (epochs converted to steps)."""
+    return WarmupSchedule(
+        base_lr=train.lr,
+        total_steps=train.epochs * steps_per_epoch,
+        warmup_steps=round(train.warmup_epochs * steps_per_epoch),
+        kind=train.schedule,
+        milestones=[round(m * steps_per_epoch) for m in train.step_milestones],
+        gamma=train.step_gamma,
+        min_lr=train.min_lr,
+    )
