@@ -25,6 +25,9 @@ def fit(recipe, overrides, out, fresh):
     from kclassify.recipe import load_recipe
 
     cfg = load_recipe(recipe, overrides)  # validated before TensorFlow is imported
+    from kclassify import runtime
+
+    runtime.quiet_tensorflow()
     from kclassify.train.fit import fit as run_fit
 
     run_dir = run_fit(cfg, out=out, fresh=fresh, echo=click.echo)
@@ -37,7 +40,10 @@ def fit(recipe, overrides, out, fresh):
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the full report here.")
 def evaluate(model_or_run, spec, json_out):
     """Top-1/top-5, per-class precision/recall/F1 and the confusion matrix of a model."""
+    from kclassify import runtime
     from kclassify.evaluate import run_evaluate
+
+    runtime.quiet_tensorflow()
 
     run_evaluate(model_or_run, spec, json_out, echo=click.echo)
 

@@ -47,6 +47,7 @@ class AugmentConfig(Section):
 class TrainConfig(Section):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(128, ge=1)
+    steps_per_epoch: Optional[int] = Field(None, ge=1)  # cap (smoke runs); default: one pass over train
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(0.1, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
@@ -171,6 +172,8 @@ def explain(exc):
             section = ".".join(loc[:-1]) or "top level"
             hint = suggest(loc[-1], _field_names(loc[:-1]))
             lines.append(f"  unknown key {loc[-1]!r} in section {section!r}{hint}")
+        elif isinstance(err.get("input"), dict):  # a check across fields: the message says it all
+            lines.append(f"  {where or 'recipe'}: {err['msg']}")
         else:
             lines.append(f"  {where or 'recipe'}: {err['msg']} (given: {err.get('input')!r})")
     return "\n".join(lines)

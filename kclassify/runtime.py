@@ -1,5 +1,6 @@
 """Process-level set-up that must happen before TensorFlow runs anything: logging, logical CPU
 devices, seeds, precision, and the distribution strategy."""
+import contextlib
 import os
 import re
 import sys
@@ -10,26 +11,33 @@ NOISE = re.compile(r"absl::InitializeLog|oneDNN custom operations|cuda drivers|c
                    r"rebuild TensorFlow|AVX|TF-TRT|computation_placer|Unable to register cu")
 
 
-def quiet_tensorflow():
-    """Import TensorFlow with its start-up chatter (CUDA probing on a CPU box, oneDNN notices)
-    filtered out of stderr; anything else it prints still reaches the user."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if "tensorflow" in sys.modules:
-        return
+@contextlib.contextmanager
+def filtered_stderr():
+    """Hold the process's stderr (fd 2, where TensorFlow's C++ logs go) and re-emit it without
+    the start-up chatter (CUDA probing on a CPU box, oneDNN notices)."""
     with tempfile.TemporaryFile() as tmp:
         saved = os.dup(2)
         os.dup2(tmp.fileno(), 2)
         try:
-            import tensorflow as tf
-
-            tf.config.list_physical_devices()
+            yield
         finally:
             os.dup2(saved, 2)
             os.close(saved)
-        tmp.seek(0)
-        for line in tmp.read().decode(errors="replace").splitlines():
-            if not NOISE.search(line):
-                print(line, file=sys.stderr)
+            tmp.seek(0)
+            for line in tmp.read().decode(errors="replace").splitlines():
+                if not NOISE.search(line):
+                    print(line, file=sys.stderr)
+
+
+def quiet_tensorflow():
+    """Import TensorFlow with its start-up chatter filtered out of stderr."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "tensorflow" in sys.modules:
+        return
+    with filtered_stderr():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
 
 
 def setup(runtime):
@@ -45,6 +53,8 @@ def setup(runtime):
                 cpus[0], [tf.config.LogicalDeviceConfiguration()] * runtime.cpu_devices)
         except RuntimeError:
             pass  # already initialized in this process (tests): keep what is there
+    with filtered_stderr():
+        tf.config.list_logical_devices()  # initializes the runtime (and its CUDA probe) quietly
     keras.utils.set_random_seed(runtime.seed)
     keras.mixed_precision.set_global_policy(runtime.precision)
     if runtime.strategy == "mirrored":

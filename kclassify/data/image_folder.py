@@ -83,20 +83,27 @@ def decode_folder(root, size, strict):
     cache = _cache_file(paths, size)
     if cache.exists():
         with np.load(cache) as z:
-            return z["images"], z["labels"], classes, [str(s) for s in z["skipped"]]
+            images, labels, bad = z["images"], z["labels"], [str(s) for s in z["skipped"]]
+    else:
+        images, labels, bad = _decode_all(root, paths, labels, size)
+        _save_cache(cache, images, labels, bad)
+    if bad and strict:
+        raise DataError(f"{len(bad)} unreadable image file(s), first: {bad[0]} (data.strict is true)")
+    return images, labels, classes, bad
+
+
+def _decode_all(root, paths, labels, size):
     with ThreadPoolExecutor(max_workers=2 * (os.cpu_count() or 2)) as pool:
         arrays = list(pool.map(lambda p: decode(p, size), paths, chunksize=64))
     bad = [str(p) for p, a in zip(paths, arrays) if a is None]
-    if bad and strict:
-        raise DataError(f"{len(bad)} unreadable image file(s), first: {bad[0]} (data.strict is true)")
     good = [i for i, a in enumerate(arrays) if a is not None]
+    if not good:
+        raise DataError(f"{root}: none of the {len(paths)} files is a readable image")
     shapes = {arrays[i].shape for i in good}
     if len(shapes) > 1:
         raise DataError(f"{root}: images differ in size ({len(shapes)} sizes, e.g. {sorted(shapes)[:2]}); "
                         "set data.image_size to resize them")
-    images, labels = np.stack([arrays[i] for i in good]), labels[good]
-    _save_cache(cache, images, labels, bad)
-    return images, labels, classes, bad
+    return np.stack([arrays[i] for i in good]), labels[good], bad
 
 
 def _cache_file(paths, size):

@@ -2,7 +2,7 @@
 import inspect
 
 from kclassify.errors import RecipeError
-from kclassify.models import resnet9, resnet_cifar  # noqa: F401  (registration)
+from kclassify.models import resnet9, resnet_cifar, wide_resnet  # noqa: F401  (registration)
 from kclassify.models.registry import MODELS
 from kclassify.registry import suggest
 
@@ -12,7 +12,7 @@ _FIXED = ("num_classes", "input_shape", "mean", "std", "bn_momentum")
 def model_params(name):
     """The tunable keyword parameters of a registered model (what `model.params` may hold)."""
     fn = MODELS.info(name).get("params_of") or MODELS.get(name)
-    return [p for p in inspect.signature(fn).parameters if p not in _FIXED and p != "depth"]
+    return [p for p in inspect.signature(fn).parameters if p not in _FIXED and p not in ("depth", "k")]
 
 
 def build_model(name, num_classes, input_shape, mean=None, std=None, bn_momentum=0.9, **params):

@@ -71,6 +71,9 @@ def fit(recipe, out=None, fresh=False, echo=print):
     k = len(data.class_names)
     steps = max(len(data.train) // t.batch_size, 1)
     train_ds = train_dataset(data.train, k, t.batch_size, image_augmenter(recipe.augment), recipe.runtime.seed)
+    if t.steps_per_epoch and t.steps_per_epoch < steps:
+        steps = t.steps_per_epoch
+        train_ds = train_ds.repeat()
     val_ds = eval_dataset(data.val, k, t.batch_size)
     model, checkpointer = _compiled_model(recipe, data, mean, std, steps, strategy, run_dir, state, echo)
     callbacks = [checkpointer]
@@ -82,7 +85,7 @@ def fit(recipe, out=None, fresh=False, echo=print):
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
     model.fit(train_ds, validation_data=val_ds, epochs=t.epochs, initial_epoch=checkpointer.state["epoch"],
-              callbacks=callbacks, verbose=verbose, shuffle=False)
+              steps_per_epoch=steps if t.steps_per_epoch else None, callbacks=callbacks, verbose=verbose, shuffle=False)
     if checkpointer.diverged:
         ep, batch, loss = checkpointer.diverged
         raise TrainingDiverged(f"loss became {loss} at epoch {ep}, step {batch}; training stopped. "
@@ -109,7 +112,8 @@ def _compiled_model(recipe, data, mean, std, steps, strategy, run_dir, state, ec
             model.load_weights(run_dir / "ckpt" / state["file"])
             echo(f"resuming {run_dir} after epoch {state['epoch']} "
                  f"(optimizer step {int(optimizer.iterations)}, lr {float(optimizer.learning_rate):.5f})")
-    echo(f"model: {recipe.model.name}, {model.count_params():,} parameters")
+    echo(f"model: {recipe.model.name}, {model.count_params():,} parameters; "
+         f"replicas: {strategy.num_replicas_in_sync}")
     return model, Checkpointer(run_dir, state)
 
 

@@ -1,0 +1,79 @@
+"""Shared fixtures: a small trained digits run (reused by evaluate/export/load tests), image
+trees made on the fly, and helpers to run the CLI in a subprocess (exit codes, stderr)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Decoded-image and extraction caches go to a temporary folder, not the user's."""
+    os.environ["KCLASSIFY_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
+def run_cli(*args, cwd=None, env=None, timeout=600):
+    """Run `python -m kclassify ARGS`; returns CompletedProcess with text output."""
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "kclassify", *map(str, args)], cwd=cwd or ROOT,
+                          env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def tiny_recipe(tmp_path, **sections):
+    """A digits recipe that trains in seconds; sections override fields."""
+    from kclassify.recipe import validate
+
+    raw = {"name": "tiny",
+           "data": {"source": "digits", "val_fraction": 0.2},
+           "model": {"name": "resnet20", "params": {"width": 0.5}},
+           "train": {"epochs": 2, "batch_size": 64, "lr": 0.05, "warmup_epochs": 0.5},
+           "runtime": {"seed": 0, "verbose": 0},
+           "output": {"dir": str(tmp_path / "run"), "tensorboard": False}}
+    for section, fields in sections.items():
+        raw.setdefault(section, {}).update(fields)
+    return validate(raw)
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory):
+    """A ResNet-20 trained on the digits for 8 epochs (about 15 s); its run folder."""
+    from kclassify.train.fit import fit
+
+    tmp = tmp_path_factory.mktemp("digits")
+    recipe = tiny_recipe(tmp, model={"name": "resnet20", "params": {}}, train={"epochs": 8},
+                         augment={"crop_pad": 1, "pad_mode": "constant"})
+    return fit(recipe, echo=lambda *a: None)
+
+
+def write_image(path, size=(20, 16), mode="RGB", fmt=None, seed=0):
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(arr).convert(mode).save(path, format=fmt)
+
+
+@pytest.fixture
+def image_tree(tmp_path):
+    """Three classes of small images in mixed formats, sizes and modes (6 each)."""
+    root = tmp_path / "images"
+    kinds = [("png", "RGB"), ("jpg", "L"), ("bmp", "RGB"), ("gif", "P"), ("png", "RGBA"), ("jpeg", "RGB")]
+    for c, name in enumerate(["cat", "dog", "eel"]):
+        (root / name).mkdir(parents=True)
+        for i, (ext, mode) in enumerate(kinds):
+            write_image(root / name / f"{i}.{ext}", size=(20 + i, 16 + c), mode=mode, seed=c * 10 + i)
+    return root
+
+
+def shared_file(rel):
+    path = SHARED / rel
+    if not path.exists():
+        pytest.skip(f"needs {path} (the project's shared real data), which is absent here")
+    return path

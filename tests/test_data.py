@@ -1,0 +1,145 @@
+"""Data sources and the tf.data pipeline, on embedded digits and image folders made here."""
+import time
+
+import numpy as np
+import pytest
+
+from conftest import shared_file, write_image
+from kclassify.data import load_data
+from kclassify.errors import DataError
+from kclassify.recipe import DataConfig
+
+
+def test_digits_stratified_split():
+    data = load_data(DataConfig(source="digits", val_fraction=0.2))
+    assert data.train.images.dtype == np.uint8 and data.input_shape == (8, 8, 1)
+    assert len(data.train) + len(data.val) == 1797 and len(data.val) == 360
+    counts = np.bincount(data.val.labels, minlength=10)
+    assert counts.min() >= 35 and counts.max() <= 37  # stratified: 36 a class, +-1
+
+
+def test_val_count_is_exact_and_split_is_seeded():
+    a = load_data(DataConfig(source="digits", val_count=100), seed=1)
+    b = load_data(DataConfig(source="digits", val_count=100), seed=1)
+    assert len(a.val) == 100
+    np.testing.assert_array_equal(a.val.labels, b.val.labels)
+
+
+def test_image_folder_any_format_size_and_mode(image_tree):
+    data = load_data(DataConfig(source="image_folder", path=str(image_tree), image_size=12, val_count=6))
+    assert data.class_names == ["cat", "dog", "eel"]
+    assert data.input_shape == (12, 12, 3) and len(data.train) + len(data.val) == 18
+    assert sorted(np.bincount(data.val.labels)) == [2, 2, 2]
+
+
+def test_image_folder_differing_sizes_need_image_size(image_tree):
+    with pytest.raises(DataError, match="data.image_size"):
+        load_data(DataConfig(source="image_folder", path=str(image_tree)))
+
+
+def test_corrupt_file_skipped_with_path_or_error_when_strict(image_tree):
+    bad = image_tree / "dog" / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (image_tree / "cat" / "notes.txt").write_text("not an image")
+    data = load_data(DataConfig(source="image_folder", path=str(image_tree), image_size=8, val_fraction=0.3))
+    assert len(data.train) + len(data.val) == 18
+    assert any("2 unreadable" in n and "broken.jpg" in n and "notes.txt" in n for n in data.notes)
+    with pytest.raises(DataError, match="broken.jpg|notes.txt"):
+        load_data(DataConfig(source="image_folder", path=str(image_tree), image_size=8, strict=True))
+
+
+def test_empty_class_folder_is_an_error(image_tree):
+    (image_tree / "fox").mkdir()
+    with pytest.raises(DataError, match="fox is empty"):
+        load_data(DataConfig(source="image_folder", path=str(image_tree), image_size=8))
+
+
+def test_missing_path_is_an_error(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        load_data(DataConfig(source="image_folder", path=str(tmp_path / "nope")))
+
+
+def test_separate_validation_folder(image_tree, tmp_path):
+    val = tmp_path / "val"
+    for c in ["cat", "dog", "eel"]:
+        (val / c).mkdir(parents=True)
+        write_image(val / c / "a.png", size=(9, 9))
+    data = load_data(DataConfig(source="image_folder", path=str(image_tree), val_path=str(val), image_size=8))
+    assert len(data.train) == 18 and len(data.val) == 3
+
+
+def test_image_folder_reads_tar_gz(image_tree, tmp_path):
+    import tarfile
+
+    archive = tmp_path / "imgs.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(image_tree, arcname="train")
+    data = load_data(DataConfig(source="image_folder", path=str(archive), subdir="train", image_size=8,
+                                val_fraction=0.34))
+    assert len(data.train) + len(data.val) == 18
+
+
+def test_npz_source(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "d.npz"
+    np.savez(path, x=rng.integers(0, 255, (40, 10, 10), dtype=np.uint8), y=np.repeat([0, 1], 20),
+             class_names=np.array(["a", "b"]))
+    data = load_data(DataConfig(source="npz", path=str(path), val_fraction=0.25))
+    assert data.input_shape == (10, 10, 1) and data.class_names == ["a", "b"] and len(data.val) == 10
+    np.savez(tmp_path / "f.npz", x=rng.random((4, 3, 3)), y=[0, 1, 0, 1])
+    with pytest.raises(DataError, match="uint8"):
+        load_data(DataConfig(source="npz", path=str(tmp_path / "f.npz")))
+
+
+def test_unknown_source_suggests():
+    from kclassify.errors import KClassifyError
+
+    with pytest.raises(KClassifyError, match="did you mean 'digits'"):
+        load_data(DataConfig(source="digit"))
+
+
+def test_tfds_offline_fails_fast_with_instructions(tmp_path, monkeypatch):
+    import kclassify.data.tfds_source as src
+
+    monkeypatch.setattr(src, "PROBE", ("192.0.2.1", 443))  # TEST-NET-1: never routable
+    t0 = time.time()
+    with pytest.raises(DataError) as err:
+        load_data(DataConfig(source="tfds", name="cifar100", data_dir=str(tmp_path)))
+    assert time.time() - t0 < 10
+    assert "manual_dir" in str(err.value) and "cifar-100-binary.tar.gz" in str(err.value)
+
+
+def test_tfds_unknown_name():
+    with pytest.raises(DataError, match="cifar1000"):
+        load_data(DataConfig(source="tfds", name="cifar1000"))
+
+
+def test_tfds_with_mock_data(tmp_path):
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=30):
+        data = load_data(DataConfig(source="tfds", name="cifar100", val_path="test", data_dir=str(tmp_path)))
+    assert data.input_shape == (32, 32, 3) and len(data.train) == 30 and len(data.class_names) == 100
+
+
+def test_pipeline_crops_and_flips_differ_per_image():
+    from kclassify.augment import image_augmenter
+    from kclassify.data.pipeline import train_dataset
+    from kclassify.data.sources import Split
+    from kclassify.recipe import AugmentConfig
+
+    base = np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)
+    split = Split(np.repeat(base[None], 64, 0), np.zeros(64, np.int32))
+    aug = image_augmenter(AugmentConfig(crop_pad=4, flip=True))
+    x, y = next(iter(train_dataset(split, 3, 64, aug)))
+    distinct = {x[i].numpy().tobytes() for i in range(64)}
+    assert len(distinct) > 40  # one offset per batch would give at most 2 (flip)
+    assert x.dtype.name == "float32" and y.shape == (64, 3) and np.allclose(y.numpy().sum(1), 1)
+
+
+@pytest.mark.slow
+def test_real_cifar10_folder_loads():
+    archive = shared_file("data/cifar10-train.tar.gz")
+    data = load_data(DataConfig(source="image_folder", path=str(archive), subdir="train", val_count=5000))
+    assert data.input_shape == (32, 32, 3) and len(data.train) == 45000 and len(data.val) == 5000
+    assert np.bincount(data.val.labels).tolist() == [500] * 10

@@ -1,0 +1,88 @@
+"""Strict recipes: typos and bad values fail at load time with the field and a suggestion,
+before TensorFlow is imported."""
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, run_cli
+from kclassify.errors import RecipeError
+from kclassify.recipe import apply_override, load_recipe, shipped_recipes, validate
+
+
+def test_every_shipped_recipe_validates():
+    names = shipped_recipes()
+    assert {"quickstart", "cifar10_cpu", "cifar100"} <= set(names)
+    for name in names:
+        assert load_recipe(name).name == name
+
+
+def test_unknown_key_names_section_and_suggests():
+    with pytest.raises(RecipeError) as err:
+        validate({"train": {"epcohs": 3}})
+    assert "unknown key 'epcohs' in section 'train'" in str(err.value)
+    assert "did you mean 'epochs'" in str(err.value)
+
+
+def test_unknown_section_suggests():
+    with pytest.raises(RecipeError, match="did you mean 'augment'"):
+        validate({"augmnet": {}})
+
+
+@pytest.mark.parametrize("field,value,needle", [
+    ("epochs", 0, "train.epochs"), ("lr", "fast", "train.lr"), ("optimizer", "adam", "train.optimizer"),
+    ("label_smoothing", 1.5, "train.label_smoothing")])
+def test_wrong_type_or_range_names_field_and_value(field, value, needle):
+    with pytest.raises(RecipeError) as err:
+        validate({"train": {field: value}})
+    assert needle in str(err.value) and repr(value) in str(err.value)
+
+
+def test_milestones_must_lie_inside_training():
+    with pytest.raises(RecipeError, match="step_milestones"):
+        validate({"train": {"epochs": 10, "schedule": "step", "step_milestones": [5, 12]}})
+
+
+def test_overrides_parse_yaml_values():
+    recipe = load_recipe("quickstart", ["train.epochs=3", "train.lr=0.2", "augment.flip=true",
+                                        "train.step_milestones=[1, 2]", "model.params.width=2"])
+    assert (recipe.train.epochs, recipe.train.lr, recipe.augment.flip) == (3, 0.2, True)
+    assert recipe.train.step_milestones == [1, 2] and recipe.model.params == {"width": 2}
+
+
+def test_override_without_equals_is_rejected():
+    with pytest.raises(RecipeError, match="KEY=VALUE"):
+        apply_override({}, "train.epochs")
+
+
+def test_missing_recipe_suggests_shipped_name():
+    with pytest.raises(RecipeError, match="did you mean 'quickstart'"):
+        load_recipe("quikstart")
+
+
+def test_validation_does_not_import_tensorflow():
+    code = ("import sys, kclassify.recipe as r; r.load_recipe('cifar100', ['train.epochs=170']); "
+            "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.stdout.strip() == "False False", out.stderr
+
+
+def test_cli_unknown_key_exits_2_without_traceback(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data:\n  source: digits\ntrain:\n  epcohs: 3\n")
+    out = run_cli("fit", bad)
+    assert out.returncode == 2
+    assert "unknown key 'epcohs' in section 'train'" in out.stderr and "did you mean 'epochs'" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_cli_bad_override_value(tmp_path):
+    out = run_cli("fit", "quickstart", "--set", "train.batch_size=-4", "--out", tmp_path / "r")
+    assert out.returncode == 2 and "train.batch_size" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_cli_recipes_list_and_show():
+    listed = run_cli("recipes", "list")
+    assert listed.returncode == 0 and "cifar10_cpu" in listed.stdout and "quickstart" in listed.stdout
+    shown = run_cli("recipes", "show", "quickstart", "--resolved")
+    assert shown.returncode == 0 and "bn_momentum: 0.9" in shown.stdout

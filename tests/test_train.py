@@ -1,0 +1,192 @@
+"""fit: run folder contents, schedules, resume after kill -9, NaN handling, mirrored strategy,
+loading in a fresh process."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, run_cli, tiny_recipe
+from kclassify.errors import RecipeError, TrainingDiverged
+
+
+def test_run_folder_holds_everything(digits_run):
+    for name in ["model.keras", "recipe.yaml", "metrics.json", "history.csv", "curves.png",
+                 "val_confusion.png", "val_confusion.json", "val_report.json", "labels.json"]:
+        assert (digits_run / name).exists(), name
+    metrics = json.loads((digits_run / "metrics.json").read_text())
+    assert set(metrics["val"]) >= {"top1", "top5", "loss"} and metrics["epochs"] == 8
+    assert metrics["train_seconds"] > 0
+    assert metrics["val"]["top1"] >= 0.9  # real digits, 8 epochs: a working trainer is far above
+
+
+def test_history_has_one_row_per_epoch_and_lr(digits_run):
+    import csv
+
+    with open(digits_run / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == list(range(8))
+    lrs = [float(r["lr"]) for r in rows]
+    assert lrs[-1] < lrs[1]  # cosine decays
+
+
+def test_schedule_warmup_cosine_and_step():
+    from kclassify.train.schedules import WarmupSchedule
+
+    cos = WarmupSchedule(0.1, total_steps=100, warmup_steps=10, kind="cosine")
+    lr = [float(cos(s)) for s in range(100)]
+    assert lr[0] == pytest.approx(0.01) and lr[9] == pytest.approx(0.1) and lr[10] == pytest.approx(0.1)
+    assert lr[55] == pytest.approx(0.05, abs=1e-3) and lr[99] < 1e-3
+    step = WarmupSchedule(0.1, total_steps=100, kind="step", milestones=[30, 60], gamma=0.1)
+    assert [float(step(s)) for s in (29, 30, 59, 60)] == pytest.approx([0.1, 0.01, 0.01, 0.001])
+
+
+def test_weight_decay_skips_bias_and_bn():
+    from kclassify.models import build_model
+    from kclassify.recipe import TrainConfig
+    from kclassify.train.optim import make_optimizer
+
+    model = build_model("resnet20", 10, (8, 8, 3))
+    opt = make_optimizer(TrainConfig(weight_decay=5e-4, momentum=0.9), 10, model)
+    decayed = {v.path for v in model.trainable_variables if opt._use_weight_decay(v)}
+    assert decayed and all(p.endswith("kernel") for p in decayed)
+    assert len(decayed) == sum(1 for v in model.trainable_variables if len(v.shape) > 1)
+    assert opt.weight_decay == pytest.approx(5e-3)  # 5e-4 coupled == 5e-3 decoupled at momentum 0.9
+
+
+def test_resume_after_kill_continues_from_last_epoch(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("data: {source: digits, val_fraction: 0.2}\nmodel: {name: resnet20}\n"
+                      "train: {epochs: 4, batch_size: 32, lr: 0.05}\nruntime: {verbose: 2}\n"
+                      "output: {tensorboard: false, plots: false}\n")
+    out = tmp_path / "run"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.Popen([sys.executable, "-m", "kclassify", "fit", str(recipe), "--out", str(out)],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = out / "ckpt" / "state.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (state.exists() and json.loads(state.read_text())["epoch"] >= 1):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = json.loads(state.read_text())
+    done = saved["epoch"]
+    assert 1 <= done < 4 and not (out / "model.keras").exists()
+    res = run_cli("fit", recipe, "--out", out)
+    assert res.returncode == 0, res.stderr[-2000:]
+    steps = 1437 // 32
+    assert f"resuming {out} after epoch {done} (optimizer step {done * steps}," in res.stdout
+    hist = json.loads(state.read_text())["history"]
+    assert [h["epoch"] for h in hist] == [0, 1, 2, 3]  # each epoch once
+    assert hist[:done] == saved["history"]
+    assert hist[done]["lr"] < saved["history"][-1]["lr"]  # cosine kept going down, not restarted
+    again = run_cli("fit", recipe, "--out", out)
+    assert again.returncode == 0 and "already trained for 4 epochs" in again.stdout
+
+
+def test_resumed_learning_rate_equals_uninterrupted():
+    """The schedule is a function of the restored step counter: same lr as without a stop."""
+    from kclassify.recipe import TrainConfig
+    from kclassify.train.schedules import schedule_from
+
+    sched = schedule_from(TrainConfig(epochs=10, warmup_epochs=1, lr=0.1), steps_per_epoch=45)
+    rebuilt = schedule_from(TrainConfig(epochs=10, warmup_epochs=1, lr=0.1), steps_per_epoch=45)
+    for step in (0, 44, 45, 200, 449):
+        assert float(sched(step)) == float(rebuilt(step))
+
+
+def test_resume_refuses_a_changed_recipe(tmp_path):
+    from kclassify.train.fit import fit
+
+    fit(tiny_recipe(tmp_path, train={"epochs": 1}), echo=lambda *a: None)
+    (tmp_path / "run" / "model.keras").unlink()
+    with pytest.raises(RecipeError, match="(?s)train.lr: 0.05 -> 0.3.*--fresh"):
+        fit(tiny_recipe(tmp_path, train={"epochs": 1, "lr": 0.3}), echo=lambda *a: None)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    import keras
+
+    import kclassify.train.optim as optim
+    from kclassify.train.callbacks import read_state
+    from kclassify.train.fit import fit
+
+    recipe = tiny_recipe(tmp_path, train={"epochs": 3})
+    fit(recipe, echo=lambda *a: None)
+    # Rewind the run to "2 epochs done", then let the third epoch explode.
+    (tmp_path / "run" / "model.keras").unlink()
+    state = read_state(tmp_path / "run")
+    state.update(epoch=2, history=state["history"][:2])
+    (tmp_path / "run" / "ckpt" / "state.json").write_text(json.dumps(state))
+    monkeypatch.setattr(optim, "make_optimizer",
+                        lambda train, steps, model: keras.optimizers.SGD(1e30, momentum=0.9, nesterov=True))
+    with pytest.raises(TrainingDiverged, match="last good checkpoint \\(epoch 2\\) is kept"):
+        fit(recipe, echo=lambda *a: None)
+    after = read_state(tmp_path / "run")
+    assert after == state and (tmp_path / "run" / "ckpt" / after["file"]).exists()
+    assert not (tmp_path / "run" / "model.keras").exists()
+
+
+def test_nan_loss_cli_exit_code(tmp_path):
+    res = run_cli("fit", "quickstart", "--out", tmp_path / "r", "--set", "train.lr=1e30",
+                  "--set", "train.epochs=2", "--set", "train.warmup_epochs=0", "--set", "output.export=[]")
+    assert res.returncode == 3, res.stderr[-2000:]
+    assert "loss became" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
+    res = run_cli("fit", "quickstart", "--out", tmp_path / "m", "--set", "runtime.strategy=mirrored",
+                  "--set", "runtime.cpu_devices=2", "--set", "train.epochs=1", "--set", "output.export=[]",
+                  "--set", "model.params.width=0.5")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "replicas: 2" in res.stdout
+    assert json.loads((tmp_path / "m" / "metrics.json").read_text())["epochs"] == 1
+
+
+def test_model_loads_in_fresh_process_with_equal_outputs(digits_run, tmp_path):
+    import keras
+
+    from kclassify.data import load_data
+    from kclassify.recipe import load_recipe
+
+    recipe = load_recipe(digits_run / "recipe.yaml")
+    x = load_data(recipe.data).val.images[:16].astype("float32")
+    np.save(tmp_path / "x.npy", x)
+    expected = keras.models.load_model(digits_run / "model.keras").predict(x, verbose=0)
+    code = ("import numpy as np, kclassify, keras; m = keras.models.load_model(r'%s'); "
+            "np.save(r'%s', m.predict(np.load(r'%s'), verbose=0))"
+            % (digits_run / "model.keras", tmp_path / "y.npy", tmp_path / "x.npy"))
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, capture_output=True)
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), expected)
+
+
+def test_checkpoint_loads_after_import_kclassify_only(digits_run):
+    """Checkpoints carry the optimizer and its kclassify schedule: `import kclassify` suffices,
+    even when TensorFlow is imported before Keras."""
+    ckpt = next((digits_run / "ckpt").glob("epoch-*.keras"))
+    code = ("import kclassify, tensorflow, keras; m = keras.models.load_model(r'%s'); "
+            "print(type(m.optimizer._learning_rate).__name__)" % ckpt)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.stdout.strip() == "WarmupSchedule", out.stderr[-1000:]
+
+
+def test_cifar100_recipe_runs_on_mocked_tfds(tmp_path):
+    """The GPU recipe, unchanged but for size knobs, runs two steps on tfds mock data."""
+    import tensorflow_datasets as tfds
+
+    from kclassify.recipe import load_recipe
+    from kclassify.train.fit import fit
+
+    recipe = load_recipe("cifar100", ["train.epochs=1", "train.steps_per_epoch=2", "train.batch_size=4",
+                                      "train.step_milestones=[]", "runtime.precision=float32",
+                                      "output.export=[]", "output.tensorboard=false",
+                                      f"output.dir={tmp_path}/c100", f"data.data_dir={tmp_path}/tfds",
+                                      "runtime.verbose=0"])
+    with tfds.testing.mock_data(num_examples=16):
+        run = fit(recipe, echo=lambda *a: None)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["model"] == "wrn28_10" and metrics["epochs"] == 1 and metrics["params"] > 36e6
