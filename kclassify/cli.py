@@ -35,6 +35,28 @@ def fit(recipe, overrides, out, fresh):
 
 
 @cli.command()
+@click.argument("recipe")
+@click.option("--unfreeze-schedule", "schedule", metavar="GROUP:EPOCHS[@LR],...",
+              help="Phases, e.g. head:3,top2:3,all:6 (groups: head, all, topN, re:REGEX).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe field.")
+@click.option("--out", type=click.Path(file_okay=False), help="Run folder (default: runs/<recipe name>).")
+@click.option("--fresh", is_flag=True, help="Discard checkpoints in the run folder and start over.")
+@click.option("--dry-run", is_flag=True, help="Print which layers train in each phase, then stop.")
+def finetune(recipe, schedule, overrides, out, fresh, dry_run):
+    """Fine-tune a pretrained backbone in phases (head first, then deeper blocks)."""
+    from kclassify.recipe import load_recipe
+
+    cfg = load_recipe(recipe, overrides)
+    from kclassify import runtime
+    from kclassify.finetune.run import finetune as run_finetune
+
+    runtime.quiet_tensorflow()
+    run_dir = run_finetune(cfg, schedule=schedule, out=out, fresh=fresh, dry_run=dry_run, echo=click.echo)
+    if run_dir:
+        click.echo(f"run folder: {run_dir}")
+
+
+@cli.command()
 @click.argument("model_or_run")
 @click.option("--data", "spec", help="image_folder:/dir, npz:/file.npz, tfds:NAME[:split], or digits.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the full report here.")

@@ -21,7 +21,8 @@ class DataConfig(Section):
     source: str = "digits"
     path: Optional[str] = None  # image_folder directory, npz file, or a .tar.gz of an image folder
     subdir: Optional[str] = None  # folder inside `path` (or inside the archive) holding the classes
-    val_path: Optional[str] = None  # a separate validation folder instead of a split
+    val_path: Optional[str] = None  # a separate validation folder (or archive) instead of a split
+    val_subdir: Optional[str] = None  # folder inside val_path holding the classes
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     val_count: Optional[int] = Field(None, ge=1)  # exact stratified validation size (wins over fraction)
     name: Optional[str] = None  # tfds dataset name
@@ -69,6 +70,22 @@ class TrainConfig(Section):
         return self
 
 
+class PhaseConfig(Section):
+    unfreeze: str = "head"  # head | all | topN (last N backbone blocks) | re:REGEX on layer names
+    epochs: int = Field(1, ge=1)
+    lr: Optional[float] = Field(None, gt=0)  # default: train.lr for head, train.lr * unfrozen_lr_scale after
+    backbone_lr_mult: Optional[float] = Field(None, ge=0)  # default: finetune.backbone_lr_mult
+
+
+class FinetuneConfig(Section):
+    mode: Literal["phases", "linear_probe", "knn"] = "phases"
+    phases: list[PhaseConfig] = Field(default_factory=list)
+    train_bn: bool = False  # unfrozen BatchNorm layers also train (and update their statistics)
+    unfrozen_lr_scale: float = Field(0.1, gt=0)
+    backbone_lr_mult: float = Field(1.0, ge=0)  # discriminative rate: backbone lr = phase lr * this
+    knn_k: int = Field(1, ge=1)
+
+
 class RuntimeConfig(Section):
     seed: int = 0
     precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "float32"
@@ -93,6 +110,7 @@ class Recipe(Section):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     def run_dir(self):

@@ -132,7 +132,7 @@ def image_folder_source(cfg, seed):
     images, labels, classes, bad = decode_folder(resolve_root(cfg.path, cfg.subdir), cfg.image_size, cfg.strict)
     notes = [f"skipped {len(bad)} unreadable file(s): {', '.join(bad[:5])}"] if bad else []
     if cfg.val_path:
-        vimages, vlabels, vclasses, vbad = decode_folder(resolve_root(cfg.val_path), cfg.image_size, cfg.strict)
+        vimages, vlabels, vclasses, vbad = decode_folder(resolve_root(cfg.val_path, cfg.val_subdir), cfg.image_size, cfg.strict)
         if vclasses != classes:
             raise DataError(f"validation classes {vclasses} differ from training classes {classes}")
         if images.shape[1:] != vimages.shape[1:]:

@@ -2,7 +2,7 @@
 import inspect
 
 from kclassify.errors import RecipeError
-from kclassify.models import resnet9, resnet_cifar, wide_resnet  # noqa: F401  (registration)
+from kclassify.models import preact_resnet, resnet9, resnet_cifar, resnet_imagenet, resnext, wide_resnet  # noqa: F401  (registration)
 from kclassify.models.registry import MODELS
 from kclassify.registry import suggest
 

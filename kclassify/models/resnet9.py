@@ -20,11 +20,14 @@ def _conv_pool_res(x, filters, name, bn_momentum, residual):
 
 
 @MODELS.register("resnet9", family="resnet9")
-def resnet9(num_classes, input_shape, mean=None, std=None, bn_momentum=0.9, width=64, dropout=0.0):
-    """ResNet-9 with base width `width` (stages width, 2w, 4w, 8w)."""
+def resnet9(num_classes, input_shape, mean=None, std=None, bn_momentum=0.9, width=64, dropout=0.0,
+            logit_scale=0.125):
+    """ResNet-9 with base width `width` (stages width, 2w, 4w, 8w). Logits are scaled by
+    `logit_scale` (Page's 0.125): max-pooled features are large and unscaled logits make the
+    first, high-learning-rate epoch unstable."""
     inputs, x = model_input(input_shape, mean, std)
     x = conv_bn(x, width, 3, 1, "stem", bn_momentum)
     for stage, (mult, residual) in enumerate([(2, True), (4, False), (8, True)], start=1):
         x = _conv_pool_res(x, width * mult, f"stage{stage}", bn_momentum, residual)
-    outputs = classifier_head(x, num_classes, dropout=dropout, pooling="max")
+    outputs = classifier_head(x, num_classes, dropout=dropout, pooling="max", logit_scale=logit_scale)
     return keras.Model(inputs, outputs, name="resnet9")

@@ -45,6 +45,7 @@ class Checkpointer(keras.callbacks.Callback):
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         self.state = state or {"epoch": 0, "train_seconds": 0.0, "history": [], "file": None}
         self.diverged = None
+        self.tags = {}  # extra columns for history rows, e.g. the fine-tuning phase
         self._t0 = None
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -62,7 +63,7 @@ class Checkpointer(keras.callbacks.Callback):
         seconds = time.time() - self._t0
         row = {"epoch": epoch, **{k: float(v) for k, v in (logs or {}).items()},
                "lr": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
-               "seconds": round(seconds, 2)}
+               "seconds": round(seconds, 2), **self.tags}
         name = f"epoch-{epoch + 1}.keras"
         self.model.save(self.ckpt_dir / name)
         old = self.state.get("file")

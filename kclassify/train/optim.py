@@ -34,3 +34,39 @@ def make_metrics(num_classes):
     if num_classes > 5:
         metrics.append(keras.metrics.TopKCategoricalAccuracy(k=5, name="top5"))
     return metrics
+
+
+class _LRMultipliers:
+    """Per-variable learning-rate multipliers (discriminative fine-tuning rates): the update of
+    variable v uses lr * multipliers[v]. Keyed by the variable object at run time; a resumed
+    run rebuilds them from the recipe."""
+
+    def set_lr_multipliers(self, pairs):
+        self._lr_mult = {id(v): float(m) for v, m in pairs}
+
+    def update_step(self, gradient, variable, learning_rate):
+        mult = getattr(self, "_lr_mult", {}).get(id(variable), 1.0)
+        if mult != 1.0:
+            learning_rate = learning_rate * mult
+        return super().update_step(gradient, variable, learning_rate)
+
+
+@keras.saving.register_keras_serializable(package="kclassify")
+class GroupSGD(_LRMultipliers, keras.optimizers.SGD):
+    """SGD with per-variable learning-rate multipliers."""
+
+
+@keras.saving.register_keras_serializable(package="kclassify")
+class GroupAdamW(_LRMultipliers, keras.optimizers.AdamW):
+    """AdamW with per-variable learning-rate multipliers."""
+
+
+def make_group_optimizer(train, steps_per_epoch, model, multipliers):
+    """make_optimizer's optimizer with `multipliers` [(variable, factor)] applied per variable."""
+    base = make_optimizer(train, steps_per_epoch, model)
+    cls = GroupSGD if isinstance(base, keras.optimizers.SGD) else GroupAdamW
+    opt = cls.from_config(base.get_config())
+    if train.weight_decay:
+        opt.exclude_from_weight_decay(var_list=[v for v in model.trainable_variables if len(v.shape) <= 1])
+    opt.set_lr_multipliers(multipliers)
+    return opt

@@ -1,0 +1,1 @@
+"""Fine-tuning pretrained backbones in phases: head first, then deeper blocks."""
