@@ -5,7 +5,7 @@ for CPU time and is the fastest way to 80%+ on a 2-core laptop."""
 import keras
 from keras import layers
 
-from kclassify.models.blocks import classifier_head, conv_bn, model_input
+from kclassify.models.blocks import conv_bn, model_input
 from kclassify.models.registry import MODELS
 
 
@@ -29,5 +29,11 @@ def resnet9(num_classes, input_shape, mean=None, std=None, bn_momentum=0.9, widt
     x = conv_bn(x, width, 3, 1, "stem", bn_momentum)
     for stage, (mult, residual) in enumerate([(2, True), (4, False), (8, True)], start=1):
         x = _conv_pool_res(x, width * mult, f"stage{stage}", bn_momentum, residual)
-    outputs = classifier_head(x, num_classes, dropout=dropout, pooling="max", logit_scale=logit_scale)
+    x = layers.GlobalMaxPooling2D(name="head_pool")(x)
+    if dropout:
+        x = layers.Dropout(dropout, name="head_dropout")(x)
+    x = layers.Dense(num_classes, name="head_dense")(x)
+    if logit_scale:
+        x = layers.Rescaling(logit_scale, name="head_scale")(x)
+    outputs = layers.Activation("softmax", dtype="float32", name="predictions")(x)
     return keras.Model(inputs, outputs, name="resnet9")
