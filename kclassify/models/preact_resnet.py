@@ -32,8 +32,16 @@ def preact_resnet(depth, num_classes, input_shape, mean=None, std=None, bn_momen
     return keras.Model(inputs, outputs, name=f"preact_resnet{depth}" + (f"_{k}" if k > 1 else ""))
 
 
+def se_wide_resnet(depth, k, num_classes, input_shape, se_ratio=16, **options):
+    """SE-WRN-depth-k: depth counts as in the WRN paper (6n+4, projections included)."""
+    if (depth - 4) % 6:
+        raise ValueError(f"WRN depth must be 6n+4, got {depth}")
+    model = preact_resnet(depth - 2, num_classes, input_shape, k=k, se_ratio=se_ratio, **options)
+    return keras.Model(model.input, model.output, name=f"se_wrn{depth}_{k}")
+
+
 register("preact_resnet110", preact_resnet, "preact_resnet", slow=True, depth=110)
 register("preact_resnet164", preact_resnet, "preact_resnet", slow=True, depth=164, bottleneck=True)
 register("preact_resnet1001", preact_resnet, "preact_resnet", slow=True, depth=1001, bottleneck=True)
-register("se_wrn28_10", preact_resnet, "wide_resnet", slow=True, depth=28, k=10, se_ratio=16)
-register("se_wrn16_4", preact_resnet, "wide_resnet", depth=16, k=4, se_ratio=16)
+register("se_wrn28_10", se_wide_resnet, "wide_resnet", slow=True, params_of=preact_resnet, depth=28, k=10)
+register("se_wrn16_4", se_wide_resnet, "wide_resnet", params_of=preact_resnet, depth=16, k=4)
