@@ -130,6 +130,10 @@ def _run_phases(recipe, data, model, pattern, strategy, run_dir, state, echo):
             echo(phase_summary(model, phase, i, unfrozen))
             _compile_phase(model, recipe, phase, steps, unfrozen, strategy,
                            resume=(run_dir / "ckpt" / state["file"]) if state else None, mid_phase=start > begin)
+            if state:
+                where = "inside" if start > begin else "at the start of"
+                echo(f"resuming {run_dir} after epoch {start}, {where} phase {i + 1} "
+                     f"(optimizer step {int(model.optimizer.iterations)})")
             state = None  # loaded once, at the first phase that runs
             ckpt.tags = {"phase": i + 1, "unfreeze": phase.unfreeze}
             model.fit(train_ds, validation_data=val_ds, epochs=end, initial_epoch=max(start, begin),

@@ -38,14 +38,15 @@ def make_metrics(num_classes):
 
 class _LRMultipliers:
     """Per-variable learning-rate multipliers (discriminative fine-tuning rates): the update of
-    variable v uses lr * multipliers[v]. Keyed by the variable object at run time; a resumed
-    run rebuilds them from the recipe."""
+    variable v uses lr * multipliers[v]. Keyed with the optimizer's own `_var_key`, because the
+    TF backend hands update_step the underlying tf.Variable (or a replica's component under a
+    distribution strategy), not the Keras variable; a resumed run rebuilds them from the recipe."""
 
     def set_lr_multipliers(self, pairs):
-        self._lr_mult = {id(v): float(m) for v, m in pairs}
+        self._lr_mult = {self._var_key(v): float(m) for v, m in pairs}
 
     def update_step(self, gradient, variable, learning_rate):
-        mult = getattr(self, "_lr_mult", {}).get(id(variable), 1.0)
+        mult = getattr(self, "_lr_mult", {}).get(self._var_key(variable), 1.0)
         if mult != 1.0:
             learning_rate = learning_rate * mult
         return super().update_step(gradient, variable, learning_rate)
