@@ -13,7 +13,7 @@ per-image tf.switch_case runs only the op that was drawn.
 """
 import tensorflow as tf
 
-from kclassify.augment.ops import OP_NAMES, apply_op
+from kclassify.augment.ops import OP_NAMES, apply_op, apply_ops
 
 # (op, probability, level) pairs; each row is one sub-policy.
 CIFAR10 = [
@@ -116,9 +116,23 @@ def policy_tables(policy):
     return tf.constant(index, tf.int32), tf.constant(prob, tf.float32), tf.constant(level, tf.float32)
 
 
-def autoaugment(image, policy="cifar10"):
-    """One uniformly drawn sub-policy; each of its ops runs with its probability."""
+def autoaugment(images, policy="cifar10"):
+    """One uniformly drawn sub-policy per image; each of its ops runs with its probability.
+    Takes one HxWxC image or a BxHxWxC batch (every image its own draw)."""
+    images = tf.convert_to_tensor(images)
     index, prob, level = policy_tables(policy)
+    if images.shape.rank == 3:
+        return _autoaugment_one(images, index, prob, level)
+    b = tf.shape(images)[0]
+    k = tf.random.uniform([b], 0, index.shape[0], tf.int32)
+    for j in range(index.shape[1]):
+        skip = tf.random.uniform([b]) >= tf.gather(prob[:, j], k)
+        op = tf.where(skip, len(OP_NAMES), tf.gather(index[:, j], k))  # len(OP_NAMES): leave as is
+        images = apply_ops(images, op, tf.gather(level[:, j], k))
+    return images
+
+
+def _autoaugment_one(image, index, prob, level):
     k = tf.random.uniform([], 0, index.shape[0], tf.int32)
     for j in range(index.shape[1]):
         image = tf.cond(tf.random.uniform([]) < prob[k, j],
@@ -127,9 +141,15 @@ def autoaugment(image, policy="cifar10"):
     return image
 
 
-def randaugment(image, n=2, m=9.0):
-    """`n` ops drawn with replacement from RANDAUGMENT_OPS, per image, all at level `m`."""
+def randaugment(images, n=2, m=9.0):
+    """`n` ops drawn with replacement from RANDAUGMENT_OPS, per image, all at level `m`.
+    Takes one HxWxC image or a BxHxWxC batch (every image its own draw)."""
+    images = tf.convert_to_tensor(images)
+    count = len(RANDAUGMENT_OPS)
     for _ in range(n):
-        k = tf.random.uniform([], 0, len(RANDAUGMENT_OPS), tf.int32)
-        image = apply_op(image, k, m, names=RANDAUGMENT_OPS)
-    return image
+        if images.shape.rank == 3:
+            images = apply_op(images, tf.random.uniform([], 0, count, tf.int32), m, names=RANDAUGMENT_OPS)
+        else:
+            op = tf.random.uniform(tf.shape(images)[:1], 0, count, tf.int32)
+            images = apply_ops(images, op, m, names=RANDAUGMENT_OPS)
+    return images

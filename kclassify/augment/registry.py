@@ -1,5 +1,6 @@
 """Registry of per-image augmentations: each entry is a factory taking keyword config and
-returning a function uint8 HWC -> uint8 HWC for `dataset.map` (before batching).
+returning a function of uint8 images: one HxWxC image (`dataset.map` before `.batch()`)
+or a BxHxWxC batch (after `.batch()`: much faster, every image still draws its own ops).
 
     fn = AUGMENTS.get("randaugment")(n=2, m=9)
 
