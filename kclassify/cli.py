@@ -116,6 +116,43 @@ def recipes_show(name, resolved):
 
 
 @cli.group()
+def augment():
+    """Registered augmentations and a preview of a recipe's policy."""
+
+
+@augment.command("list")
+def augment_list():
+    """Every registered augmentation with its parameters (for augment.ops)."""
+    import inspect
+
+    from kclassify import runtime
+
+    runtime.quiet_tensorflow()
+    from kclassify.augment.registry import AUGMENTS
+
+    for name in AUGMENTS.names():
+        params = ", ".join(str(p) for p in inspect.signature(AUGMENTS.get(name)).parameters.values())
+        click.echo(f"{name:<16} {params}")
+
+
+@augment.command("preview")
+@click.argument("recipe")
+@click.option("--out", default="augment_preview.png", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe field.")
+@click.option("--count", default=32, show_default=True, help="Images in the grid.")
+def augment_preview(recipe, out, overrides, count):
+    """Write a grid of augmented training images with their labels."""
+    from kclassify.recipe import load_recipe
+
+    cfg = load_recipe(recipe, overrides)
+    from kclassify import runtime
+    from kclassify.augment.preview import preview
+
+    runtime.quiet_tensorflow()
+    preview(cfg, out, count, echo=click.echo)
+
+
+@cli.group()
 def models():
     """The model registry."""
 

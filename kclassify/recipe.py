@@ -43,6 +43,21 @@ class AugmentConfig(Section):
     crop_pad: int = Field(0, ge=0)  # pad by this many pixels then crop back, per image
     pad_mode: Literal["reflect", "constant"] = "reflect"
     flip: bool = False  # horizontal flip, per image
+    # Registered augmentations applied in order, each drawn per image, e.g.
+    # [{name: autoaugment, policy: cifar10}, {name: cutout, length: 16}] (kclassify augment list)
+    ops: list[dict] = Field(default_factory=list)
+    mixup_alpha: float = Field(0.0, ge=0)  # MixUp lambda ~ Beta(alpha, alpha); 0 = off
+    cutmix_alpha: float = Field(0.0, ge=0)  # CutMix lambda ~ Beta(alpha, alpha); 0 = off
+    mix_switch_prob: float = Field(0.5, ge=0, le=1)  # with both on: chance of CutMix for a batch
+    mix_prob: float = Field(1.0, ge=0, le=1)  # chance a batch is mixed at all
+    mix_off_epochs: int = Field(0, ge=0)  # no MixUp/CutMix in the last N epochs
+
+    @model_validator(mode="after")
+    def _ops_are_named(self):
+        for i, op in enumerate(self.ops):
+            if not isinstance(op.get("name"), str):
+                raise ValueError(f"augment.ops[{i}] needs a name, e.g. {{name: cutout, length: 16}}")
+        return self
 
 
 class TrainConfig(Section):
@@ -60,6 +75,9 @@ class TrainConfig(Section):
     step_milestones: list[float] = Field(default_factory=list)  # epochs where lr *= step_gamma
     step_gamma: float = Field(0.1, gt=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    # "uniform": y(1-eps) + eps/K (Szegedy et al., Keras); "others": the true class gets 1-eps
+    # and the eps is shared by the K-1 other classes.
+    label_smoothing_mode: Literal["uniform", "others"] = "uniform"
     bn_momentum: float = Field(0.9, gt=0, lt=1)  # Keras' 0.99 lags badly in short runs
 
     @model_validator(mode="after")

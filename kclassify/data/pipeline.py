@@ -5,19 +5,50 @@ import tensorflow as tf
 AUTOTUNE = tf.data.AUTOTUNE
 
 
-def _finish(ds, num_classes, batch_size, drop_remainder):
+def _finish(ds, num_classes, batch_size, drop_remainder, batch_augment=None, smooth=None, mixer=None):
+    """Batch, then (on uint8 batches) the registered ops, then float pixels and one-hot labels,
+    label smoothing, and MixUp/CutMix last (they mix the smoothed targets)."""
     ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE)
+    if batch_augment is not None:  # each image still draws its own ops; batched is 2-4x faster
+        ds = ds.map(lambda x, y: (batch_augment(x), y), num_parallel_calls=AUTOTUNE, deterministic=False)
     ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), tf.one_hot(y, num_classes)), num_parallel_calls=AUTOTUNE)
+    if smooth is not None:
+        ds = ds.map(lambda x, y: (x, smooth(y)), num_parallel_calls=AUTOTUNE)
+    if mixer is not None:
+        ds = ds.map(mixer, num_parallel_calls=AUTOTUNE, deterministic=False)
     return ds.prefetch(AUTOTUNE)
 
 
-def train_dataset(split, num_classes, batch_size, augment=None, seed=0):
-    """Shuffled each epoch, augmented per image, full batches only (stable BN statistics)."""
+def smoother(eps, mode):
+    """Label smoothing on one-hot targets; both variants keep each row summing to 1."""
+    if not eps:
+        return None
+    if mode == "uniform":
+        return lambda y: y * (1.0 - eps) + eps / tf.cast(tf.shape(y)[-1], y.dtype)
+    return lambda y: y * (1.0 - eps) + (1.0 - y) * eps / tf.cast(tf.shape(y)[-1] - 1, y.dtype)
+
+
+def train_dataset(split, num_classes, batch_size, augment=None, seed=0, batch_augment=None, smooth=None,
+                  mixer=None):
+    """Shuffled each epoch, cropped/flipped per image, full batches only (stable BN statistics)."""
     ds = tf.data.Dataset.from_tensor_slices((split.images, split.labels))
     ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
     if augment is not None:
         ds = ds.map(lambda x, y: (augment(x), y), num_parallel_calls=AUTOTUNE, deterministic=False)
-    return _finish(ds, num_classes, min(batch_size, len(split)), drop_remainder=True)
+    return _finish(ds, num_classes, min(batch_size, len(split)), True, batch_augment, smooth, mixer)
+
+
+def recipe_train_dataset(recipe, split, num_classes, mix=True):
+    """The training pipeline a recipe describes (mix=False: without MixUp/CutMix)."""
+    from kclassify.augment import image_augmenter
+    from kclassify.augment.mixing import batch_mixer
+    from kclassify.augment.registry import chain
+
+    a, t = recipe.augment, recipe.train
+    ops = chain([(op["name"], {k: v for k, v in op.items() if k != "name"}) for op in a.ops])
+    mixer = batch_mixer(a.mixup_alpha, a.cutmix_alpha, a.mix_switch_prob, a.mix_prob) if mix else None
+    return train_dataset(split, num_classes, t.batch_size, image_augmenter(a), recipe.runtime.seed, ops,
+                         smoother(t.label_smoothing, t.label_smoothing_mode), mixer)
 
 
 def eval_dataset(split, num_classes, batch_size):

@@ -112,14 +112,14 @@ def _data_and_model(recipe, strategy, run_dir, write, echo):
 
 
 def _run_phases(recipe, data, model, pattern, strategy, run_dir, state, echo):
-    from kclassify.augment import image_augmenter
-    from kclassify.data.pipeline import eval_dataset, train_dataset
+    from kclassify.data.pipeline import eval_dataset, recipe_train_dataset
     from kclassify.finetune.groups import apply_phase
     from kclassify.train.callbacks import Checkpointer
+    from kclassify.train.fit import _verbose
 
     t, k = recipe.train, len(data.class_names)
     steps = max(len(data.train) // t.batch_size, 1)
-    train_ds = train_dataset(data.train, k, t.batch_size, image_augmenter(recipe.augment), recipe.runtime.seed)
+    train_ds = recipe_train_dataset(recipe, data.train, k)
     val_ds = eval_dataset(data.val, k, t.batch_size)
     ckpt = Checkpointer(run_dir, state)
     start, begin = ckpt.state["epoch"], 0
@@ -137,7 +137,7 @@ def _run_phases(recipe, data, model, pattern, strategy, run_dir, state, echo):
             state = None  # loaded once, at the first phase that runs
             ckpt.tags = {"phase": i + 1, "unfreeze": phase.unfreeze}
             model.fit(train_ds, validation_data=val_ds, epochs=end, initial_epoch=max(start, begin),
-                      callbacks=[ckpt], verbose=_verbose(recipe), shuffle=False)
+                      callbacks=[ckpt], verbose=_verbose(recipe), shuffle=False)  # noqa
             if ckpt.diverged:
                 ep, batch, loss = ckpt.diverged
                 raise TrainingDiverged(f"loss became {loss} at epoch {ep}, step {batch} (phase {i + 1}); the last good "
@@ -165,8 +165,3 @@ def _compile_phase(model, recipe, phase, steps, unfrozen, strategy, resume, mid_
             model.load_weights(resume)
 
 
-def _verbose(recipe):
-    import sys
-
-    v = recipe.runtime.verbose
-    return (1 if sys.stdout.isatty() else 2) if v == "auto" else v

@@ -53,8 +53,7 @@ def fit(recipe, out=None, fresh=False, echo=print):
 
     strategy = runtime.setup(recipe.runtime)
     from kclassify.data import load_data
-    from kclassify.data.pipeline import eval_dataset, train_dataset
-    from kclassify.augment import image_augmenter
+    from kclassify.data.pipeline import eval_dataset, recipe_train_dataset
 
     data = load_data(recipe.data, recipe.runtime.seed)
     for note in data.notes:
@@ -70,22 +69,20 @@ def fit(recipe, out=None, fresh=False, echo=print):
     t = recipe.train
     k = len(data.class_names)
     steps = max(len(data.train) // t.batch_size, 1)
-    train_ds = train_dataset(data.train, k, t.batch_size, image_augmenter(recipe.augment), recipe.runtime.seed)
     if t.steps_per_epoch and t.steps_per_epoch < steps:
         steps = t.steps_per_epoch
-        train_ds = train_ds.repeat()
     val_ds = eval_dataset(data.val, k, t.batch_size)
     model, checkpointer = _compiled_model(recipe, data, mean, std, steps, strategy, run_dir, state, echo)
-    callbacks = [checkpointer]
-    if recipe.output.tensorboard:
-        import keras
-
-        callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "logs"), update_freq="epoch"))
-    verbose = recipe.runtime.verbose
-    if verbose == "auto":
-        verbose = 1 if sys.stdout.isatty() else 2
-    model.fit(train_ds, validation_data=val_ds, epochs=t.epochs, initial_epoch=checkpointer.state["epoch"],
-              steps_per_epoch=steps if t.steps_per_epoch else None, callbacks=callbacks, verbose=verbose, shuffle=False)
+    callbacks = [checkpointer, *_extra_callbacks(recipe, model, steps, run_dir)]
+    for first, last, mix in _segments(recipe):
+        if checkpointer.state["epoch"] >= last or checkpointer.diverged:
+            continue
+        train_ds = recipe_train_dataset(recipe, data.train, k, mix=mix)
+        if t.steps_per_epoch:
+            train_ds = train_ds.repeat()
+        model.fit(train_ds, validation_data=val_ds, epochs=last, initial_epoch=max(checkpointer.state["epoch"], first),
+                  steps_per_epoch=steps if t.steps_per_epoch else None, callbacks=callbacks,
+                  verbose=_verbose(recipe), shuffle=False)
     if checkpointer.diverged:
         ep, batch, loss = checkpointer.diverged
         raise TrainingDiverged(f"loss became {loss} at epoch {ep}, step {batch}; training stopped. "
@@ -93,6 +90,33 @@ def fit(recipe, out=None, fresh=False, echo=print):
                                f"{run_dir / 'ckpt'}. Lower train.lr or raise train.warmup_epochs.")
     finalize(model, data, recipe, run_dir, checkpointer.state, echo)
     return run_dir
+
+
+def _segments(recipe):
+    """(first, last, mix) epoch ranges: MixUp/CutMix switch off for the last mix_off_epochs."""
+    epochs, off = recipe.train.epochs, min(recipe.augment.mix_off_epochs, recipe.train.epochs)
+    mixing = recipe.augment.mixup_alpha > 0 or recipe.augment.cutmix_alpha > 0
+    if mixing and off:
+        return [(0, epochs - off, True), (epochs - off, epochs, False)]
+    return [(0, epochs, True)]
+
+
+def _extra_callbacks(recipe, model, steps, run_dir):
+    import keras
+
+    callbacks = []
+    if recipe.output.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "logs"), update_freq="epoch"))
+    from kclassify.train.dropblock_schedule import DropBlockSchedule, dropblock_layers
+
+    if dropblock_layers(model):
+        callbacks.append(DropBlockSchedule(by="step", epochs=recipe.train.epochs, steps_per_epoch=steps))
+    return callbacks
+
+
+def _verbose(recipe):
+    verbose = recipe.runtime.verbose
+    return (1 if sys.stdout.isatty() else 2) if verbose == "auto" else verbose
 
 
 def _compiled_model(recipe, data, mean, std, steps, strategy, run_dir, state, echo):

@@ -25,8 +25,9 @@ def make_optimizer(train, steps_per_epoch, model):
 
 
 def make_loss(train):
-    # Keras' smoothing gives y*(1-eps) + eps/K (Szegedy et al.); targets still sum to 1.
-    return keras.losses.CategoricalCrossentropy(label_smoothing=train.label_smoothing)
+    # Label smoothing happens in the input pipeline (both formulas, before MixUp/CutMix), so
+    # the loss is plain cross-entropy and validation loss is measured on true labels.
+    return keras.losses.CategoricalCrossentropy()
 
 
 def make_metrics(num_classes):
