@@ -15,9 +15,33 @@ EXACT = {"resnet20": 269_722, "resnet32": 464_154, "resnet44": 658_586, "resnet5
          "resnet110": 1_727_962, "resnet1202": 19_421_274}
 PAPER_100 = {"wrn28_10": 36.5e6, "wrn16_8": 11.0e6, "wrn40_4": 8.9e6}
 
+# Trainable parameters at 1000 classes = the reference implementation's parameter count
+# (torchvision; timm/Cadene for SE-ResNet-50; liuzhuang13's DenseNet-BC-100 at 10 classes).
+# Built at 32x32 except VGG, whose flattened head depends on the 224x224 input.
+REFERENCE = {"resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032, "resnet101": 44_549_160,
+             "resnet152": 60_192_808, "se_resnet50": 28_088_024, "resnext50_32x4d": 25_028_904,
+             "densenet121": 7_978_856, "densenet201": 20_013_928, "mobilenet_v3_large": 5_483_032,
+             "mobilenet_v3_small": 2_542_856, "squeezenet1_0": 1_248_424, "vgg16_bn": 138_365_992,
+             "vgg19_bn": 143_678_248}
+REFERENCE_10 = {"densenet100_bc_k12": 769_162}
+# Papers' rounded figures: (figure, classes, tolerance, count BN?). The pre-activation paper
+# counts weights without BN (1001 layers: 10.18M without, 10.33M with); its "1.7M" for
+# ResNet-110 is 1.72M, inside the figure's own rounding (+-0.05M) but not within 1%.
+PAPER = {"preact_resnet110": (1.7e6, 10, 0.03, False), "preact_resnet164": (1.7e6, 10, 0.015, False),
+         "preact_resnet1001": (10.2e6, 10, 0.01, False), "resnext29_8x64d": (34.4e6, 100, 0.01, True),
+         "resnext29_16x64d": (68.1e6, 100, 0.01, True), "densenet190_bc_k40": (25.6e6, 10, 0.01, True),
+         "se_resnext50_32x4d": (27.6e6, 1000, 0.01, True), "se_wrn28_10": (36.5e6, 100, 0.01, True)}
+SLOW_COUNT = {"resnet1202", "resnet101", "preact_resnet1001", "vgg16_bn", "vgg19_bn", "resnet152", "resnext29_16x64d",
+              "densenet190_bc_k40", "densenet201"}
 
-def trainable(model):
-    return sum(int(np.prod(v.shape)) for v in model.trainable_weights)
+
+def trainable(model, with_bn=True):
+    return sum(int(np.prod(v.shape)) for v in model.trainable_weights if with_bn or "_bn/" not in v.path)
+
+
+def tier(names):
+    """Count tests of the few models that take long to build go to the slow tier."""
+    return [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_COUNT else n for n in sorted(names)]
 
 
 def check_model(name, size=32):
@@ -60,11 +84,23 @@ def test_big_model_forward_backward(name):
     check_model(name, size=32)
 
 
-@pytest.mark.parametrize("name", sorted(EXACT))
+@pytest.mark.parametrize("name", tier(EXACT))
 def test_cifar_resnet_parameter_counts_are_exact(name):
-    if MODELS.info(name).get("slow") and name == "resnet1202":
-        pytest.skip("ResNet-1202 build takes long; counted in the slow tier")
     assert trainable(build_model(name, 10, (32, 32, 3))) == EXACT[name]
+
+
+@pytest.mark.parametrize("name", tier({**REFERENCE, **REFERENCE_10}))
+def test_parameter_counts_equal_reference_implementations(name):
+    size = 224 if name.startswith("vgg") else 32
+    classes = 10 if name in REFERENCE_10 else 1000
+    assert trainable(build_model(name, classes, (size, size, 3))) == {**REFERENCE, **REFERENCE_10}[name]
+
+
+@pytest.mark.parametrize("name", tier(PAPER))
+def test_parameter_counts_match_papers(name):
+    figure, classes, tolerance, with_bn = PAPER[name]
+    count = trainable(build_model(name, classes, (32, 32, 3)), with_bn)
+    assert abs(count - figure) / figure < tolerance, count
 
 
 @pytest.mark.parametrize("name", sorted(PAPER_100))
@@ -91,3 +127,103 @@ def test_normalization_is_inside_the_model():
     norm = model.get_layer("normalize")
     out = norm(np.full((1, 8, 8, 3), [100, 110, 120], dtype="float32")).numpy()
     assert np.abs(out).max() < 1e-5
+
+
+# Family options, each exercised once on a small build (the registered sizes are covered above).
+def _options():
+    from kclassify.models import densenet, mobilenet_v3, preact_resnet, resnext
+
+    # ImageNet ResNets share the post-activation block with ResNeXt-29; their variants and
+    # stems are checked by structure below (a trained ResNet-18/50 takes ~10 s here).
+    return {
+        "resnext_cifar_se_gem_hard_swish": lambda: resnext.resnext_cifar(
+            11, 5, (32, 32, 3), cardinality=2, base_width=4, se_ratio=4, activation="hard_swish",
+            drop_path_rate=0.1, pooling="gem", zero_gamma=True, dropout=0.1),
+        "preact_bottleneck_dropout": lambda: preact_resnet.preact_resnet(
+            11, 5, (32, 32, 3), bottleneck=True, se_ratio=4, block_dropout=0.3, drop_path_rate=0.1,
+            activation="swish"),
+        "densenet_bc_tiny": lambda: densenet.densenet(10, 5, (32, 32, 3), growth_rate=8, cifar_stem=True),
+        "mobilenet_v3_small_cifar_half": lambda: mobilenet_v3.mobilenet_v3(
+            5, (32, 32, 3), size="small", width=0.5, cifar_stem=True, drop_path_rate=0.1, zero_gamma=True),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_options()))
+def test_family_options_train_and_save(case, tmp_path):
+    import keras
+    import tensorflow as tf
+
+    model = _options()[case]()
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    with tf.GradientTape() as tape:
+        loss = keras.losses.categorical_crossentropy(np.eye(5)[[0, 3]], model(x, training=True))
+    grads = tape.gradient(loss, model.trainable_variables)
+    assert all(g is not None and np.isfinite(g.numpy()).all() for g in grads)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+
+
+def test_custom_layers_and_hard_swish_convert_to_builtins(tmp_path):
+    """GeM (POW), SE, hard-swish, hard-sigmoid and stochastic depth in one builtins-only file."""
+    from kclassify.export.convert import convert
+    from kclassify.litert_runner import TFLiteClassifier
+    from kclassify.models import resnext
+
+    model = resnext.resnext_cifar(11, 5, (32, 32, 3), cardinality=2, base_width=4, se_ratio=4,
+                                  activation="hard_swish", drop_path_rate=0.2, pooling="gem")
+    x = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3)).astype(np.uint8)
+    (tmp_path / "m.tflite").write_bytes(convert(model, "float32"))
+    lite = TFLiteClassifier(tmp_path / "m.tflite")
+    np.testing.assert_allclose(lite.predict(x), model.predict(x.astype("float32"), verbose=0), atol=1e-4)
+
+
+def test_resnet_variants_differ_as_bag_of_tricks_says():
+    from kclassify.models import resnet_imagenet
+
+    a = resnet_imagenet.resnet(50, 10, (32, 32, 3), variant="a")
+    d = {layer.name for layer in resnet_imagenet.resnet(50, 10, (32, 32, 3), variant="d").layers}
+    assert a.get_layer("stage2_block1_1_conv").strides == (2, 2)  # original: stride on the 1x1
+    assert {"stem_1_conv", "stem_3_conv", "stage2_block1_short_pool"} <= d
+    a_names = {layer.name for layer in a.layers}
+    assert "stem_conv" in a_names and "stage2_block1_short_pool" not in a_names
+    b = build_model("resnet50", 10, (32, 32, 3))
+    assert b.get_layer("stage2_block1_2_conv").strides == (2, 2)  # ResNet-B: stride on the 3x3
+
+
+def test_cifar_stems_keep_resolution():
+    from kclassify.models import mobilenet_v3, resnet_imagenet
+
+    assert resnet_imagenet.resnet(18, 10, (32, 32, 3), cifar_stem=True).get_layer("stage1_block1_add").output.shape[1] == 32
+    assert mobilenet_v3.mobilenet_v3(10, (32, 32, 3), cifar_stem=True).get_layer("stem_conv").output.shape[1] == 32
+
+
+def test_zero_gamma_and_stochastic_depth():
+    from kclassify.models import resnet_imagenet
+
+    model = resnet_imagenet.resnet(18, 10, (32, 32, 3), zero_gamma=True, drop_path_rate=0.3)
+    assert not np.any(model.get_layer("stage1_block1_2_bn").gamma.numpy())
+    rates = [layer.rate for layer in model.layers if type(layer).__name__ == "StochasticDepth"]
+    assert len(rates) == 8 and rates[-1] == pytest.approx(0.3) and rates[0] == pytest.approx(0.3 / 8)
+
+
+def test_drop_block_hook_applies_to_the_last_two_stages():
+    from keras import layers
+
+    from kclassify.models import resnet_imagenet
+
+    seen = []
+
+    def hook(x, name):
+        seen.append(name)
+        return layers.Identity(name=f"{name}_dropblock")(x)
+
+    resnet_imagenet.resnet(18, 10, (32, 32, 3), drop_block=hook)
+    assert seen and all(n.startswith(("stage3", "stage4")) for n in seen) and len(seen) == 8
+
+
+def test_generic_preact_block_reproduces_wide_resnet():
+    from kclassify.models import preact_resnet
+
+    assert trainable(preact_resnet.se_wide_resnet(16, 4, 100, (32, 32, 3), se_ratio=0)) == \
+        trainable(build_model("wrn16_4", 100, (32, 32, 3)))

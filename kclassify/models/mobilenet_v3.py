@@ -46,4 +46,4 @@ def mobilenet_v3(num_classes, input_shape, mean=None, std=None, bn_momentum=0.9,
 
 
 register("mobilenet_v3_large", mobilenet_v3, "mobilenet_v3", slow=True, input_size=224, size="large")
-register("mobilenet_v3_small", mobilenet_v3, "mobilenet_v3", input_size=224, size="small")
+register("mobilenet_v3_small", mobilenet_v3, "mobilenet_v3", slow=True, input_size=224, size="small")

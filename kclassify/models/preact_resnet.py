@@ -44,4 +44,4 @@ register("preact_resnet110", preact_resnet, "preact_resnet", slow=True, depth=11
 register("preact_resnet164", preact_resnet, "preact_resnet", slow=True, depth=164, bottleneck=True)
 register("preact_resnet1001", preact_resnet, "preact_resnet", slow=True, depth=1001, bottleneck=True)
 register("se_wrn28_10", se_wide_resnet, "wide_resnet", slow=True, params_of=preact_resnet, depth=28, k=10)
-register("se_wrn16_4", se_wide_resnet, "wide_resnet", params_of=preact_resnet, depth=16, k=4)
+register("se_wrn16_4", se_wide_resnet, "wide_resnet", slow=True, params_of=preact_resnet, depth=16, k=4)

@@ -54,7 +54,7 @@ def resnet(depth, num_classes, input_shape, mean=None, std=None, bn_momentum=0.9
 
 
 for _depth in DEPTHS:
-    register(f"resnet{_depth}", resnet, "resnet_imagenet", slow=_depth > 18, input_size=224, depth=_depth)
+    register(f"resnet{_depth}", resnet, "resnet_imagenet", slow=True, input_size=224, depth=_depth)
 register("se_resnet50", resnet, "resnet_imagenet", slow=True, input_size=224, depth=50, se_ratio=16)
 register("resnext50_32x4d", resnet, "resnext", slow=True, input_size=224, depth=50, groups=32, width_per_group=4)
 register("se_resnext50_32x4d", resnet, "resnext", slow=True, input_size=224, depth=50, groups=32,

@@ -24,16 +24,25 @@ def fire(x, squeeze, expand, name, act="relu"):
         [_conv_act(s, expand, 1, 1, f"{name}_expand1", act), _conv_act(s, expand, 3, 1, f"{name}_expand3", act)])
 
 
+def ceil_pool(x, name):
+    """3x3/2 max pool with Caffe's ceil rounding (the reference's maps: 109 -> 54 -> 27 -> 13):
+    one zero row/column at the end where needed, harmless after ReLU (values are >= 0)."""
+    h, w = x.shape[1:3]
+    if (h - 3) % 2 or (w - 3) % 2:
+        x = layers.ZeroPadding2D(((0, (h - 3) % 2), (0, (w - 3) % 2)), name=f"{name}_pad")(x)
+    return layers.MaxPooling2D(3, strides=2, name=name)(x)
+
+
 def squeezenet(num_classes, input_shape, mean=None, std=None, bn_momentum=0.9, activation="relu", dropout=0.5):
     """SqueezeNet 1.0; bn_momentum is accepted for a uniform signature (the net has no BN)."""
     inputs, x = model_input(input_shape, mean, std)
     x = _conv_act(x, 96, 7, 2, "stem", activation, padding="valid")
-    x = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
+    x = ceil_pool(x, "stem_pool")
     stage = 1
     for i, (squeeze, expand, pool_first) in enumerate(FIRES, start=1):
         if pool_first:
             stage += 1
-            x = layers.MaxPooling2D(3, strides=2, padding="same", name=f"stage{stage}_pool")(x)
+            x = ceil_pool(x, f"stage{stage}_pool")
         x = fire(x, squeeze, expand, f"stage{stage}_block{i}", activation)
     if dropout:
         x = layers.Dropout(dropout, name="head_dropout")(x)
