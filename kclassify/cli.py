@@ -20,11 +20,12 @@ def cli():
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe field, e.g. train.epochs=3.")
 @click.option("--out", type=click.Path(file_okay=False), help="Run folder (default: runs/<recipe name>).")
 @click.option("--fresh", is_flag=True, help="Discard checkpoints in the run folder and start over.")
-def fit(recipe, overrides, out, fresh):
+@click.option("--teacher", type=click.Path(), help="Distill from this trained model (sets train.distill.teacher).")
+def fit(recipe, overrides, out, fresh, teacher):
     """Train from RECIPE (a YAML file or a shipped recipe name); resumes an interrupted run."""
     from kclassify.recipe import load_recipe
 
-    cfg = load_recipe(recipe, overrides)  # validated before TensorFlow is imported
+    cfg = load_recipe(recipe, [*overrides, *([f"train.distill.teacher={teacher}"] if teacher else [])])  # validated before TensorFlow is imported
     from kclassify import runtime
 
     runtime.quiet_tensorflow()

@@ -60,6 +60,20 @@ class AugmentConfig(Section):
         return self
 
 
+class DistillConfig(Section):
+    teacher: str  # a trained .keras model (or run folder) taking the same images
+    alpha: float = Field(0.9, ge=0, le=1)  # weight of the distillation term
+    temperature: float = Field(4.0, gt=0)
+
+
+class AverageConfig(Section):
+    kind: Literal["ema", "swa"] = "ema"
+    momentum: float = Field(0.999, gt=0, lt=1)  # EMA: per step, over every weight incl. BN statistics
+    start_epoch: int = Field(0, ge=0)  # SWA: average the weights at the end of each epoch from here
+    lr: Optional[float] = Field(None, gt=0)  # SWA: constant learning rate from start_epoch
+    bn_batches: int = Field(50, ge=1)  # SWA: batches used to recompute BatchNorm statistics
+
+
 class TrainConfig(Section):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(128, ge=1)
@@ -79,6 +93,8 @@ class TrainConfig(Section):
     # and the eps is shared by the K-1 other classes.
     label_smoothing_mode: Literal["uniform", "others"] = "uniform"
     bn_momentum: float = Field(0.9, gt=0, lt=1)  # Keras' 0.99 lags badly in short runs
+    distill: Optional[DistillConfig] = None  # knowledge distillation from a frozen teacher
+    average: Optional[AverageConfig] = None  # EMA or SWA; the saved model is the averaged one
 
     @model_validator(mode="after")
     def _milestones_inside(self):

@@ -72,15 +72,16 @@ def fit(recipe, out=None, fresh=False, echo=print):
     if t.steps_per_epoch and t.steps_per_epoch < steps:
         steps = t.steps_per_epoch
     val_ds = eval_dataset(data.val, k, t.batch_size)
-    model, checkpointer = _compiled_model(recipe, data, mean, std, steps, strategy, run_dir, state, echo)
-    callbacks = [checkpointer, *_extra_callbacks(recipe, model, steps, run_dir)]
+    model, trainer, checkpointer = _compiled_model(recipe, data, mean, std, steps, strategy, run_dir, state, echo)
+    averager = _averager(recipe, model, run_dir, checkpointer.state["epoch"])
+    callbacks = [*averager, checkpointer, *_extra_callbacks(recipe, model, steps, run_dir)]
     for first, last, mix in _segments(recipe):
         if checkpointer.state["epoch"] >= last or checkpointer.diverged:
             continue
         train_ds = recipe_train_dataset(recipe, data.train, k, mix=mix)
         if t.steps_per_epoch:
             train_ds = train_ds.repeat()
-        model.fit(train_ds, validation_data=val_ds, epochs=last, initial_epoch=max(checkpointer.state["epoch"], first),
+        trainer.fit(train_ds, validation_data=val_ds, epochs=last, initial_epoch=max(checkpointer.state["epoch"], first),
                   steps_per_epoch=steps if t.steps_per_epoch else None, callbacks=callbacks,
                   verbose=_verbose(recipe), shuffle=False)
     if checkpointer.diverged:
@@ -88,8 +89,18 @@ def fit(recipe, out=None, fresh=False, echo=print):
         raise TrainingDiverged(f"loss became {loss} at epoch {ep}, step {batch}; training stopped. "
                                f"The last good checkpoint (epoch {checkpointer.state['epoch']}) is kept in "
                                f"{run_dir / 'ckpt'}. Lower train.lr or raise train.warmup_epochs.")
+    if averager and averager[0].apply(recipe_train_dataset(recipe, data.train, k, mix=False)):
+        echo(f"using the {recipe.train.average.kind.upper()} weights ({averager[0].count} averaged)")
     finalize(model, data, recipe, run_dir, checkpointer.state, echo)
     return run_dir
+
+
+def _averager(recipe, model, run_dir, epochs_done):
+    if recipe.train.average is None:
+        return []
+    from kclassify.train.averaging import WeightAverage
+
+    return [WeightAverage(recipe.train.average, model, run_dir, epochs_done)]
 
 
 def _segments(recipe):
@@ -120,25 +131,34 @@ def _verbose(recipe):
 
 
 def _compiled_model(recipe, data, mean, std, steps, strategy, run_dir, state, echo):
+    """(model, trainer, checkpointer): the trainer is the model itself, or the model beside its
+    frozen teacher when distilling; checkpoints hold the trainer with its optimizer state."""
     from kclassify.models import build_model
     from kclassify.train.callbacks import Checkpointer
     from kclassify.train.optim import make_loss, make_metrics, make_optimizer
 
     k = len(data.class_names)
+    distill = recipe.train.distill
     with strategy.scope():
         model = build_model(recipe.model.name, k, data.input_shape, mean=mean, std=std,
                             bn_momentum=recipe.train.bn_momentum, **recipe.model.params)
         optimizer = make_optimizer(recipe.train, steps, model)
-        model.compile(optimizer=optimizer, loss=make_loss(recipe.train), metrics=make_metrics(k),
-                      jit_compile=recipe.runtime.jit_compile)
+        if distill:
+            from kclassify.train.distill import DistillationLoss, distillation_model, student_metrics
+
+            trainer = distillation_model(model, distill.teacher)
+            loss, metrics = DistillationLoss(k, distill.alpha, distill.temperature), student_metrics(k)
+        else:
+            trainer, loss, metrics = model, make_loss(recipe.train), make_metrics(k)
+        trainer.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=recipe.runtime.jit_compile)
         if state:
-            optimizer.build(model.trainable_variables)
-            model.load_weights(run_dir / "ckpt" / state["file"])
+            optimizer.build(trainer.trainable_variables)
+            trainer.load_weights(run_dir / "ckpt" / state["file"])
             echo(f"resuming {run_dir} after epoch {state['epoch']} "
                  f"(optimizer step {int(optimizer.iterations)}, lr {float(optimizer.learning_rate):.5f})")
     echo(f"model: {recipe.model.name}, {model.count_params():,} parameters; "
-         f"replicas: {strategy.num_replicas_in_sync}")
-    return model, Checkpointer(run_dir, state)
+         f"replicas: {strategy.num_replicas_in_sync}" + (f"; distilling from {distill.teacher}" if distill else ""))
+    return model, trainer, Checkpointer(run_dir, state)
 
 
 def finalize(model, data, recipe, run_dir, state, echo):
@@ -150,7 +170,7 @@ def finalize(model, data, recipe, run_dir, state, echo):
 
     # The saved model is the inference network without optimizer state (checkpoints keep that):
     # it loads in plain Keras and carries nothing a deployment does not need.
-    keras.Model(model.inputs, model.outputs, name=model.name).save(run_dir / "model.keras")
+    keras.Model(model.input, model.output, name=model.name).save(run_dir / "model.keras")
     report = evaluate_model(model, data.val, data.class_names, recipe.train.batch_size)
     metrics = {"val": {"top1": report["top1"], "top5": report["top5"], "loss": report["loss"]},
                "epochs": state["epoch"], "train_seconds": round(state["train_seconds"], 1),

@@ -14,7 +14,8 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
     kind="cosine": half a cosine from base_lr down to min_lr at total_steps.
     """
 
-    def __init__(self, base_lr, total_steps, warmup_steps=0, kind="cosine", milestones=(), gamma=0.1, min_lr=0.0):
+    def __init__(self, base_lr, total_steps, warmup_steps=0, kind="cosine", milestones=(), gamma=0.1, min_lr=0.0,
+                 hold_from=None, hold_lr=None):
         self.base_lr = float(base_lr)
         self.total_steps = int(total_steps)
         self.warmup_steps = int(warmup_steps)
@@ -22,6 +23,8 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
         self.milestones = [int(m) for m in milestones]
         self.gamma = float(gamma)
         self.min_lr = float(min_lr)
+        self.hold_from = None if hold_from is None else int(hold_from)  # SWA: constant lr from this step
+        self.hold_lr = None if hold_lr is None else float(hold_lr)
 
     def __call__(self, step):
         step = ops.cast(step, "float32")
@@ -37,11 +40,14 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
         if self.warmup_steps:
             warm = self.base_lr * (step + 1.0) / self.warmup_steps
             lr = ops.where(step < self.warmup_steps, warm, lr)
+        if self.hold_from is not None:
+            lr = ops.where(step >= self.hold_from, self.hold_lr, lr)
         return lr
 
     def get_config(self):
         return dict(base_lr=self.base_lr, total_steps=self.total_steps, warmup_steps=self.warmup_steps,
-                    kind=self.kind, milestones=self.milestones, gamma=self.gamma, min_lr=self.min_lr)
+                    kind=self.kind, milestones=self.milestones, gamma=self.gamma, min_lr=self.min_lr,
+                    hold_from=self.hold_from, hold_lr=self.hold_lr)
 
 
 def schedule_from(train, steps_per_epoch):
@@ -54,4 +60,12 @@ def schedule_from(train, steps_per_epoch):
         milestones=[round(m * steps_per_epoch) for m in train.step_milestones],
         gamma=train.step_gamma,
         min_lr=train.min_lr,
+        **_swa_hold(train, steps_per_epoch),
     )
+
+
+def _swa_hold(train, steps_per_epoch):
+    avg = train.average
+    if avg is None or avg.kind != "swa" or avg.lr is None:
+        return {}
+    return {"hold_from": avg.start_epoch * steps_per_epoch, "hold_lr": avg.lr}
