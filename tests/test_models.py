@@ -194,7 +194,8 @@ def test_resnet_variants_differ_as_bag_of_tricks_says():
 def test_cifar_stems_keep_resolution():
     from kclassify.models import mobilenet_v3, resnet_imagenet
 
-    assert resnet_imagenet.resnet(18, 10, (32, 32, 3), cifar_stem=True).get_layer("stage1_block1_add").output.shape[1] == 32
+    resnet = resnet_imagenet.resnet(18, 10, (32, 32, 3), cifar_stem=True)
+    assert resnet.get_layer("stage1_block1_add").output.shape[1] == 32
     assert mobilenet_v3.mobilenet_v3(10, (32, 32, 3), cifar_stem=True).get_layer("stem_conv").output.shape[1] == 32
 
 

@@ -18,7 +18,8 @@ def inception(x, widths, name, bn_momentum, act="relu", branch3_kernel=5):
     """Four branches concatenated: 1x1; 1x1 -> 3x3; 1x1 -> kxk; 3x3 max pool -> 1x1."""
     b1, r3, b3, r5, b5, bp = widths
     one = conv_bn(x, b1, 1, 1, f"{name}_b1", bn_momentum, act=act)
-    three = conv_bn(conv_bn(x, r3, 1, 1, f"{name}_b2_1", bn_momentum, act=act), b3, 3, 1, f"{name}_b2_2", bn_momentum, act=act)
+    three = conv_bn(conv_bn(x, r3, 1, 1, f"{name}_b2_1", bn_momentum, act=act), b3, 3, 1, f"{name}_b2_2",
+                    bn_momentum, act=act)
     five = conv_bn(conv_bn(x, r5, 1, 1, f"{name}_b3_1", bn_momentum, act=act), b5, branch3_kernel, 1, f"{name}_b3_2",
                    bn_momentum, act=act)
     pool = layers.MaxPooling2D(3, strides=1, padding="same", name=f"{name}_b4_pool")(x)
