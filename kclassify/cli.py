@@ -61,14 +61,16 @@ def finetune(recipe, schedule, overrides, out, fresh, dry_run):
 @click.argument("model_or_run")
 @click.option("--data", "spec", help="image_folder:/dir, npz:/file.npz, tfds:NAME[:split], or digits.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the full report here.")
-def evaluate(model_or_run, spec, json_out):
+@click.option("--tta", type=click.Choice(["none", "flip", "crops"]), default="none", show_default=True,
+              help="Test-time augmentation: average over mirrored (and shifted) views.")
+def evaluate(model_or_run, spec, json_out, tta):
     """Top-1/top-5, per-class precision/recall/F1 and the confusion matrix of a model."""
     from kclassify import runtime
     from kclassify.evaluate import run_evaluate
 
     runtime.quiet_tensorflow()
 
-    run_evaluate(model_or_run, spec, json_out, echo=click.echo)
+    run_evaluate(model_or_run, spec, json_out, echo=click.echo, tta=None if tta == "none" else tta)
 
 
 @cli.command()

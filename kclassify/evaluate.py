@@ -45,8 +45,22 @@ def predict(model, images, batch_size=256):
     return model.predict(ds, verbose=0)
 
 
-def evaluate_model(model, split, class_names, batch_size=256):
-    probs = predict(model, split.images, batch_size)
+def tta_views(images, tta, pad=4):
+    """The test-time views of a uint8 batch: itself, + its mirror ("flip"), or the centre and
+    four crops shifted by `pad` pixels of a reflect-padded copy, each also mirrored ("crops")."""
+    if tta in (None, "none"):
+        return [images]
+    views = [images]
+    if tta == "crops":
+        h, w = images.shape[1:3]
+        padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
+        views += [padded[:, dy:dy + h, dx:dx + w] for dy, dx in ((0, 0), (0, 2 * pad), (2 * pad, 0), (2 * pad, 2 * pad))]
+    return views + [v[:, :, ::-1] for v in views]
+
+
+def evaluate_model(model, split, class_names, batch_size=256, tta=None):
+    """Report on a split; with `tta`, probabilities are averaged over the test-time views."""
+    probs = np.mean([predict(model, np.ascontiguousarray(v), batch_size) for v in tta_views(split.images, tta)], axis=0)
     report = classification_report(probs, split.labels, class_names)
     report["loss"] = cross_entropy(probs, split.labels)
     return report
@@ -101,15 +115,16 @@ def evaluation_split(run_dir, spec, model, seed=0):
     return split, names
 
 
-def run_evaluate(path, spec=None, json_out=None, echo=print):
+def run_evaluate(path, spec=None, json_out=None, echo=print, tta=None):
     from kclassify import runtime
     from kclassify.metrics import format_report
 
     runtime.quiet_tensorflow()
     model, run_dir = load_model(path)
     split, names = evaluation_split(run_dir, spec, model)
-    report = evaluate_model(model, split, names)
-    echo(format_report(report, title=f"evaluation of {path}"))
+    report = evaluate_model(model, split, names, tta=tta)
+    report["tta"] = tta or "none"
+    echo(format_report(report, title=f"evaluation of {path}" + (f" (TTA: {tta})" if tta else "")))
     out_dir = Path(json_out).parent if json_out else (run_dir or Path(path).parent)
     write_report(report, out_dir, "eval")
     if json_out:

@@ -93,6 +93,10 @@ class TrainConfig(Section):
     # and the eps is shared by the K-1 other classes.
     label_smoothing_mode: Literal["uniform", "others"] = "uniform"
     bn_momentum: float = Field(0.9, gt=0, lt=1)  # Keras' 0.99 lags badly in short runs
+    # Unbalanced data: "sampling" draws every class equally often (each image with weight 1/n_c);
+    # "loss" weights classes by the inverse effective number of samples (Cui et al. 2019).
+    class_balance: Literal["none", "sampling", "loss"] = "none"
+    class_balance_beta: float = Field(0.999, ge=0, lt=1)
     distill: Optional[DistillConfig] = None  # knowledge distillation from a frozen teacher
     average: Optional[AverageConfig] = None  # EMA or SWA; the saved model is the averaged one
 

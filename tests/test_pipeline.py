@@ -56,3 +56,46 @@ def test_augment_preview_writes_a_grid(tmp_path):
     assert (tmp_path / "grid.png").stat().st_size > 5000
     assert label_text(np.array([0.0, 1.0]), ["a", "b"]) == "b"
     assert label_text(np.array([0.7, 0.3]), ["a", "b"]) == "a 0.70 / b 0.30"
+
+
+def test_class_balanced_sampling_evens_out_classes():
+    from kclassify.data.pipeline import train_dataset
+    from kclassify.data.sources import Split
+
+    labels = np.repeat([0, 1, 2], [300, 60, 20]).astype(np.int32)  # 15:3:1 unbalanced
+    split = Split(np.zeros((380, 2, 2, 1), np.uint8), labels)
+    counts = np.zeros(3)
+    for _ in range(5):  # 5 epochs of 380 images
+        for _, y in train_dataset(split, 3, 38, balance="sampling"):
+            counts += y.numpy().sum(0)
+    share = counts / counts.sum()
+    assert np.abs(share - 1 / 3).max() < 0.04  # binomial sd of a share over 1,900 draws is about 0.011
+
+
+def test_effective_number_weights():
+    from kclassify.data.pipeline import effective_number_weights
+
+    w = effective_number_weights(np.repeat([0, 1], [1000, 10]), 3, beta=0.99)
+    expect = np.array([(1 - 0.99) / (1 - 0.99 ** 1000), (1 - 0.99) / (1 - 0.99 ** 10)])
+    np.testing.assert_allclose(w[:2], expect * 2 / expect.sum(), rtol=1e-5)
+    assert w[2] == 0 and w[1] > w[0]
+
+
+def test_class_weighted_pipeline_yields_sample_weights(tmp_path):
+    from kclassify.data import load_data
+    from kclassify.data.pipeline import recipe_train_dataset
+
+    recipe = tiny_recipe(tmp_path, train={"class_balance": "loss"})
+    x, y, w = next(iter(recipe_train_dataset(recipe, load_data(recipe.data).train, 10)))
+    assert w.shape == (64,) and np.all(w.numpy() > 0)
+
+
+def test_tta_views():
+    from kclassify.evaluate import tta_views
+
+    images = np.arange(2 * 6 * 6 * 1, dtype=np.uint8).reshape(2, 6, 6, 1)
+    flip = tta_views(images, "flip")
+    assert len(flip) == 2 and np.array_equal(flip[1][:, :, 0], images[:, :, -1])
+    crops = tta_views(images, "crops", pad=1)
+    assert len(crops) == 10 and all(v.shape == images.shape for v in crops)
+    assert np.array_equal(crops[4][:, :-2, :-2], images[:, 2:, 2:])  # shifted by 2*pad

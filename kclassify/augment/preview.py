@@ -22,7 +22,7 @@ def preview(recipe, out, count=32, echo=print):
     data = load_data(recipe.data, recipe.runtime.seed)
     recipe = recipe.model_copy(deep=True)
     recipe.train.batch_size = min(count, len(data.train))
-    images, targets = next(iter(recipe_train_dataset(recipe, data.train, len(data.class_names))))
+    images, targets = next(iter(recipe_train_dataset(recipe, data.train, len(data.class_names))))[:2]
     images, targets = np.clip(images.numpy(), 0, 255).astype(np.uint8), targets.numpy()
     plt = _pyplot()
     cols = 8

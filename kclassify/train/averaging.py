@@ -75,9 +75,9 @@ def recompute_bn(model, dataset, batches):
     for layer in bns:
         layer.moving_mean.assign(tf.zeros_like(layer.moving_mean))
         layer.moving_variance.assign(tf.ones_like(layer.moving_variance))
-    for i, (x, _) in enumerate(dataset.take(batches)):
+    for i, batch in enumerate(dataset.take(batches)):
         for layer in bns:
             layer.momentum = i / (i + 1.0)
-        model(x, training=True)
+        model(batch[0], training=True)
     for layer, momentum in zip(bns, saved):
         layer.momentum = momentum
