@@ -98,4 +98,4 @@ def test_tta_views():
     assert len(flip) == 2 and np.array_equal(flip[1][:, :, 0], images[:, :, -1])
     crops = tta_views(images, "crops", pad=1)
     assert len(crops) == 10 and all(v.shape == images.shape for v in crops)
-    assert np.array_equal(crops[4][:, :-2, :-2], images[:, 2:, 2:])  # shifted by 2*pad
+    assert np.array_equal(crops[4][:, :-1, :-1], images[:, 1:, 1:])  # corner crop: shifted by pad
