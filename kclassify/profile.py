@@ -148,17 +148,31 @@ def models_table(names=None, include_slow=True):
         info = MODELS.info(name)
         if info.get("slow") and not include_slow:
             continue
-        size = info.get("input_size", 32)
-        classes = 1000 if size >= 224 else 100
-        p = profile_model(build_model(name, classes, (size, size, 3)))
-        rows.append({"name": name, "family": info.get("family", ""), "input_size": size, "classes": classes,
-                     "params": p["params_trainable"], "macs": p["macs"], "micronet_score": p["micronet_score"]})
-        keras.backend.clear_session()  # keep memory flat over ~50 builds
+        row = {"name": name, "family": info.get("family", "")}
+        # Entries that state no design size are tried at 32x32, then at 224x224 (backbones
+        # such as InceptionV3 refuse small inputs); a model that builds at neither is listed
+        # with its error rather than stopping the table.
+        for size in [info["input_size"]] if "input_size" in info else [32, 224]:
+            classes = 1000 if size >= 224 else 100
+            try:
+                p = profile_model(build_model(name, classes, (size, size, 3)))
+            except Exception as exc:  # noqa: BLE001 (reported in the row)
+                row["error"] = str(exc).splitlines()[0][:120]
+                continue
+            row.update(input_size=size, classes=classes, params=p["params_trainable"], macs=p["macs"],
+                       micronet_score=p["micronet_score"], error=None)
+            break
+        rows.append(row)
+        keras.backend.clear_session()  # keep memory flat over ~60 builds
     return rows
 
 
 def format_table(rows):
-    lines = [f"{'name':<22} {'family':<16} {'input':>5} {'classes':>7} {'params':>9} {'MACs':>9}"]
-    lines += [f"{r['name']:<22} {r['family']:<16} {r['input_size']:>5} {r['classes']:>7} "
-              f"{_human(r['params']):>9} {_human(r['macs']):>9}" for r in rows]
+    lines = [f"{'name':<25} {'family':<16} {'input':>5} {'classes':>7} {'params':>9} {'MACs':>9}"]
+    for r in rows:
+        if r.get("error"):
+            lines.append(f"{r['name']:<25} {r['family']:<16} does not build: {r['error']}")
+        else:
+            lines.append(f"{r['name']:<25} {r['family']:<16} {r['input_size']:>5} {r['classes']:>7} "
+                         f"{_human(r['params']):>9} {_human(r['macs']):>9}")
     return lines
