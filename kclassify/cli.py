@@ -161,12 +161,39 @@ def models():
 
 
 @models.command("list")
-def models_list():
-    """Every registered model name with its family and tunable parameters."""
-    from kclassify.models import MODELS, model_params
+@click.option("--fast", is_flag=True, help="Skip the models registered as slow (the full table builds every model).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the rows as JSON.")
+def models_list(fast, json_out):
+    """Every registered model: family, design input size, parameters and MACs."""
+    import json
+    from pathlib import Path
 
-    for name in MODELS.names():
-        click.echo(f"{name:<14} {MODELS.info(name).get('family', ''):<14} params: {', '.join(model_params(name))}")
+    from kclassify import runtime
+
+    runtime.quiet_tensorflow()
+    from kclassify.profile import format_table, models_table
+
+    rows = models_table(include_slow=not fast)
+    for line in format_table(rows):
+        click.echo(line)
+    if json_out:
+        Path(json_out).write_text(json.dumps(rows, indent=2))
+
+
+@cli.command()
+@click.argument("name_or_file")
+@click.option("--input-size", type=int, default=None,
+              help="Square input side (default: the model's design size: 32 for CIFAR nets, 224 for ImageNet ones).")
+@click.option("--num-classes", type=int, default=100, show_default=True)
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the profile, per-layer MACs included.")
+def profile(name_or_file, input_size, num_classes, json_out):
+    """Parameters, MACs, activation memory and MicroNet score of a registered model or a .keras file."""
+    from kclassify import runtime
+
+    runtime.quiet_tensorflow()
+    from kclassify.profile import run_profile
+
+    run_profile(name_or_file, input_size, num_classes, json_out, echo=click.echo)
 
 
 def main():

@@ -146,7 +146,7 @@ def models_table(names=None, include_slow=True):
     rows = []
     for name in names or MODELS.names():
         info = MODELS.info(name)
-        if info.get("slow") and not include_slow:
+        if (info.get("slow") and not include_slow) or info.get("needs_file"):
             continue
         row = {"name": name, "family": info.get("family", "")}
         # Entries that state no design size are tried at 32x32, then at 224x224 (backbones

@@ -5,8 +5,9 @@ import pytest
 
 from kclassify.models import MODELS, build_model
 
-FAST = [n for n in MODELS.names() if not MODELS.info(n).get("slow")]
-SLOW = [n for n in MODELS.names() if MODELS.info(n).get("slow")]
+GENERIC = [n for n in MODELS.names() if MODELS.info(n).get("generic_tests", True)]
+FAST = [n for n in GENERIC if not MODELS.info(n).get("slow")]
+SLOW = [n for n in GENERIC if MODELS.info(n).get("slow")]
 
 # Trainable parameters at 10 classes, 32x32x3 (BN moving statistics are not trainable and
 # not counted, as in the papers). CIFAR ResNets: exact counts of the option-A reference

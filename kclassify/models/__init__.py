@@ -25,5 +25,20 @@ def build_model(name, num_classes, input_shape, mean=None, std=None, bn_momentum
     for key in params:
         if key not in allowed:
             raise RecipeError(f"model {name!r} has no parameter {key!r} in model.params{suggest(key, allowed)}")
+    if isinstance(params.get("drop_block"), dict):
+        params["drop_block"] = dropblock_hook(**params["drop_block"])
     return builder(num_classes=num_classes, input_shape=tuple(input_shape), mean=mean, std=std,
                    bn_momentum=bn_momentum, **params)
+
+
+def dropblock_hook(keep_prob=0.9, block_size=7):
+    """Recipe form `drop_block: {keep_prob: 0.9, block_size: 7}` -> the builders' hook, which
+    inserts a DropBlock2D after each branch conv of the last two stages. Training moves
+    keep_prob from 1 to its target (DropBlockSchedule, added by fit when the model has any)."""
+    from kclassify.layers.dropblock import DropBlock2D
+
+    def hook(x, name):
+        size = min(block_size, int(x.shape[1]))  # the paper's 7 does not fit an 8x8 CIFAR map
+        return DropBlock2D(keep_prob=keep_prob, block_size=size, name=f"{name}_dropblock")(x)
+
+    return hook

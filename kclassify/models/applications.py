@@ -133,6 +133,9 @@ def _variant(family):
     return build
 
 
+# Keras' own networks: tested by Keras; kclassify's wrapping is tested in test_finetune.py, so
+# the registry-wide model tests skip them (generic_tests=False).
 for _family in [*FAMILIES, "kclassify"]:
     MODELS.add(f"keras_{_family}", _variant(_family), family="applications", params_of=backbone_model,
-               slow=True, backbone=_family)
+               slow=True, backbone=_family, input_size=299 if _family == "inception_v3" else 224,
+               generic_tests=False, needs_file=_family == "kclassify")
