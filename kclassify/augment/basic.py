@@ -21,12 +21,17 @@ def image_augmenter(cfg):
         ops.append(lambda x: pad_crop(x, cfg.crop_pad, cfg.pad_mode))
     if cfg.flip:
         ops.append(tf.image.random_flip_left_right)
-    if not ops:
+    return compose(ops)
+
+
+def compose(fns):
+    """One function applying `fns` in order; None when there are none."""
+    if not fns:
         return None
 
     def apply(image):
-        for op in ops:
-            image = op(image)
+        for fn in fns:
+            image = fn(image)
         return image
 
     return apply
