@@ -83,7 +83,10 @@ class TrainConfig(Section):
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = True
     weight_decay: float = Field(5e-4, ge=0)  # as in the papers; biases and BN are excluded
-    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    schedule: Literal["cosine", "step", "constant", "onecycle"] = "cosine"
+    # Linear scaling rule (Goyal et al. 2017): lr is given for this batch size and scaled by
+    # batch_size / lr_reference_batch; pair it with warmup_epochs for large batches.
+    lr_reference_batch: Optional[int] = Field(None, ge=1)
     warmup_epochs: float = Field(0.0, ge=0)
     min_lr: float = Field(0.0, ge=0)
     step_milestones: list[float] = Field(default_factory=list)  # epochs where lr *= step_gamma
@@ -99,6 +102,9 @@ class TrainConfig(Section):
     class_balance_beta: float = Field(0.999, ge=0, lt=1)
     distill: Optional[DistillConfig] = None  # knowledge distillation from a frozen teacher
     average: Optional[AverageConfig] = None  # EMA or SWA; the saved model is the averaged one
+
+    def effective_lr(self):
+        return self.lr * (self.batch_size / self.lr_reference_batch if self.lr_reference_batch else 1.0)
 
     @model_validator(mode="after")
     def _milestones_inside(self):

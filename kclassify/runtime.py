@@ -5,6 +5,7 @@ import os
 import re
 import sys
 import tempfile
+import warnings
 
 
 NOISE = re.compile(r"absl::InitializeLog|oneDNN custom operations|cuda drivers|cuInit|cpu_feature_guard|"
@@ -57,6 +58,11 @@ def setup(runtime):
         tf.config.list_logical_devices()  # initializes the runtime (and its CUDA probe) quietly
     keras.utils.set_random_seed(runtime.seed)
     keras.mixed_precision.set_global_policy(runtime.precision)
+    if runtime.precision != "float32" and not tf.config.list_physical_devices("GPU"):
+        # Measured here (FACTS.md): no bf16/fp16 arithmetic on these CPUs, so mixed precision
+        # computes in float32 with extra casts: 6-12x slower for bfloat16 without XLA.
+        warnings.warn(f"runtime.precision={runtime.precision} on a CPU without a GPU: expect it to be slower "
+                      "than float32, not faster; use float32 on CPUs", stacklevel=2)
     if runtime.strategy == "mirrored":
         gpus = tf.config.list_logical_devices("GPU")
         devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]

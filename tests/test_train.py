@@ -190,3 +190,22 @@ def test_cifar100_recipe_runs_on_mocked_tfds(tmp_path):
         run = fit(recipe, echo=lambda *a: None)
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["model"] == "wrn28_10" and metrics["epochs"] == 1 and metrics["params"] > 36e6
+
+
+@pytest.mark.parametrize("first", ["kclassify.train.schedules", "kclassify.layers.dropblock"])
+def test_custom_objects_register_whichever_module_imports_keras_first(first):
+    code = (f"import {first}, keras; g = keras.saving.get_registered_object; "
+            "print(all(g('kclassify>' + n) is not None for n in "
+            "['WarmupSchedule', 'DropBlock2D', 'GroupSGD', 'DistillationLoss', 'StochasticDepth']))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.stdout.strip() == "True", out.stderr[-1500:]
+
+
+def test_onecycle_schedule_and_linear_scaling_rule():
+    from kclassify.recipe import TrainConfig
+    from kclassify.train.schedules import WarmupSchedule, schedule_from
+
+    one = WarmupSchedule(0.4, total_steps=100, warmup_steps=20, kind="onecycle")
+    assert [float(one(s)) for s in (0, 19, 20, 60, 99)] == pytest.approx([0.02, 0.4, 0.4, 0.2, 0.005])
+    scaled = schedule_from(TrainConfig(lr=0.1, batch_size=512, lr_reference_batch=256, epochs=2), 10)
+    assert float(scaled(5)) == pytest.approx(0.2 * 0.5 * (1 + np.cos(np.pi * 5 / 20)), rel=1e-5)

@@ -1,7 +1,7 @@
 """Optimizer, loss and metrics from a TrainConfig."""
 import keras
 
-from kclassify.train.schedules import schedule_from
+from kclassify.train import schedules  # a module import: safe while schedules is half-initialized
 
 
 def make_optimizer(train, steps_per_epoch, model):
@@ -12,7 +12,7 @@ def make_optimizer(train, steps_per_epoch, model):
     amplified by 1/(1-m) in steady state, so SGD gets wd / (1 - m) to match the papers.
     AdamW is decoupled by definition and takes the value as given.
     """
-    lr = schedule_from(train, steps_per_epoch)
+    lr = schedules.schedule_from(train, steps_per_epoch)
     wd = train.weight_decay or None
     if train.optimizer == "sgd":
         opt = keras.optimizers.SGD(lr, momentum=train.momentum, nesterov=train.nesterov,

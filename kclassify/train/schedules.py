@@ -12,6 +12,8 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
     kind="step": lr = base_lr * gamma ** (number of milestones passed), milestones in steps.
     kind="cosine": half a cosine from base_lr down to min_lr at total_steps.
+    kind="onecycle": after the warmup ramp, a straight line down to min_lr at total_steps
+    (Smith's one-cycle, as in fast CIFAR training; the ramp up is the warmup).
     """
 
     def __init__(self, base_lr, total_steps, warmup_steps=0, kind="cosine", milestones=(), gamma=0.1, min_lr=0.0,
@@ -32,6 +34,10 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
             span = max(self.total_steps - self.warmup_steps, 1)
             progress = ops.clip((step - self.warmup_steps) / span, 0.0, 1.0)
             lr = self.min_lr + (self.base_lr - self.min_lr) * 0.5 * (1.0 + ops.cos(math.pi * progress))
+        elif self.kind == "onecycle":
+            span = max(self.total_steps - self.warmup_steps, 1)
+            progress = ops.clip((step - self.warmup_steps) / span, 0.0, 1.0)
+            lr = self.base_lr + (self.min_lr - self.base_lr) * progress
         elif self.kind == "step":
             passed = sum(ops.cast(step >= m, "float32") for m in self.milestones) if self.milestones else 0.0
             lr = self.base_lr * ops.power(self.gamma, passed)
@@ -53,7 +59,7 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
 def schedule_from(train, steps_per_epoch):
     """The WarmupSchedule a TrainConfig asks for (epochs converted to steps)."""
     return WarmupSchedule(
-        base_lr=train.lr,
+        base_lr=train.effective_lr(),
         total_steps=train.epochs * steps_per_epoch,
         warmup_steps=round(train.warmup_epochs * steps_per_epoch),
         kind=train.schedule,
