@@ -81,8 +81,22 @@ def test_model_trains_saves_and_converts(name, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SLOW)
-def test_big_model_forward_backward(name):
-    check_model(name, size=32)
+def test_big_model_forward_backward_and_tflite(name, tmp_path):
+    """The big models get the fast tier's checks too: gradients, and a builtins-only float32
+    .tflite whose outputs match Keras."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from kclassify.export.convert import convert
+    from kclassify.litert_runner import TFLiteClassifier
+
+    model, x = check_model(name, size=32)
+    path = tmp_path / "m.tflite"
+    path.write_bytes(convert(model, "float32"))
+    ops = {op["op_name"] for op in Interpreter(model_path=str(path))._get_ops_details()}
+    assert not any(o.startswith("Flex") or o == "CUSTOM" for o in ops), ops
+    pixels = x.astype("uint8")
+    np.testing.assert_allclose(TFLiteClassifier(path).predict(pixels),
+                               model.predict(pixels.astype("float32"), verbose=0), atol=1e-3)
 
 
 @pytest.mark.parametrize("name", tier(EXACT))
