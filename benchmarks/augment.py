@@ -54,15 +54,8 @@ def kclassify_pipeline(images, labels, policy, placement="batch"):
     return ds.prefetch(AUTOTUNE)
 
 
-def keras_cv_pipeline(images, labels):
-    import keras_cv
-
-    layers = [keras_cv.layers.RandomFlip("horizontal"),
-              keras_cv.layers.RandomCrop(32, 32),
-              keras_cv.layers.RandAugment(value_range=(0, 255), augmentations_per_image=2, magnitude=0.9),
-              keras_cv.layers.RandomCutout(0.5, 0.5, fill_mode="constant", fill_value=128)]
-    cut = keras_cv.layers.CutMix(alpha=1.0)
-
+def layer_pipeline(images, labels, layers, cut):
+    """Batches padded by 4 (reflect), then the augmentation layers, then the CutMix layer."""
     def per_batch(x, y):
         x = tf.pad(tf.cast(x, tf.float32), [[0, 0], [4, 4], [4, 4], [0, 0]], mode="REFLECT")
         for layer in layers:
@@ -72,6 +65,17 @@ def keras_cv_pipeline(images, labels):
 
     ds = source(images, labels).batch(BATCH, drop_remainder=True)
     return ds.map(per_batch, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+
+
+def keras_cv_pipeline(images, labels):
+    import keras_cv
+
+    layers = [keras_cv.layers.RandomFlip("horizontal"),
+              keras_cv.layers.RandomCrop(32, 32),
+              keras_cv.layers.RandAugment(value_range=(0, 255), augmentations_per_image=2, magnitude=0.9),
+              keras_cv.layers.RandomCutout(0.5, 0.5, fill_mode="constant", fill_value=128)]
+    cut = keras_cv.layers.CutMix(alpha=1.0)
+    return layer_pipeline(images, labels, layers, cut)
 
 
 def keras_core_pipeline(images, labels):
@@ -84,16 +88,7 @@ def keras_core_pipeline(images, labels):
               keras.layers.RandAugment(value_range=(0, 255), num_ops=2, factor=0.9),
               keras.layers.RandomErasing(factor=1.0, scale=(0.25, 0.25), fill_value=128, value_range=(0, 255))]
     cut = keras.layers.CutMix(factor=1.0)
-
-    def per_batch(x, y):
-        x = tf.pad(tf.cast(x, tf.float32), [[0, 0], [4, 4], [4, 4], [0, 0]], mode="REFLECT")
-        for layer in layers:
-            x = layer(x, training=True)
-        out = cut({"images": x, "labels": tf.one_hot(y, 10)}, training=True)
-        return out["images"], out["labels"]
-
-    ds = source(images, labels).batch(BATCH, drop_remainder=True)
-    return ds.map(per_batch, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+    return layer_pipeline(images, labels, layers, cut)
 
 
 def images_per_second(ds, batches, warmup=5):
