@@ -93,18 +93,11 @@ def finetune(recipe, schedule=None, out=None, fresh=False, dry_run=False, echo=p
 def _data_and_model(recipe, strategy, run_dir, write, echo):
     from kclassify.data import load_data
     from kclassify.models import build_model
-    from kclassify.train.callbacks import write_json
+    from kclassify.train.fit import start_run_dir
 
     data = load_data(recipe.data, recipe.runtime.seed)
-    for note in data.notes:
-        echo(f"note: {note}")
     if write:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "recipe.yaml").write_text(recipe.to_yaml())
-        write_json(run_dir / "labels.json", {"class_names": data.class_names, "input_shape": list(data.input_shape),
-                                             "train_images": len(data.train), "val_images": len(data.val)})
-    echo(f"data: {len(data.train)} train / {len(data.val)} val images, {len(data.class_names)} classes, "
-         f"shape {data.input_shape}")
+        start_run_dir(run_dir, recipe, data, echo)
     with strategy.scope():
         model = build_model(recipe.model.name, len(data.class_names), data.input_shape,
                             bn_momentum=recipe.train.bn_momentum, **recipe.model.params)

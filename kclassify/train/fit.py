@@ -41,6 +41,18 @@ def recipe_diff(old, new, prefix=""):
     return out
 
 
+def start_run_dir(run_dir, recipe, data, echo):
+    """Write the resolved recipe and the label/input spec into the run folder; report the data."""
+    for note in data.notes:
+        echo(f"note: {note}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "recipe.yaml").write_text(recipe.to_yaml())
+    write_json(run_dir / "labels.json", {"class_names": data.class_names, "input_shape": list(data.input_shape),
+                                         "train_images": len(data.train), "val_images": len(data.val)})
+    echo(f"data: {len(data.train)} train / {len(data.val)} val images, {len(data.class_names)} classes, "
+         f"shape {data.input_shape}")
+
+
 def fit(recipe, out=None, fresh=False, echo=print):
     """Train per the recipe into the run folder, resuming a run that was interrupted."""
     run_dir = Path(out) if out else recipe.run_dir()
@@ -56,15 +68,8 @@ def fit(recipe, out=None, fresh=False, echo=print):
     from kclassify.data.pipeline import eval_dataset, recipe_train_dataset
 
     data = load_data(recipe.data, recipe.runtime.seed)
-    for note in data.notes:
-        echo(f"note: {note}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "recipe.yaml").write_text(recipe.to_yaml())
+    start_run_dir(run_dir, recipe, data, echo)
     mean, std = data.channel_stats()
-    write_json(run_dir / "labels.json", {"class_names": data.class_names, "input_shape": list(data.input_shape),
-                                         "train_images": len(data.train), "val_images": len(data.val)})
-    echo(f"data: {len(data.train)} train / {len(data.val)} val images, {len(data.class_names)} classes, "
-         f"shape {data.input_shape}")
 
     t = recipe.train
     k = len(data.class_names)
