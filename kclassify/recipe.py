@@ -70,7 +70,9 @@ class AverageConfig(Section):
     kind: Literal["ema", "swa"] = "ema"
     momentum: float = Field(0.999, gt=0, lt=1)  # EMA: per step, over every weight incl. BN statistics
     start_epoch: int = Field(0, ge=0)  # SWA: average the weights at the end of each epoch from here
-    lr: Optional[float] = Field(None, gt=0)  # SWA: constant learning rate from start_epoch
+    lr: Optional[float] = Field(None, gt=0)  # SWA: learning rate from start_epoch (constant, or a cycle's top)
+    cycle_epochs: int = Field(1, ge=1)  # SWA: >1 makes the rate cyclic: lr down to min_lr over each cycle,
+    min_lr: float = Field(0.0, ge=0)  # averaging the weights at each cycle's end (Izmailov et al.)
     bn_batches: int = Field(50, ge=1)  # SWA: batches used to recompute BatchNorm statistics
 
 

@@ -97,3 +97,18 @@ def test_distillation_and_swa_run_end_to_end(digits_run, tmp_path):
     history = json.loads((run / "ckpt" / "state.json").read_text())["history"]
     assert history[1]["lr"] == pytest.approx(0.01)  # SWA's constant rate from its start epoch
     assert (run / "ckpt" / "average-2.npz").exists()
+
+
+def test_swa_cyclic_rate_and_cycle_end_averaging(tmp_path):
+    from kclassify.recipe import TrainConfig
+    from kclassify.train.averaging import WeightAverage
+    from kclassify.train.schedules import schedule_from
+
+    train = TrainConfig(epochs=8, lr=0.1, average={"kind": "swa", "start_epoch": 2, "lr": 0.05, "min_lr": 0.01,
+                                                   "cycle_epochs": 2})
+    sched = schedule_from(train, steps_per_epoch=5)  # cycles of 10 steps from step 10
+    assert [float(sched(s)) for s in (10, 19, 20, 29)] == pytest.approx([0.05, 0.01, 0.05, 0.01])
+    avg = WeightAverage(train.average, _dense_model(), tmp_path)
+    for epoch in range(8):
+        avg.on_epoch_end(epoch)
+    assert avg.count == 3  # after epochs 4, 6 and 8

@@ -38,7 +38,8 @@ class WeightAverage(keras.callbacks.Callback):
             shadow.assign(decay * shadow + (1.0 - decay) * tf.cast(w, shadow.dtype))
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.cfg.kind == "swa" and epoch + 1 > self.cfg.start_epoch:
+        done = epoch + 1 - self.cfg.start_epoch
+        if self.cfg.kind == "swa" and done > 0 and done % self.cfg.cycle_epochs == 0:  # at each cycle's end
             self.count += 1
             for shadow, w in zip(self.shadow, self.weights()):
                 shadow.assign(shadow + (tf.cast(w, shadow.dtype) - shadow) / self.count if self.count > 1 else w)

@@ -17,7 +17,7 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
     """
 
     def __init__(self, base_lr, total_steps, warmup_steps=0, kind="cosine", milestones=(), gamma=0.1, min_lr=0.0,
-                 hold_from=None, hold_lr=None):
+                 hold_from=None, hold_lr=None, hold_cycle=0, hold_min_lr=0.0):
         self.base_lr = float(base_lr)
         self.total_steps = int(total_steps)
         self.warmup_steps = int(warmup_steps)
@@ -27,6 +27,7 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
         self.min_lr = float(min_lr)
         self.hold_from = None if hold_from is None else int(hold_from)  # SWA: constant lr from this step
         self.hold_lr = None if hold_lr is None else float(hold_lr)
+        self.hold_cycle, self.hold_min_lr = int(hold_cycle), float(hold_min_lr)  # SWA's cyclic rate
 
     def __call__(self, step):
         step = ops.cast(step, "float32")
@@ -47,13 +48,18 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
             warm = self.base_lr * (step + 1.0) / self.warmup_steps
             lr = ops.where(step < self.warmup_steps, warm, lr)
         if self.hold_from is not None:
-            lr = ops.where(step >= self.hold_from, self.hold_lr, lr)
+            held = ops.convert_to_tensor(self.hold_lr, "float32")
+            if self.hold_cycle > 1:
+                phase = ops.mod(ops.maximum(step - self.hold_from, 0.0), self.hold_cycle) / (self.hold_cycle - 1)
+                held = self.hold_lr + (self.hold_min_lr - self.hold_lr) * ops.minimum(phase, 1.0)
+            lr = ops.where(step >= self.hold_from, held, lr)
         return lr
 
     def get_config(self):
         return dict(base_lr=self.base_lr, total_steps=self.total_steps, warmup_steps=self.warmup_steps,
                     kind=self.kind, milestones=self.milestones, gamma=self.gamma, min_lr=self.min_lr,
-                    hold_from=self.hold_from, hold_lr=self.hold_lr)
+                    hold_from=self.hold_from, hold_lr=self.hold_lr, hold_cycle=self.hold_cycle,
+                    hold_min_lr=self.hold_min_lr)
 
 
 def schedule_from(train, steps_per_epoch):
@@ -74,4 +80,6 @@ def _swa_hold(train, steps_per_epoch):
     avg = train.average
     if avg is None or avg.kind != "swa" or avg.lr is None:
         return {}
-    return {"hold_from": avg.start_epoch * steps_per_epoch, "hold_lr": avg.lr}
+    cycle = avg.cycle_epochs * steps_per_epoch if avg.cycle_epochs > 1 else 0
+    return {"hold_from": avg.start_epoch * steps_per_epoch, "hold_lr": avg.lr, "hold_cycle": cycle,
+            "hold_min_lr": avg.min_lr}
