@@ -82,14 +82,20 @@ def test_model_trains_saves_and_converts(name, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SLOW)
 def test_big_model_forward_backward_and_tflite(name, tmp_path):
-    """The big models get the fast tier's checks too: gradients, and a builtins-only float32
-    .tflite whose outputs match Keras."""
+    """The big models get the fast tier's checks too: gradients, an identical .keras round trip,
+    and a builtins-only float32 .tflite whose outputs match Keras."""
     from ai_edge_litert.interpreter import Interpreter
 
     from kclassify.export.convert import convert
     from kclassify.litert_runner import TFLiteClassifier
 
+    import keras
+
     model, x = check_model(name, size=32)
+    model.save(tmp_path / "m.keras")
+    np.testing.assert_array_equal(keras.models.load_model(tmp_path / "m.keras").predict(x, verbose=0),
+                                  model.predict(x, verbose=0))
+    (tmp_path / "m.keras").unlink()  # the VGGs are 0.5 GB
     path = tmp_path / "m.tflite"
     path.write_bytes(convert(model, "float32"))
     ops = {op["op_name"] for op in Interpreter(model_path=str(path))._get_ops_details()}
