@@ -95,11 +95,9 @@ def load_or_build(name_or_file, input_size=None, num_classes=100):
         size = input_size or MODELS.info(name_or_file).get("input_size", 32)
         return build_model(name_or_file, num_classes, (size, size, 3))
     if Path(name_or_file).is_file():
-        import keras
+        from kclassify.evaluate import load_model  # registers custom layers; clear error for non-models
 
-        import kclassify  # noqa: F401  (registers custom layers before loading)
-
-        return keras.models.load_model(name_or_file, compile=False)
+        return load_model(name_or_file)[0]
     from kclassify.registry import UnknownName, suggest
 
     raise UnknownName(f"{name_or_file!r} is neither a registered model nor a file"

@@ -4,7 +4,7 @@ A typo fails at load time with the key, its section and a close match; a value o
 type or range names the field and what was given.
 """
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator

@@ -86,7 +86,6 @@ def snapshot(model):
                                                    ("top2", {"conv_dw_12", "conv_pw_12", "conv_dw_13", "conv_pw_13"})])
 def test_only_the_phase_layers_change(tmp_path, tiny_npz, group, expect_backbone):
     from kclassify import runtime
-    from kclassify.data import load_data
     from kclassify.data.pipeline import train_dataset
     from kclassify.finetune.groups import apply_phase
     from kclassify.finetune.run import _compile_phase, _data_and_model, block_pattern, resolve_phases
