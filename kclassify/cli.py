@@ -5,6 +5,7 @@ import sys
 import click
 
 from kclassify.errors import KClassifyError
+from kclassify.export.modes import MODES as EXPORT_MODES
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before anything imports TensorFlow
 
@@ -76,21 +77,48 @@ def evaluate(model_or_run, spec, json_out, tta):
 @cli.command()
 @click.argument("model_or_run")
 @click.option("--tflite", is_flag=True, required=True, help="Export to TFLite (the one format for now).")
-@click.option("--quant", type=click.Choice(["float32", "float16", "dynamic", "int8"]), default="float32", show_default=True)
-@click.option("--out", type=click.Path(dir_okay=False), help="Output .tflite (default: beside the model).")
+@click.option("--quant", type=click.Choice(list(EXPORT_MODES)), default="float32", show_default=True,
+              help="Mode from the table: " + "; ".join(f"{k}: {m.summary}" for k, m in EXPORT_MODES.items()))
+@click.option("--compare", is_flag=True, help="Export every mode and write one table (compare.md/.json).")
+@click.option("--out", type=click.Path(), help="Output .tflite (default: beside the model); with --compare, a folder.")
 @click.option("--data", "spec", help="Calibration/evaluation data for a bare .keras file (as in evaluate).")
-@click.option("--calibration-images", default=300, show_default=True, help="Unaugmented training images for int8.")
-def export(model_or_run, tflite, quant, out, spec, calibration_images):
+@click.option("--calibration-images", type=int, help="Unaugmented training images for calibration (default: the recipe's output.calibration_images, else 300).")
+@click.option("--debug-quant", is_flag=True, help="Run the TFLite quantization debugger; print the layers with the largest error.")
+@click.option("--float-layers", metavar="REGEX", help="Keep ops whose (Keras layer) names match REGEX in float.")
+@click.option("--allow-flex", is_flag=True, help="Allow TensorFlow (Flex) ops; the device runtime must link the Flex delegate.")
+@click.option("--kit", "kit_dir", type=click.Path(file_okay=False), help="Also copy the on-device kit (evaluate/benchmark/predict) into this folder.")
+def export(model_or_run, tflite, quant, compare, out, spec, calibration_images, debug_quant, float_layers, allow_flex, kit_dir):
     """Export a run (or .keras file) to a builtins-only .tflite and measure it with LiteRT."""
     from kclassify import runtime
-    from kclassify.export import export_tflite
+    from kclassify.export import ExportJob, copy_kit
 
     runtime.quiet_tensorflow()
-    rep = export_tflite(model_or_run, quant=quant, out=out, data_spec=spec,
-                        calibration_count=calibration_images, echo=click.echo)
-    click.echo(f"{rep['file']}: {rep['size_bytes']:,} bytes, {quant}, input {rep['input']['dtype']} "
-               f"{rep['input']['shape']}; top-1 {rep['tflite']['top1']:.4f} (Keras {rep['keras']['top1']:.4f}), "
-               f"agreement {rep['agreement']:.4f}")
+    job = ExportJob(model_or_run, data_spec=spec, calibration_count=calibration_images or _calibration_default(model_or_run))
+    if debug_quant:
+        job.debug("int8" if quant in ("float32", "float16", "dynamic") else quant, click.echo)
+    if compare:
+        from kclassify.export.compare import compare_modes
+
+        compare_modes(job, folder=out, echo=click.echo)
+    else:
+        rep = job.export(quant, out, allow_flex=allow_flex, float_layers=float_layers)
+        measured = (f"top-1 {rep['tflite']['top1']:.4f} (Keras {rep['keras']['top1']:.4f}), agreement {rep['agreement']:.4f}"
+                    if "tflite" in rep else rep["note"])
+        click.echo(f"{rep['file']}: {rep['size_bytes']:,} bytes, {quant}, input {rep['input']['dtype']} "
+                   f"{rep['input']['shape']}; {measured}")
+    if kit_dir:
+        click.echo(f"kit copied to {copy_kit(kit_dir)}")
+
+
+def _calibration_default(model_or_run):
+    from pathlib import Path
+
+    recipe_file = Path(model_or_run) / "recipe.yaml"
+    if recipe_file.is_file():
+        from kclassify.recipe import load_recipe
+
+        return load_recipe(recipe_file).output.calibration_images
+    return 300
 
 
 @cli.group()

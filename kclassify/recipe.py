@@ -145,7 +145,7 @@ class OutputConfig(Section):
     dir: Optional[str] = None  # default: runs/<recipe name>
     tensorboard: bool = True
     plots: bool = True
-    export: list[Literal["float32", "float16", "dynamic", "int8"]] = Field(default_factory=list)
+    export: list[Literal["float32", "float16", "dynamic", "int8", "int8-uint8io", "int8-int8io", "16x8"]] = Field(default_factory=list)
     calibration_images: int = Field(300, ge=1)
 
 

@@ -13,7 +13,7 @@ NOISE = re.compile(r"absl::InitializeLog|oneDNN custom operations|cuda drivers|c
 
 
 @contextlib.contextmanager
-def filtered_stderr():
+def filtered_stderr(extra=None):
     """Hold the process's stderr (fd 2, where TensorFlow's C++ logs go) and re-emit it without
     the start-up chatter (CUDA probing on a CPU box, oneDNN notices)."""
     with tempfile.TemporaryFile() as tmp:
@@ -26,8 +26,28 @@ def filtered_stderr():
             os.close(saved)
             tmp.seek(0)
             for line in tmp.read().decode(errors="replace").splitlines():
-                if not NOISE.search(line):
+                if not NOISE.search(line) and not (extra and extra.search(line)):
                     print(line, file=sys.stderr)
+
+
+CONVERTER_NOISE = re.compile(r"fully_quantize:|XNNPACK delegate for CPU|^\s*$")
+
+
+@contextlib.contextmanager
+def quiet_conversion():
+    """TFLite conversion and calibration without their chatter: the deprecated-interpreter and
+    trackable_obj warnings, the per-conversion "fully_quantize" line and the delegate notice."""
+    import logging
+
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), filtered_stderr(CONVERTER_NOISE):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        absl.setLevel(level)
 
 
 def quiet_tensorflow():

@@ -1,2 +1,3 @@
-"""TFLite export: conversion (one table of modes), calibration, and the accuracy report."""
-from kclassify.export.report import export_tflite  # noqa: F401
+"""TFLite export: conversion (one table of modes), calibration, diagnosis, the accuracy report
+and the every-mode comparison."""
+from kclassify.export.report import ExportJob, copy_kit, export_tflite  # noqa: F401

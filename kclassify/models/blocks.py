@@ -75,20 +75,13 @@ def drop_path(x, rate, name):
 
 
 def pad_shortcut(x, filters, stride, name):
-    """Option-A shortcut of He et al. (2016): subsample, then zero-pad the new channels.
+    """Option-A shortcut of He et al. (2016): subsample, then zero-pad the new channels (one
+    weightless layer that TFLite runs as a single delegated CONV_2D; see PadShortcut)."""
+    if stride == 1 and filters == x.shape[-1]:
+        return x
+    from kclassify.layers.pad_shortcut import PadShortcut
 
-    Built from stock layers (pool of size 1 subsamples; a 3-D zero padding on a reshaped
-    tensor pads channels) so it saves, loads and converts to TFLite builtins without custom code.
-    """
-    if stride > 1:
-        x = layers.MaxPooling2D(pool_size=1, strides=stride, name=f"{name}_subsample")(x)
-    extra = filters - x.shape[-1]
-    if extra > 0:
-        h, w, c = x.shape[1:]
-        x = layers.Reshape((h, w, c, 1), name=f"{name}_expand")(x)
-        x = layers.ZeroPadding3D(((0, 0), (0, 0), (extra // 2, extra - extra // 2)), name=f"{name}_pad")(x)
-        x = layers.Reshape((h, w, filters), name=f"{name}_squeeze")(x)
-    return x
+    return PadShortcut(filters, stride, name=f"{name}_pad")(x)
 
 
 @dataclass(frozen=True)

@@ -189,9 +189,10 @@ def finalize(model, data, recipe, run_dir, state, echo):
 
     echo(format_report(report, title=f"validation ({recipe.model.name})"))
     echo(json.dumps(metrics))
-    for mode in recipe.output.export:
-        from kclassify.export import export_tflite
+    from kclassify.export import ExportJob
 
-        rep = export_tflite(run_dir, quant=mode, model=model, data=data, echo=echo)
+    job = ExportJob(run_dir, model=model, data=data, calibration_count=recipe.output.calibration_images)
+    for mode in recipe.output.export:
+        rep = job.export(mode)
         echo(f"export {mode}: {rep['file']} {rep['size_bytes']:,} bytes, top-1 {rep['tflite']['top1']:.4f}, "
              f"agreement with Keras {rep['agreement']:.4f}")

@@ -1,0 +1,37 @@
+"""The one table of TFLite export modes: what each converts to and what its file takes and gives."""
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    summary: str
+    optimize: bool = False      # converter.optimizations = [DEFAULT]
+    float16: bool = False       # float16 weights
+    calibrate: bool = False     # needs calibration images (activations quantized)
+    ops: str = "builtins"       # builtins | int8 | 16x8: the op set the converter may use
+    input_type: str = "float32"
+    output_type: str = "float32"
+
+
+MODES = {m.name: m for m in (
+    Mode("float32", "no quantization"),
+    Mode("float16", "float16 weights (half the size), float32 compute on CPU", optimize=True, float16=True),
+    Mode("dynamic", "int8 weights, activations quantized on the fly", optimize=True),
+    Mode("int8", "full integer; uint8 raw-pixel input (scale 1, zero point 0), float32 probabilities",
+         optimize=True, calibrate=True, ops="int8", input_type="uint8"),
+    Mode("int8-uint8io", "full integer with uint8 input and uint8 output (integer-only accelerators)",
+         optimize=True, calibrate=True, ops="int8", input_type="uint8", output_type="uint8"),
+    Mode("int8-int8io", "full integer with int8 input and int8 output",
+         optimize=True, calibrate=True, ops="int8", input_type="int8", output_type="int8"),
+    Mode("16x8", "int16 activations, int8 weights; float32 input and output",
+         optimize=True, calibrate=True, ops="16x8"),
+)}
+
+
+def get_mode(name):
+    from kclassify.errors import ExportError
+
+    if name not in MODES:
+        raise ExportError(f"unknown quantization mode {name!r}; choose from {', '.join(MODES)}")
+    return MODES[name]
