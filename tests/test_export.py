@@ -54,6 +54,105 @@ def test_calibration_is_stratified_and_pins_input_range():
     assert np.bincount(calib[1:, 0, 0, 0], minlength=5).min() >= 9
 
 
+@pytest.fixture(scope="module")
+def compared(digits_run, tmp_path_factory):
+    from kclassify.export import ExportJob
+    from kclassify.export.compare import compare_modes
+
+    folder = tmp_path_factory.mktemp("compare")
+    return compare_modes(ExportJob(digits_run), folder=folder, runs=20, rounds=1, echo=lambda *a: None), folder
+
+
+def test_compare_covers_every_mode_in_one_table(compared):
+    from kclassify.export.modes import MODES
+
+    rows, folder = compared
+    assert [r["mode"] for r in rows] == list(MODES)
+    table = (folder / "compare.md").read_text()
+    assert all(f"| {m} |" in table for m in MODES) and "ms @1T" in table and "ms @2T" in table
+    saved = json.loads((folder / "compare.json").read_text())["rows"]
+    for r in saved:
+        assert r["latency_ms_1t"] > 0 and r["latency_ms_2t"] > 0 and 0 <= r["max_prob_diff"] <= 1
+        assert r["agreement"] >= 0.97, r["mode"]
+    by = {r["mode"]: r for r in saved}
+    assert by["int8"]["size_ratio"] <= 0.3 and by["float16"]["size_ratio"] < 0.55
+
+
+def test_io_types_of_the_modes(compared):
+    rows, _ = compared
+    io = {r["mode"]: (r["input"], r["output"]) for r in rows}
+    assert io == {"float32": ("float32", "float32"), "float16": ("float32", "float32"),
+                  "dynamic": ("float32", "float32"), "int8": ("uint8", "float32"),
+                  "int8-uint8io": ("uint8", "uint8"), "int8-int8io": ("int8", "int8"),
+                  "16x8": ("float32", "float32")}
+
+
+def test_16x8_has_int16_activations(compared):
+    from ai_edge_litert.interpreter import Interpreter
+
+    rows, _ = compared
+    path = next(r["file"] for r in rows if r["mode"] == "16x8")
+    dtypes = {t["dtype"] for t in Interpreter(model_path=path).get_tensor_details()}
+    assert np.int16 in dtypes and np.int8 in dtypes
+
+
+def test_int8_int8io_takes_pixels_minus_128(compared):
+    from kclassify.kit import kitlib
+
+    rows, _ = compared
+    path = next(r["file"] for r in rows if r["mode"] == "int8-int8io")
+    spec = kitlib().read_metadata(path)
+    assert spec["input"]["dtype"] == "int8" and spec["input"]["scale"] == 1.0 and spec["input"]["zero_point"] == -128
+
+
+def test_spec_is_embedded_as_tflite_metadata(exports):
+    from kclassify.kit import kitlib
+
+    rep = exports["int8"]
+    spec = kitlib().read_metadata(rep["file"])
+    assert spec["class_names"] == rep["class_names"] and spec["input"] == rep["input"]
+    assert spec["quant"] == "int8" and spec["output"]["dtype"] == "float32"
+
+
+def test_debugger_ranks_layers_and_float_layers_keeps_them_float(digits_run, tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from kclassify.export import ExportJob
+
+    job = ExportJob(digits_run)
+    rows = job.debug("int8", echo=lambda *a: None)
+    scores = [r["rmse_over_scale"] for r in rows]
+    assert scores == sorted(scores, reverse=True) and len(rows) >= 20
+    assert any("head_dense" in r["tensor"] for r in rows)
+    rep = job.export("int8", tmp_path / "mixed.tflite", float_layers="stage3_block3")
+    assert rep["agreement"] >= 0.97 and rep["input"]["dtype"] == "uint8"
+    it = Interpreter(model_path=rep["file"])
+    float_convs = [op for op in it._get_ops_details()
+                   if op["op_name"] == "CONV_2D" and op["result_types"] == [np.float32]]
+    int8_convs = [op for op in it._get_ops_details()
+                  if op["op_name"] == "CONV_2D" and op["result_types"] == [np.int8]]
+    assert len(float_convs) == 2 and len(int8_convs) >= 17  # the block's two convs stay float
+    with pytest.raises(ExportError, match="matches no quantized layer"):
+        job.export("int8", tmp_path / "x.tflite", float_layers="no_such_layer")
+
+
+def test_allow_flex_exports_and_says_it_cannot_be_run_here(tmp_path):
+    import keras
+    import tensorflow as tf
+
+    from kclassify.export.convert import convert
+    from kclassify.export.report import flex_ops
+
+    class Det(keras.layers.Layer):
+        def call(self, x):
+            return tf.linalg.det(x)
+
+    inp = keras.Input((4, 4, 3))
+    model = keras.Model(inp, Det()(keras.layers.Permute((3, 1, 2))(inp)))
+    blob = convert(model, "float32", allow_flex=True)
+    assert flex_ops(blob) == ["FlexMatrixDeterminant"]
+
+
 def test_tf_only_op_is_named():
     import keras
     import tensorflow as tf
@@ -66,7 +165,7 @@ def test_tf_only_op_is_named():
 
     inp = keras.Input((4, 4, 3))
     model = keras.Model(inp, Det()(keras.layers.Permute((3, 1, 2))(inp)))
-    with pytest.raises(ExportError, match="not TFLite builtins.*MatrixDeterminant"):
+    with pytest.raises(ExportError, match="not TFLite builtins.*MatrixDeterminant.*--allow-flex"):
         convert(model, "float32")
 
 
@@ -82,12 +181,24 @@ def test_cli_export_and_evaluate(digits_run, tmp_path):
     assert (tmp_path / "eval_confusion.png").exists()
 
 
+def test_cli_debug_quant_and_kit(digits_run, tmp_path):
+    out = run_cli("export", digits_run, "--tflite", "--quant", "int8", "--debug-quant", "--out",
+                  tmp_path / "m.tflite", "--kit", tmp_path / "device")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "rmse/scale" in out.stdout and "head_dense" in out.stdout and "kit copied" in out.stdout
+    assert (tmp_path / "device" / "evaluate.py").exists()
+    assert "fully_quantize" not in out.stderr and "deprecated" not in out.stderr, out.stderr
+
+
 def test_cli_model_file_that_is_not_a_model(tmp_path):
     fake = tmp_path / "model.keras"
     fake.write_text("hello")
     out = run_cli("evaluate", fake, "--data", "digits")
     assert out.returncode == 2 and "not a loadable Keras model" in out.stderr and "Traceback" not in out.stderr
     missing = run_cli("export", tmp_path / "nope.keras", "--tflite")
+    assert missing.returncode == 2 and "model not found" in missing.stderr
+    nomatch = run_cli("export", tmp_path / "nope.keras", "--tflite", "--quant", "sideways")
+    assert nomatch.returncode == 2 and "16x8" in nomatch.stderr
     assert missing.returncode == 2 and "model not found" in missing.stderr
 
 
