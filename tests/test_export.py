@@ -205,3 +205,19 @@ def test_cli_model_file_that_is_not_a_model(tmp_path):
 def test_cli_data_path_that_does_not_exist(tmp_path):
     out = run_cli("fit", "cifar10_cpu", "--set", f"data.path={tmp_path}/missing", "--out", tmp_path / "r")
     assert out.returncode == 2 and "data path does not exist" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_resnet20_int8_runs_in_xnnpack_whole(tmp_path):
+    """The option-A shortcut is one CONV_2D, so every conv/add/pool of int8 ResNet-20 is
+    delegated (the stock-layer version left 18 ops out in 6 partitions and was slow)."""
+    from kclassify.export.convert import convert
+    from kclassify.kit import kitlib
+    from kclassify.models import build_model
+
+    model = build_model("resnet20", 10, (32, 32, 3))
+    calib = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3)).astype(np.uint8)
+    path = tmp_path / "r20.tflite"
+    path.write_bytes(convert(model, "int8", calib))
+    report = kitlib().delegate_report(path)
+    assert set(report["not_delegated"]) <= {"QUANTIZE", "SOFTMAX"}, report
+    assert report["delegated"] >= 30
