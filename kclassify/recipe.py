@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from kclassify.errors import RecipeError
+from kclassify.export.modes import MODES as EXPORT_MODES
 from kclassify.registry import suggest
 
 
@@ -145,7 +146,7 @@ class OutputConfig(Section):
     dir: Optional[str] = None  # default: runs/<recipe name>
     tensorboard: bool = True
     plots: bool = True
-    export: list[Literal["float32", "float16", "dynamic", "int8", "int8-uint8io", "int8-int8io", "16x8"]] = Field(default_factory=list)
+    export: list[Literal[tuple(EXPORT_MODES)]] = Field(default_factory=list)  # names in the modes table
     calibration_images: int = Field(300, ge=1)
 
 

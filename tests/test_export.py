@@ -84,6 +84,7 @@ def test_io_types_of_the_modes(compared):
     assert io == {"float32": ("float32", "float32"), "float16": ("float32", "float32"),
                   "dynamic": ("float32", "float32"), "int8": ("uint8", "float32"),
                   "int8-uint8io": ("uint8", "uint8"), "int8-int8io": ("int8", "int8"),
+                  "int8-xnnpack": ("uint8", "float32"),
                   "16x8": ("float32", "float32")}
 
 
@@ -205,6 +206,25 @@ def test_cli_model_file_that_is_not_a_model(tmp_path):
 def test_cli_data_path_that_does_not_exist(tmp_path):
     out = run_cli("fit", "cifar10_cpu", "--set", f"data.path={tmp_path}/missing", "--out", tmp_path / "r")
     assert out.returncode == 2 and "data path does not exist" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_int8_xnnpack_mode_keeps_hard_swish_float_and_stays_in_the_delegate(tmp_path):
+    """XNNPACK has no int8 HARD_SWISH: in plain int8 each one splits the graph; the int8-xnnpack
+    mode keeps them float (dequantize/quantize around) and the delegate takes everything."""
+    from kclassify.export.convert import convert
+    from kclassify.kit import kitlib
+    from kclassify.models import build_model
+
+    model = build_model("mobilenet_v3_small", 10, (32, 32, 3), cifar_stem=True)
+    calib = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3)).astype(np.uint8)
+    reports = {}
+    for mode in ("int8", "int8-xnnpack"):
+        path = tmp_path / f"{mode}.tflite"
+        path.write_bytes(convert(model, mode, calib))
+        reports[mode] = kitlib().delegate_report(path)
+    assert reports["int8"]["not_delegated"].get("HARD_SWISH", 0) >= 10
+    assert set(reports["int8-xnnpack"]["not_delegated"]) <= {"QUANTIZE", "SOFTMAX"}, reports
+    assert reports["int8-xnnpack"]["partitions"] <= 2
 
 
 def test_resnet20_int8_runs_in_xnnpack_whole(tmp_path):

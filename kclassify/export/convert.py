@@ -70,7 +70,7 @@ def convert(model, mode, calibration=None, allow_flex=False, float_layers=None):
 
     converter = make_converter(model, mode, calibration, allow_flex)
     try:
-        if float_layers:
+        if float_layers or get_mode(mode).float_ops:
             from kclassify.export.debug import selective_model
 
             return selective_model(converter, calibration, float_layers, get_mode(mode))

@@ -14,12 +14,15 @@ import numpy as np
 from kclassify.errors import ExportError
 
 
-def _debugger(converter, calibration, denylist=()):
+def _debugger(converter, calibration, denylist=(), ops=()):
     import tensorflow as tf
 
     from kclassify.export.convert import representative
 
-    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(denylist)) if denylist else None
+    options = None
+    if denylist or ops:
+        options = tf.lite.experimental.QuantizationDebugOptions(
+            denylisted_nodes=list(denylist) or None, denylisted_ops=list(ops) or None)
     return tf.lite.experimental.QuantizationDebugger(
         converter=converter, debug_dataset=representative(calibration), debug_options=options)
 
@@ -45,12 +48,12 @@ def layer_errors(converter, calibration):
 
 
 def layer_label(tensor):
-    """The readable part of a fused tensor name: 'model/stage1_conv_1/convolution;...' ->
-    'stage1_conv' (Keras appends _1 inside the traced function)."""
-    first = tensor.split(";")[0]
-    parts = first.split("/")
-    name = parts[1] if len(parts) > 1 else parts[0]
-    return name[:-2] if name.endswith("_1") else name
+    """The Keras layer in a fused tensor name: the innermost scope Keras suffixed with _1 when
+    tracing ('model_1/backbone_1/conv_pw_13_relu_1/Relu6' -> 'conv_pw_13_relu',
+    'resnet20_1/stage1_conv_1/convolution' -> 'stage1_conv')."""
+    parts = tensor.split(";")[0].split("/")
+    scopes = [p[:-2] for p in parts[:-1] if p.endswith("_1")]
+    return scopes[-1] if scopes else parts[0]
 
 
 def format_errors(rows, top=15):
@@ -62,12 +65,26 @@ def format_errors(rows, top=15):
 
 
 def selective_model(converter, calibration, pattern, mode):
-    """The quantized model with every op whose tensor name matches `pattern` left in float
-    (dequantize before, quantize after). Input/output take the mode's types where the graph's
-    ends are quantized, else stay float32."""
-    import re
-
+    """The quantized model with every op whose tensor name matches `pattern` (and every op of a
+    type in `mode.float_ops`) left in float (dequantize before, quantize after). Input/output
+    take the mode's types where the graph's ends are quantized, else stay float32."""
     import tensorflow as tf
+
+    from kclassify.runtime import quiet_conversion
+
+    chosen = _matching_nodes(converter, calibration, pattern) if pattern else []
+    with quiet_conversion():
+        blob = _debugger(converter, calibration, chosen, mode.float_ops).get_nondebug_quantized_model()
+    try:
+        from tensorflow.lite.python.util import modify_model_io_type
+
+        return bytes(modify_model_io_type(blob, getattr(tf, mode.input_type), getattr(tf, mode.output_type)))
+    except Exception:  # an end of the graph left in float: the file keeps float32 there
+        return bytes(blob)
+
+
+def _matching_nodes(converter, calibration, pattern):
+    import re
 
     regex = re.compile(pattern)
     names = [r["tensor"] for r in layer_errors(converter, calibration)]
@@ -75,13 +92,4 @@ def selective_model(converter, calibration, pattern, mode):
     if not chosen:
         sample = ", ".join(sorted({layer_label(n) for n in names})[:8])
         raise ExportError(f"--float-layers {pattern!r} matches no quantized layer (some layers: {sample})")
-    from kclassify.runtime import quiet_conversion
-
-    with quiet_conversion():
-        blob = _debugger(converter, calibration, chosen).get_nondebug_quantized_model()
-    try:
-        from tensorflow.lite.python.util import modify_model_io_type
-
-        return bytes(modify_model_io_type(blob, getattr(tf, mode.input_type), getattr(tf, mode.output_type)))
-    except Exception:  # an end of the graph left in float: the file keeps float32 there
-        return bytes(blob)
+    return chosen

@@ -12,6 +12,7 @@ class Mode:
     ops: str = "builtins"       # builtins | int8 | 16x8: the op set the converter may use
     input_type: str = "float32"
     output_type: str = "float32"
+    float_ops: tuple = ()       # TFLite op types left in float (dequantize before, quantize after)
 
 
 MODES = {m.name: m for m in (
@@ -24,6 +25,9 @@ MODES = {m.name: m for m in (
          optimize=True, calibrate=True, ops="int8", input_type="uint8", output_type="uint8"),
     Mode("int8-int8io", "full integer with int8 input and int8 output",
          optimize=True, calibrate=True, ops="int8", input_type="int8", output_type="int8"),
+    Mode("int8-xnnpack", "int8 except the ops XNNPACK runs only in float (HARD_SWISH), which stay float "
+         "so the whole graph runs in the delegate: the fast choice for CPUs; same as int8 without them",
+         optimize=True, calibrate=True, ops="int8", input_type="uint8", float_ops=("HARD_SWISH",)),
     Mode("16x8", "int16 activations, int8 weights; float32 input and output",
          optimize=True, calibrate=True, ops="16x8"),
 )}
