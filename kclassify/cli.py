@@ -224,6 +224,52 @@ def profile(name_or_file, input_size, num_classes, json_out):
     run_profile(name_or_file, input_size, num_classes, json_out, echo=click.echo)
 
 
+@cli.command()
+@click.argument("run")
+@click.option("--epochs", type=int, help="Fine-tuning epochs (default: the recipe's qat.epochs, 2; 0 only calibrates).")
+@click.option("--lr", type=float, help="Learning rate, SGD momentum 0.9, cosine to 0 (default: qat.lr, 1e-3).")
+@click.option("--batch-size", type=int, help="Default: qat.batch_size, else train.batch_size.")
+@click.option("--steps-per-epoch", type=int, help="Cap the steps of each epoch (smoke runs).")
+@click.option("--out", type=click.Path(dir_okay=False), help="Output .tflite (default: RUN/model_qat_int8.tflite).")
+def qat(run, epochs, lr, batch_size, steps_per_epoch, out):
+    """Quantization-aware fine-tuning of a run (tfmot, in a tf_keras child process) to an int8
+    .tflite with uint8 input, measured with LiteRT like `export`. Needs kclassify[qat]."""
+    from kclassify.qat import require_tfmot
+
+    require_tfmot()
+    from kclassify import runtime
+
+    runtime.quiet_tensorflow()
+    from kclassify.qat.run import qat as run_qat
+
+    run_qat(run, epochs=epochs, lr=lr, batch_size=batch_size, steps_per_epoch=steps_per_epoch, out=out, echo=click.echo)
+
+
+@cli.command()
+@click.argument("run")
+@click.option("--sparsity", type=float, help="Fraction of each prunable kernel set to zero (default: qat.sparsity, 0.5).")
+@click.option("--schedule", type=click.Choice(["polynomial", "constant"]), help="Sparsity schedule (default: polynomial).")
+@click.option("--epochs", type=int, help="Fine-tuning epochs (default: qat.epochs, 2).")
+@click.option("--lr", type=float, help="Learning rate (default: qat.lr, 1e-3).")
+@click.option("--batch-size", type=int, help="Default: qat.batch_size, else train.batch_size.")
+@click.option("--steps-per-epoch", type=int, help="Cap the steps of each epoch (smoke runs).")
+@click.option("--int8", is_flag=True, default=None, help="Also write an int8 copy (post-training quantized, uint8 input).")
+@click.option("--out", type=click.Path(dir_okay=False), help="Output .tflite (default: RUN/model_pruned.tflite).")
+def prune(run, sparsity, schedule, epochs, lr, batch_size, steps_per_epoch, int8, out):
+    """Magnitude pruning while fine-tuning (tfmot, in a tf_keras child process) to a float32
+    .tflite; reports the achieved sparsity and the gzip size. Needs kclassify[qat]."""
+    from kclassify.qat import require_tfmot
+
+    require_tfmot()
+    from kclassify import runtime
+
+    runtime.quiet_tensorflow()
+    from kclassify.qat.run import prune as run_prune
+
+    run_prune(run, sparsity=sparsity, schedule=schedule, epochs=epochs, lr=lr, batch_size=batch_size,
+              steps_per_epoch=steps_per_epoch, int8=int8 or None, out=out, echo=click.echo)
+
+
 def main():
     """Entry point: user errors print one message and exit non-zero, without a traceback."""
     try:

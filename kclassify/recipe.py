@@ -150,6 +150,22 @@ class OutputConfig(Section):
     calibration_images: int = Field(300, ge=1)
 
 
+class QATConfig(Section):
+    """`kclassify qat` / `kclassify prune`: fine-tuning through tensorflow-model-optimization."""
+    epochs: int = Field(2, ge=0)  # fine-tuning epochs (qat: 0 = only calibrate the fake-quant ranges)
+    lr: float = Field(1e-3, gt=0)  # SGD with momentum, cosine to 0, plain cross-entropy
+    momentum: float = Field(0.9, ge=0, lt=1)
+    batch_size: Optional[int] = Field(None, ge=1)  # default: train.batch_size
+    steps_per_epoch: Optional[int] = Field(None, ge=1)  # cap (smoke runs); default: one pass over train
+    freeze_bn: bool = True  # BatchNorm keeps its moving statistics (what TFLite folds) while fine-tuning
+    calibration_batches: int = Field(8, ge=1)  # batches that set the activation ranges before fine-tuning
+    check_images: int = Field(16, ge=1)  # validation images for the Keras 3 == tf_keras check
+    tolerance: float = Field(1e-5, gt=0)  # max |difference| allowed by that check
+    sparsity: float = Field(0.5, gt=0, lt=1)  # prune: fraction of each prunable kernel set to zero
+    schedule: Literal["polynomial", "constant"] = "polynomial"  # prune: sparsity schedule
+    prune_int8: bool = False  # prune: also write an int8 (post-training quantized) copy
+
+
 class Recipe(Section):
     name: str = "recipe"
     data: DataConfig = Field(default_factory=DataConfig)
@@ -159,6 +175,7 @@ class Recipe(Section):
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    qat: QATConfig = Field(default_factory=QATConfig)
 
     def run_dir(self):
         return Path(self.output.dir or Path("runs") / self.name)

@@ -1,0 +1,242 @@
+"""tf_keras side of the bridge: rebuild a graph.json description (see graph.py) as a tf_keras
+functional model with the same weights, and check it computes what the Keras 3 model did.
+
+Runs in the child process only: it imports numpy, tensorflow and tf_keras, never `keras` and no
+kclassify module that would. Every layer keeps its Keras 3 name, so reports and tfmot's
+per-layer wrappers can be matched to the original. What is rebuilt differently, and why:
+
+- Normalization and Rescaling (fixed per-channel x * s + b, which tfmot cannot quantize) become a
+  frozen DepthwiseConv2D(1) with kernel s and bias b: one per-channel-quantized op whose 1x1
+  weights are exact under int8 (Rescaling of a rank-2 tensor is wrapped in two Reshapes).
+- BatchNormalization stays a BatchNormalization when it directly follows a Conv2D/DepthwiseConv2D
+  (tfmot's conv+BN patterns fold it as TFLite does); anywhere else (pre-activation units: after an
+  Add or a Concatenate) tfmot has no quantized BN, so it becomes the same affine DepthwiseConv2D(1)
+  with the inference-mode scale gamma/sqrt(var+eps) and bias beta - mean*scale (trainable).
+- Activation relu6 becomes a ReLU(max_value=6) layer (tfmot fuses conv+BN+ReLU); hard_silu /
+  hard_swish and hard_sigmoid become the small layers below, computing exactly Keras 3's
+  x*relu6(x+3)/6 and relu6(x+3)/6 (tf_keras' own hard_sigmoid is 0.2x+0.5), which the TFLite
+  converter maps to HARD_SWISH and ADD(+RELU6)+MUL builtins.
+- kclassify's PadShortcut becomes a frozen Conv2D 1x1 (stride s, no bias) with the same 0/1
+  kernel: the same single CONV_2D as the Keras 3 export.
+"""
+import numpy as np
+import tensorflow as tf
+import tf_keras as K
+
+ROLE_LAYER = "layer"      # an ordinary trainable layer
+ROLE_FIXED = "fixed"      # a frozen replacement (normalization, rescaling, option-A shortcut)
+ROLE_AFFINE = "affine"    # a standalone BatchNorm as a trainable per-channel affine
+ROLE_OUTPUT = "output"    # quantize the output only (custom activations, Multiply)
+
+
+class HardSwish(K.layers.Layer):
+    """Keras 3's hard_silu / hard_swish: x * relu6(x + 3) / 6 (TFLite HARD_SWISH)."""
+
+    def call(self, x):
+        return x * tf.nn.relu6(x + 3.0) * (1.0 / 6.0)
+
+
+class HardSigmoid(K.layers.Layer):
+    """Keras 3's hard_sigmoid: relu6(x + 3) / 6 (not tf_keras' 0.2x + 0.5)."""
+
+    def call(self, x):
+        return tf.nn.relu6(x + 3.0) * (1.0 / 6.0)
+
+
+CUSTOM_OBJECTS = {"HardSwish": HardSwish, "HardSigmoid": HardSigmoid}
+SIMPLE_ACTIVATIONS = {"linear": "linear", "relu": "relu", "softmax": "softmax", "sigmoid": "sigmoid",
+                      "tanh": "tanh", "silu": "swish", "swish": "swish"}
+
+
+class TranslationError(Exception):
+    """The description cannot be rebuilt, or the rebuilt model does not match."""
+
+
+def _conv_activation(spec):
+    act = spec["config"]["activation"]
+    if act not in ("linear", "relu", "relu6", "sigmoid", "softmax", "tanh"):
+        raise TranslationError(f"layer {spec['name']!r} ({spec['class_name']}) has activation {act!r} inside; "
+                               "only linear/relu/relu6/sigmoid/softmax/tanh are translated there")
+    return act
+
+
+class Builder:
+    """Builds the tf_keras graph layer by layer; remembers the weights to copy and each layer's role."""
+
+    def __init__(self, graph, weights):
+        self.graph, self.weights = graph, weights
+        self.tensors, self.roles, self.assign = {}, {}, []  # assign: (layer, [arrays]) after build
+        self.consumers = {}
+        for spec in graph["layers"]:
+            for src in spec["inbound"]:
+                self.consumers.setdefault(src, []).append(spec["name"])
+        self.classes = {spec["name"]: spec["class_name"] for spec in graph["layers"]}
+
+    def w(self, spec, name):
+        key = spec["weights"].get(name)
+        if key is None:
+            raise TranslationError(f"layer {spec['name']!r} ({spec['class_name']}) has no weight {name!r}")
+        return np.asarray(self.weights[key], np.float32)
+
+    def add(self, spec, layer, x, arrays=None, role=ROLE_LAYER):
+        y = layer(x)
+        if arrays is not None:
+            self.assign.append((layer, arrays))
+        self.roles[layer.name] = role
+        return y
+
+    def affine(self, name, x, scale, offset, trainable, role):
+        """x * scale + offset per channel as a DepthwiseConv2D(1) (rank 4) or, for a rank-2 tensor,
+        the same between two Reshapes."""
+        channels = int(x.shape[-1])
+        scale = np.broadcast_to(np.asarray(scale, np.float32), (channels,))
+        offset = np.broadcast_to(np.asarray(offset, np.float32), (channels,))
+        arrays = [scale.reshape(1, 1, channels, 1).copy(), offset.copy()]
+        rank = len(x.shape)
+        if rank == 4:
+            layer = K.layers.DepthwiseConv2D(1, use_bias=True, trainable=trainable, name=name)
+            return self.add(None, layer, x, arrays, role)
+        if rank == 2:
+            y = K.layers.Reshape((1, 1, channels), name=f"{name}_to4d")(x)
+            layer = K.layers.DepthwiseConv2D(1, use_bias=True, trainable=trainable, name=name)
+            y = self.add(None, layer, y, arrays, role)
+            return K.layers.Reshape((channels,), name=f"{name}_to2d")(y)
+        raise TranslationError(f"layer {name!r}: a per-channel affine on a rank-{rank} tensor is not translated")
+
+    def bn_follows_conv(self, spec):
+        (src,) = spec["inbound"]
+        if self.classes.get(src) not in ("Conv2D", "DepthwiseConv2D"):
+            return False
+        conv = next(s for s in self.graph["layers"] if s["name"] == src)
+        return conv["config"]["activation"] == "linear" and self.consumers.get(src) == [spec["name"]]
+
+    def layer(self, spec):
+        name, cls, cfg = spec["name"], spec["class_name"], spec["config"]
+        ins = [self.tensors[n] for n in spec["inbound"]]
+        x = ins[0] if len(ins) == 1 else ins
+        L = K.layers
+        if cls == "Normalization":
+            std = np.maximum(np.sqrt(np.asarray(cfg["variance"], np.float64)), cfg["epsilon"])
+            scale = (1.0 / std).astype(np.float32)
+            return self.affine(name, x, scale, (-np.asarray(cfg["mean"], np.float64) / std).astype(np.float32),
+                               False, ROLE_FIXED)
+        if cls == "Rescaling":
+            return self.affine(name, x, cfg["scale"], cfg["offset"], False, ROLE_FIXED)
+        if cls == "Conv2D":
+            layer = L.Conv2D(cfg["filters"], cfg["kernel_size"], strides=cfg["strides"], padding=cfg["padding"],
+                             dilation_rate=cfg["dilation_rate"], groups=cfg["groups"], use_bias=cfg["use_bias"],
+                             activation=_conv_activation(spec), name=name)
+            arrays = [self.w(spec, "kernel")] + ([self.w(spec, "bias")] if cfg["use_bias"] else [])
+            return self.add(spec, layer, x, arrays)
+        if cls == "DepthwiseConv2D":
+            layer = L.DepthwiseConv2D(cfg["kernel_size"], strides=cfg["strides"], padding=cfg["padding"],
+                                      depth_multiplier=cfg["depth_multiplier"], dilation_rate=cfg["dilation_rate"],
+                                      use_bias=cfg["use_bias"], activation=_conv_activation(spec), name=name)
+            arrays = [self.w(spec, "kernel")] + ([self.w(spec, "bias")] if cfg["use_bias"] else [])
+            return self.add(spec, layer, x, arrays)
+        if cls == "Dense":
+            layer = L.Dense(cfg["units"], use_bias=cfg["use_bias"], activation=_conv_activation(spec), name=name)
+            arrays = [self.w(spec, "kernel")] + ([self.w(spec, "bias")] if cfg["use_bias"] else [])
+            return self.add(spec, layer, x, arrays)
+        if cls == "BatchNormalization":
+            channels = int(x.shape[-1])
+            gamma = self.w(spec, "gamma") if cfg["scale"] else np.ones(channels, np.float32)
+            beta = self.w(spec, "beta") if cfg["center"] else np.zeros(channels, np.float32)
+            mean, var = self.w(spec, "moving_mean"), self.w(spec, "moving_variance")
+            if self.bn_follows_conv(spec):
+                layer = L.BatchNormalization(axis=-1, momentum=cfg["momentum"], epsilon=cfg["epsilon"],
+                                             center=cfg["center"], scale=cfg["scale"], name=name)
+                arrays = ([gamma] if cfg["scale"] else []) + ([beta] if cfg["center"] else []) + [mean, var]
+                return self.add(spec, layer, x, arrays)
+            inv = (gamma.astype(np.float64) / np.sqrt(var.astype(np.float64) + cfg["epsilon"]))
+            return self.affine(name, x, inv.astype(np.float32), (beta - mean * inv).astype(np.float32), True,
+                               ROLE_AFFINE)
+        if cls == "Activation":
+            act = cfg["activation"]
+            if act == "relu6":
+                return self.add(spec, L.ReLU(max_value=6.0, name=name), x)
+            if act in ("hard_silu", "hard_swish"):
+                return self.add(spec, HardSwish(name=name), x, role=ROLE_OUTPUT)
+            if act == "hard_sigmoid":
+                return self.add(spec, HardSigmoid(name=name), x, role=ROLE_OUTPUT)
+            if act in SIMPLE_ACTIVATIONS:
+                return self.add(spec, L.Activation(SIMPLE_ACTIVATIONS[act], name=name), x)
+            raise TranslationError(f"layer {name!r}: activation {act!r} is not translated")
+        if cls == "ReLU":
+            return self.add(spec, L.ReLU(max_value=cfg["max_value"], negative_slope=cfg["negative_slope"],
+                                         threshold=cfg["threshold"], name=name), x)
+        if cls == "Multiply":
+            return self.add(spec, L.Multiply(name=name), x, role=ROLE_OUTPUT)
+        if cls == "PadShortcut":
+            layer = L.Conv2D(cfg["filters"], 1, strides=cfg["stride"], padding="valid", use_bias=False,
+                             trainable=False, name=name)
+            return self.add(spec, layer, x, [self.w(spec, "kernel")], ROLE_FIXED)
+        simple = {
+            "Softmax": lambda: L.Softmax(axis=cfg["axis"], name=name),
+            "Add": lambda: L.Add(name=name),
+            "Concatenate": lambda: L.Concatenate(axis=cfg["axis"], name=name),
+            "GlobalAveragePooling2D": lambda: L.GlobalAveragePooling2D(keepdims=cfg["keepdims"], name=name),
+            "GlobalMaxPooling2D": lambda: L.GlobalMaxPooling2D(keepdims=cfg["keepdims"], name=name),
+            "AveragePooling2D": lambda: L.AveragePooling2D(cfg["pool_size"], strides=cfg["strides"],
+                                                           padding=cfg["padding"], name=name),
+            "MaxPooling2D": lambda: L.MaxPooling2D(cfg["pool_size"], strides=cfg["strides"], padding=cfg["padding"],
+                                                   name=name),
+            "ZeroPadding2D": lambda: L.ZeroPadding2D(_padding(cfg["padding"]), name=name),
+            "Flatten": lambda: L.Flatten(name=name),
+            "Reshape": lambda: L.Reshape(tuple(cfg["target_shape"]), name=name),
+            "Dropout": lambda: L.Dropout(cfg["rate"], name=name),
+        }
+        if cls in simple:
+            return self.add(spec, simple[cls](), x)
+        raise TranslationError(f"layer {name!r}: type {cls} has no tf_keras translation")
+
+    def build(self):
+        inputs = []
+        for spec in self.graph["layers"]:
+            if spec["class_name"] == "InputLayer":
+                tensor = K.Input(shape=tuple(spec["config"]["shape"]), name=spec["name"], dtype="float32")
+                inputs.append(tensor)
+                self.tensors[spec["name"]] = tensor
+                continue
+            self.tensors[spec["name"]] = self.layer(spec)
+        by_name = {t.name.split(":")[0]: t for t in inputs}
+        model_inputs = [self.tensors[n] if n in self.tensors else by_name[n] for n in self.graph["inputs"]]
+        outputs = [self.tensors[n] for n in self.graph["outputs"]]
+        model = K.Model(model_inputs[0] if len(model_inputs) == 1 else model_inputs,
+                        outputs[0] if len(outputs) == 1 else outputs, name=self.graph.get("name", "model"))
+        for layer, arrays in self.assign:
+            expected = [tuple(v.shape) for v in layer.weights]
+            got = [tuple(a.shape) for a in arrays]
+            if expected != got:
+                raise TranslationError(f"layer {layer.name!r}: weight shapes {got} do not fit the tf_keras layer {expected}")
+            layer.set_weights(arrays)
+        return model
+
+
+def _padding(value):
+    if isinstance(value, (list, tuple)):
+        return tuple(tuple(v) if isinstance(v, (list, tuple)) else v for v in value)
+    return value
+
+
+def build(graph, weights):
+    """(tf_keras model, {layer name: role}) from a description and its weights (dict-like of arrays)."""
+    builder = Builder(graph, weights)
+    model = builder.build()
+    return model, builder.roles
+
+
+def max_difference(model, images, reference, batch_size=64):
+    """max |tf_keras output - Keras 3 output| over the sample images."""
+    out = model.predict(np.asarray(images, np.float32), batch_size=batch_size, verbose=0)
+    return float(np.abs(np.asarray(out, np.float32) - np.asarray(reference, np.float32)).max())
+
+
+def check(model, samples, tolerance):
+    """Raise TranslationError when the rebuilt model differs from the Keras 3 outputs."""
+    diff = max_difference(model, samples["images"], samples["outputs"])
+    if not diff < tolerance:
+        raise TranslationError(f"the tf_keras translation of {model.name!r} differs from the Keras 3 model: "
+                               f"max |difference| {diff:.3g} on {len(samples['images'])} images "
+                               f"(tolerance {tolerance:g})")
+    return diff
