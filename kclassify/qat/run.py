@@ -224,9 +224,10 @@ def prune(run_dir, sparsity=None, schedule=None, epochs=None, lr=None, batch_siz
 
 
 def check_models(models, folder, tolerance=1e-5, quantize=True, samples=8, seed=0, echo=_echo_default):
-    """Translate Keras 3 models in one worker and compare outputs on random pixel images; returns
-    the worker's rows ({"name", "max_abs_diff" or "error", ...}) and its environment report.
-    Used by the tests; handy to vet an architecture before a long QAT run."""
+    """Translate Keras 3 models in one worker and compare outputs on random pixel images (and,
+    with `quantize`, let tfmot quantize each: True, False or one flag per model); returns the
+    worker's rows ({"name", "max_abs_diff" or "error", ...}) and its environment report. Used by
+    the tests; handy to vet an architecture before a long QAT run."""
     from kclassify.qat.graph import write_model
 
     require_tfmot()
@@ -237,8 +238,9 @@ def check_models(models, folder, tolerance=1e-5, quantize=True, samples=8, seed=
         images = rng.integers(0, 256, (samples, *model.input_shape[1:])).astype(np.float32)
         entry = write_model(model, folder / f"m{i}", images)
         entry["name"] = model.name
+        entry["quantize"] = bool(quantize[i] if isinstance(quantize, (list, tuple)) else quantize)
         entries.append(entry)
-    job = {"task": "check", "models": entries, "tolerance": tolerance, "quantize": quantize,
+    job = {"task": "check", "models": entries, "tolerance": tolerance,
            "result": str(folder / "result.json")}
     result = run_worker(job, folder, echo)
     return result["models"], result.get("env", {})

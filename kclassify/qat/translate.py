@@ -144,7 +144,9 @@ class Builder:
             beta = self.w(spec, "beta") if cfg["center"] else np.zeros(channels, np.float32)
             mean, var = self.w(spec, "moving_mean"), self.w(spec, "moving_variance")
             if self.bn_follows_conv(spec):
-                layer = L.BatchNormalization(axis=-1, momentum=cfg["momentum"], epsilon=cfg["epsilon"],
+                # fused=False: tf.nn.batch_normalization, the very arithmetic of Keras 3's BN (the
+                # fused kernel rounds differently: 1e-5 apart after GoogLeNet's 57 BNs).
+                layer = L.BatchNormalization(axis=-1, fused=False, momentum=cfg["momentum"], epsilon=cfg["epsilon"],
                                              center=cfg["center"], scale=cfg["scale"], name=name)
                 arrays = ([gamma] if cfg["scale"] else []) + ([beta] if cfg["center"] else []) + [mean, var]
                 return self.add(spec, layer, x, arrays)

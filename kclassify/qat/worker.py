@@ -325,7 +325,7 @@ def task_check(job):
             model, roles, diff = translated(spec, float(job.get("tolerance", 1e-5)))
             row.update(max_abs_diff=diff, layers=len(model.layers),
                        replaced={r: sorted(n for n, v in roles.items() if v == r) for r in ("fixed", "affine", "output")})
-            if job.get("quantize"):
+            if spec.get("quantize", job.get("quantize")):
                 q_model = quantize(model, roles)
                 row["quantized_layers"] = len(q_model.layers)
         except WorkerError as exc:

@@ -1,0 +1,272 @@
+"""The QAT bridge: Keras 3 models rebuilt exactly in tf_keras inside a child process, tfmot
+quantization-aware training to an int8 .tflite with uint8 input, pruning to a target sparsity,
+and a parent process that never switches to legacy Keras."""
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from kclassify.qat import QATError, missing_packages
+
+needs_tfmot = pytest.mark.skipif(bool(missing_packages()),
+                                 reason='needs tf-keras and tensorflow-model-optimization: pip install "kclassify[qat]"')
+
+
+def realistic(model, seed=0):
+    """Give a freshly built model non-trivial BatchNorm statistics: one training-mode pass with
+    momentum 0 stores each BN's batch statistics (so activations stay unit-scale in inference
+    and the softmax is not saturated), plus random gamma/beta, so the exactness check means
+    something (a random-init deep net otherwise outputs one-hot probabilities)."""
+    import keras
+
+    rng = np.random.default_rng(seed)
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in bns:
+        layer.gamma.assign(rng.uniform(0.5, 1.5, layer.gamma.shape).astype("float32"))
+        layer.beta.assign(rng.normal(0, 0.2, layer.beta.shape).astype("float32"))
+        layer.momentum = 0.0
+    images = rng.integers(0, 256, (16, *model.input_shape[1:])).astype("float32")
+    model(images, training=True)
+    for layer in bns:
+        layer.momentum = 0.9
+    return model
+
+
+def mini_bottleneck():
+    """Grouped bottlenecks with SE (sigmoid gate), ResNet-D average-pool shortcuts, stochastic
+    depth and DropBlock: the ImageNet ResNet/ResNeXt/SE machinery at CIFAR size."""
+    import keras
+
+    from kclassify.models import dropblock_hook
+    from kclassify.models.blocks import ResidualStyle, classifier_head, conv_bn, model_input, residual_stages
+
+    inputs, x = model_input((32, 32, 3), None, None)
+    x = conv_bn(x, 16, 3, 1, "stem", 0.9)
+    style = ResidualStyle(bottleneck=True, groups=4, se_ratio=4, shortcut="D", zero_gamma=False)
+    x = residual_stages(x, [(1, 32, 16, 1), (1, 64, 32, 2)], style, 0.9, drop_path_rate=0.1,
+                        drop_block=dropblock_hook(0.9, 3))
+    return keras.Model(inputs, classifier_head(x, 10, dropout=0.2), name="mini_se_resnext_d")
+
+
+def odd_layers():
+    """Every remaining supported layer type once: Rescaling (per channel, and on logits),
+    ReLU/Softmax layers, relu6/silu/tanh activations, ZeroPadding2D, MaxPooling2D, Reshape,
+    Flatten, GlobalMaxPooling2D, a conv with a fused activation, a depthwise multiplier."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((16, 16, 3), name="pixels")
+    x = layers.Rescaling([1 / 255.0, 1 / 128.0, 1 / 64.0], offset=[-0.5, -1.0, 0.0], name="rescale")(inputs)
+    x = layers.Conv2D(8, 3, padding="same", activation="relu", name="c1")(x)
+    x = layers.ZeroPadding2D(((1, 0), (0, 1)), name="zpad")(x)
+    x = layers.MaxPooling2D(2, name="mpool")(x)
+    x = layers.DepthwiseConv2D(3, depth_multiplier=2, padding="same", name="dw")(x)
+    x = layers.BatchNormalization(name="dw_bn")(x)
+    x = layers.Activation("relu6", name="dw_relu6")(x)
+    y = layers.Conv2D(16, 1, name="c2")(x)
+    y = layers.ReLU(max_value=4.0, negative_slope=0.1, name="leaky")(y)
+    z = layers.Activation("silu", name="swish")(x)
+    z = layers.Activation("tanh", name="tanh")(z)
+    x = layers.Add(name="add")([y, z])
+    g = layers.GlobalMaxPooling2D(name="gmax")(x)
+    f = layers.Flatten(name="flat")(layers.AveragePooling2D(4, name="apool")(x))
+    f = layers.Reshape((4, 16), name="reshape")(f)
+    f = layers.Flatten(name="flat2")(f)
+    x = layers.Concatenate(name="concat")([g, f])
+    x = layers.Dense(10, name="logits")(x)
+    x = layers.Rescaling(0.5, name="logit_scale")(x)
+    return keras.Model(inputs, layers.Softmax(name="probs")(x), name="odd_layers")
+
+
+def _build(name, **params):
+    from kclassify.models import build_model
+
+    return build_model(name, 10, (32, 32, 3), **params)
+
+
+def _preact(depth, **params):
+    from kclassify.models.preact_resnet import preact_resnet
+
+    return preact_resnet(depth, 10, (32, 32, 3), **params)
+
+
+def _densenet10():
+    from kclassify.models.densenet import densenet
+
+    return densenet(10, 10, (32, 32, 3), growth_rate=4, cifar_stem=True)
+
+
+# Each group is checked by one worker process (each well under a minute on a busy 2-core box).
+# (model name, builder, also run tfmot's quantize_apply): every registered fast architecture
+# (resnet32/44 are resnet20/56's builder), the slow families at CIFAR size and width.
+GROUPS = {
+    "cifar": [("resnet20", lambda: _build("resnet20"), True),
+              ("resnet56", lambda: _build("resnet56", width=0.25), False),
+              ("resnet9", lambda: _build("resnet9", width=8), True),
+              ("wrn16_4", lambda: _build("wrn16_4", dropout=0.3), True)],
+    "preact": [("preact_resnet8", lambda: _preact(8, se_ratio=4, block_dropout=0.2, drop_path_rate=0.1), True),
+               ("preact_resnet11", lambda: _preact(11, bottleneck=True), True),
+               ("densenet10", _densenet10, True)],
+    "mobile": [("mobilenet_v3_small", lambda: _build("mobilenet_v3_small", cifar_stem=True, width=0.35,
+                                                     drop_path_rate=0.1), True),
+               ("mini_se_resnext_d", mini_bottleneck, True),
+               ("odd_layers", odd_layers, True)],
+    "imagenet": [("googlenet", lambda: _build("googlenet"), True),
+                 ("squeezenet1_0", lambda: _build("squeezenet1_0"), True)],
+}
+GROUP_OF = {name: group for group, rows in GROUPS.items() for name, _, _ in rows}
+
+
+@pytest.fixture(scope="module")
+def checked(tmp_path_factory):
+    """check(group) -> ({name: worker row}, child environment): the group's models made
+    realistic, translated, compared and quantized by tfmot in one child process (cached)."""
+    from kclassify.qat.run import check_models
+
+    if missing_packages():
+        pytest.skip('needs tf-keras and tensorflow-model-optimization: pip install "kclassify[qat]"')
+    cache = {}
+
+    def check(group):
+        if group not in cache:
+            rows = GROUPS[group]
+            models = [realistic(build(), seed=i) for i, (_, build, _) in enumerate(rows)]
+            assert [m.name for m in models] == [name for name, _, _ in rows]
+            got, env = check_models(models, tmp_path_factory.mktemp(group), quantize=[q for _, _, q in rows],
+                                    samples=8, echo=lambda *a: None)
+            cache[group] = {r["name"]: r for r in got}, env
+        return cache[group]
+
+    return check
+
+
+@needs_tfmot
+@pytest.mark.parametrize("name", list(GROUP_OF))
+def test_translation_is_exact_and_tfmot_accepts_it(checked, name):
+    rows, _ = checked(GROUP_OF[name])
+    row = rows[name]
+    assert "error" not in row, row.get("error")
+    assert row["max_abs_diff"] < 1e-5
+    if dict((n, q) for n, _, q in GROUPS[GROUP_OF[name]])[name]:
+        assert row["quantized_layers"] >= row["layers"]
+
+
+@needs_tfmot
+def test_translation_replacements(checked):
+    rows = {**checked("cifar")[0], **checked("preact")[0], **checked("mobile")[0]}
+    assert rows["resnet20"]["replaced"]["fixed"] == ["normalize", "stage2_block1_short_pad", "stage3_block1_short_pad"]
+    assert "head_scale" in rows["resnet9"]["replaced"]["fixed"]
+    mobile = rows["mobilenet_v3_small"]["replaced"]["output"]
+    assert "stem_hard_swish" in mobile and "stage1_block1_se_hard_sigmoid" in mobile and "stage1_block1_se_scale" in mobile
+    # pre-activation BN after an Add / a Concatenate becomes an affine depthwise conv; BN after a conv stays
+    assert "stage2_block1_1_bn" in rows["preact_resnet8"]["replaced"]["affine"]
+    assert "head_pre_bn" in rows["densenet10"]["replaced"]["affine"]
+    assert "stage1_block1_1_bn" in rows["preact_resnet8"]["replaced"]["affine"]  # the stem conv also feeds the shortcut
+    assert "stage1_block1_2_bn" not in rows["preact_resnet8"]["replaced"]["affine"]  # its conv feeds it alone
+    assert rows["resnet20"]["replaced"]["affine"] == []
+
+
+@needs_tfmot
+def test_parent_never_legacy_keras_child_always(checked):
+    import keras
+
+    _, env = checked("cifar")
+    assert "TF_USE_LEGACY_KERAS" not in os.environ
+    assert keras.__version__.startswith("3.") and "tensorflow_model_optimization" not in sys.modules
+    assert "tf_keras" not in sys.modules
+    assert env["TF_USE_LEGACY_KERAS"] == "1" and env["keras_imported"] is False
+    assert set(env["kclassify_modules"]) <= {"kclassify", "kclassify.errors", "kclassify.qat", "kclassify.qat.translate"}
+
+
+@needs_tfmot
+def test_mismatch_fails_loudly(tmp_path):
+    import keras
+
+    from kclassify.qat.graph import write_model
+    from kclassify.qat.run import run_worker
+
+    inputs = keras.Input((8, 8, 1))
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(inputs)), name="tiny")
+    entry = write_model(model, tmp_path / "m", np.random.default_rng(0).integers(0, 256, (4, 8, 8, 1)))
+    samples = dict(np.load(entry["samples"]))
+    np.savez(entry["samples"], images=samples["images"], outputs=samples["outputs"] + 1e-3)
+    job = {"task": "check", "models": [entry], "result": str(tmp_path / "result.json")}
+    (row,) = run_worker(job, tmp_path, echo=lambda *a: None)["models"]
+    assert "differs from the Keras 3 model" in row["error"] and "0.001" in row["error"]
+
+
+def test_unsupported_layer_named_with_its_type():
+    import keras
+
+    from kclassify.models.preact_resnet import preact_resnet
+    from kclassify.qat.graph import describe
+
+    with pytest.raises(QATError, match=r"layer 'head_pool' of type GeMPooling2D is not supported"):
+        describe(preact_resnet(8, 10, (32, 32, 3), pooling="gem"))
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.LayerNormalization(name="ln")(inputs)
+    with pytest.raises(QATError, match=r"layer 'ln' of type LayerNormalization"):
+        describe(keras.Model(inputs, x))
+    inner = keras.Model(inputs, keras.layers.Conv2D(4, 1)(inputs), name="backbone")
+    outer_in = keras.Input((8, 8, 3))
+    with pytest.raises(QATError, match=r"'backbone' of type Functional.*nested model"):
+        describe(keras.Model(outer_in, inner(outer_in)))
+    x = keras.layers.Activation("gelu", name="act")(inputs)
+    with pytest.raises(QATError, match=r"'act'.*'gelu'"):
+        describe(keras.Model(inputs, x))
+
+
+def test_without_tfmot_the_commands_exit_2_with_the_install_hint(monkeypatch, capsys, tmp_path):
+    import kclassify.qat
+    from kclassify import cli
+
+    monkeypatch.setattr(kclassify.qat, "NEEDS", ("tensorflow_model_optimization_absent",))
+    for args in (["qat", str(tmp_path)], ["prune", str(tmp_path), "--sparsity", "0.5"]):
+        monkeypatch.setattr(sys, "argv", ["kclassify", *args])
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main()
+        assert exit_info.value.code == 2
+        assert 'pip install "kclassify[qat]"' in capsys.readouterr().err
+
+
+@needs_tfmot
+def test_qat_gives_measured_int8_with_uint8_input(digits_run):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from kclassify.qat.run import qat
+
+    rep = qat(digits_run, epochs=1, echo=lambda *a: None)
+    path = digits_run / "model_qat_int8.tflite"
+    assert rep["file"] == str(path) and path.is_file()
+    assert rep["input"]["dtype"] == "uint8" and rep["input"]["scale"] == 1.0 and rep["input"]["zero_point"] == 0
+    assert rep["output"]["dtype"] == "float32" and rep["builtins_only"]
+    ops = {op["op_name"] for op in Interpreter(model_path=str(path))._get_ops_details()}
+    assert "CONV_2D" in ops and not any(o.startswith("Flex") or o == "CUSTOM" for o in ops)
+    assert rep["worker"]["translation_max_abs_diff"] < 1e-5 and len(rep["worker"]["history"]) == 1
+    assert rep["tflite"]["count"] == 360 and rep["tflite"]["top1"] >= rep["keras"]["top1"] - 0.03
+    assert rep["agreement"] >= 0.95
+    assert abs(rep["tflite"]["top1"] - rep["worker"]["fake_quant_top1"]) <= 0.02  # the file does what QAT simulated
+    saved = json.loads(path.with_suffix(".json").read_text())
+    assert saved["class_names"] == [str(i) for i in range(10)] and saved["tflite"]["top1"] == rep["tflite"]["top1"]
+
+
+@needs_tfmot
+def test_prune_reaches_the_target_sparsity(digits_run):
+    res = run_cli("prune", digits_run, "--sparsity", "0.5", "--epochs", "1")
+    assert res.returncode == 0, res.stderr[-2000:]
+    rep = json.loads((digits_run / "model_pruned.json").read_text())
+    assert abs(rep["sparsity"] - 0.5) <= 0.02 and rep["worker"]["prunable_params"] > 250_000
+    assert all(abs(layer["sparsity"] - 0.5) <= 0.02 for layer in rep["worker"]["per_layer"].values())
+    assert rep["input"]["dtype"] == "float32" and rep["tflite"]["count"] == 360
+    assert rep["gzip_bytes"] < 0.8 * rep["dense_float32_gzip_bytes"]
+    assert rep["tflite"]["top1"] >= rep["keras"]["top1"] - 0.1
+    assert "sparsity 0.5" in res.stdout and "model_pruned.tflite" in res.stdout
+
+
+@needs_tfmot
+def test_bad_option_fails_before_work(digits_run):
+    res = run_cli("prune", digits_run, "--sparsity", "1.5")
+    assert res.returncode == 2 and "qat.sparsity" in res.stderr
