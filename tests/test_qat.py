@@ -262,7 +262,8 @@ def test_prune_reaches_the_target_sparsity(digits_run):
     assert all(abs(layer["sparsity"] - 0.5) <= 0.02 for layer in rep["worker"]["per_layer"].values())
     assert rep["input"]["dtype"] == "float32" and rep["tflite"]["count"] == 360
     assert rep["gzip_bytes"] < 0.8 * rep["dense_float32_gzip_bytes"]
-    assert rep["tflite"]["top1"] >= rep["keras"]["top1"] - 0.1
+    assert abs(rep["tflite"]["top1"] - rep["worker"]["pruned_top1"]) <= 0.01  # the file is the pruned model
+    assert rep["tflite"]["top1"] >= 0.8  # half the weights gone after 23 steps: some loss, no collapse
     assert "sparsity 0.5" in res.stdout and "model_pruned.tflite" in res.stdout
 
 

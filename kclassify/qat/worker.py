@@ -147,9 +147,18 @@ def quantize(model, roles):
     annotated = K.models.clone_model(model, clone_function=annotate)
     try:
         with Q.quantize_scope({**CUSTOM_OBJECTS, "OutputQuantizeConfig": config}):
-            return Q.quantize_apply(annotated)
+            q_model = Q.quantize_apply(annotated)
     except (ValueError, RuntimeError) as exc:
         raise WorkerError(f"tfmot refused to quantize {model.name!r}: {str(exc).splitlines()[0][:400]}") from None
+    # tfmot's wrapper lists every weight it quantizes as trainable, even a frozen layer's: the
+    # normalization and option-A shortcut kernels would train (and the normalization, fed raw
+    # 0..255 pixels, gets huge gradients and wrecks the net within an epoch). They stay frozen:
+    # the frozen inner layer already lists them as non-trainable.
+    for layer in q_model.layers:
+        inner = getattr(layer, "layer", None)
+        if inner is not None and not inner.trainable and hasattr(layer, "_trainable_weights"):
+            layer._trainable_weights = []
+    return q_model
 
 
 class RangeCalibration:
