@@ -84,7 +84,7 @@ def test_io_types_of_the_modes(compared):
     assert io == {"float32": ("float32", "float32"), "float16": ("float32", "float32"),
                   "dynamic": ("float32", "float32"), "int8": ("uint8", "float32"),
                   "int8-uint8io": ("uint8", "uint8"), "int8-int8io": ("int8", "int8"),
-                  "int8-xnnpack": ("uint8", "float32"),
+                  "int8-xnnpack": ("uint8", "float32"), "int8-pertensor": ("uint8", "float32"),
                   "16x8": ("float32", "float32")}
 
 
@@ -95,6 +95,22 @@ def test_16x8_has_int16_activations(compared):
     path = next(r["file"] for r in rows if r["mode"] == "16x8")
     dtypes = {t["dtype"] for t in Interpreter(model_path=path).get_tensor_details()}
     assert np.int16 in dtypes and np.int8 in dtypes
+
+
+def test_pertensor_mode_has_one_scale_per_weight_tensor_and_a_smaller_file(compared):
+    from ai_edge_litert.interpreter import Interpreter
+
+    rows, _ = compared
+    by = {r["mode"]: r for r in rows}
+
+    def kernel_scales(path):
+        details = Interpreter(model_path=path).get_tensor_details()
+        return [len(t["quantization_parameters"]["scales"]) for t in details
+                if t["dtype"] == np.int8 and len(t["shape"]) == 4 and t["shape"][0] > 1 and t["shape"][1] <= 3]
+
+    assert set(kernel_scales(by["int8-pertensor"]["file"])) == {1}
+    assert max(kernel_scales(by["int8"]["file"])) > 1
+    assert by["int8-pertensor"]["size_bytes"] < by["int8"]["size_bytes"]
 
 
 def test_int8_int8io_takes_pixels_minus_128(compared):

@@ -4,6 +4,7 @@ latency with 1 and 2 threads, and what the XNNPACK delegate did not take."""
 import json
 from pathlib import Path
 
+from kclassify.errors import ExportError
 from kclassify.export.modes import MODES
 
 
@@ -14,9 +15,15 @@ def compare_modes(job, modes=None, folder=None, threads=(1, 2), runs=100, rounds
     kit = kitlib()
     folder = Path(folder or (job.run_dir or job.source.parent) / "compare")
     rows = []
+    failed = {}
     for name in modes or list(MODES):
         echo(f"exporting {name} ...")
-        rep = job.export(name, folder / f"model_{name}.tflite")
+        try:
+            rep = job.export(name, folder / f"model_{name}.tflite")
+        except ExportError as exc:  # one mode the model cannot take must not lose the others
+            echo(f"  {name} failed: {exc}")
+            failed[name] = str(exc)
+            continue
         rows.append({"mode": name, "file": rep["file"], "size_bytes": rep["size_bytes"],
                      "top1": rep["tflite"]["top1"], "keras_top1": rep["keras"]["top1"],
                      "agreement": rep["agreement"], "max_prob_diff": rep["max_prob_diff"],
@@ -36,10 +43,11 @@ def compare_modes(job, modes=None, folder=None, threads=(1, 2), runs=100, rounds
         r["size_ratio"] = r["size_bytes"] / base["size_bytes"]
         r["speedup_1t"] = base[f"latency_ms_{threads[0]}t"] / r[f"latency_ms_{threads[0]}t"]
     table = format_table(rows, threads, job.val.images.shape[0])
+    table += "".join(f"\n\n{name}: not exported ({why})" for name, why in failed.items())
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "compare.md").write_text(table + "\n")
     (folder / "compare.json").write_text(json.dumps({"source": str(job.source), "eval_images": len(job.val.labels),
-                                                      "threads": list(threads), "rows": rows}, indent=1))
+                                                      "threads": list(threads), "rows": rows, "failed": failed}, indent=1))
     echo(table)
     echo(f"wrote {folder / 'compare.md'} and compare.json")
     return rows

@@ -40,12 +40,15 @@ def make_converter(model, mode, calibration=None, allow_flex=False):
     ops = {"builtins": tf.lite.OpsSet.TFLITE_BUILTINS, "int8": tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
            "16x8": tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8}
     converter.target_spec.supported_ops = [ops[mode.ops]]
+    if mode.ops == "16x8":  # ops with no 16x8 kernel (HARD_SWISH...) fall back to float builtins
+        converter.target_spec.supported_ops.append(tf.lite.OpsSet.TFLITE_BUILTINS)
     if allow_flex:
         converter.target_spec.supported_ops += [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
     if mode.optimize:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if mode.float16:
         converter.target_spec.supported_types = [tf.float16]
+    converter._experimental_disable_per_channel = not mode.per_channel  # the converter's only switch
     if mode.calibrate:
         if calibration is None:
             raise ExportError(f"{mode.name} needs calibration images")

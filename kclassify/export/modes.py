@@ -13,6 +13,7 @@ class Mode:
     input_type: str = "float32"
     output_type: str = "float32"
     float_ops: tuple = ()       # TFLite op types left in float (dequantize before, quantize after)
+    per_channel: bool = True    # one weight scale per output channel (else one per tensor)
 
 
 MODES = {m.name: m for m in (
@@ -28,7 +29,10 @@ MODES = {m.name: m for m in (
     Mode("int8-xnnpack", "int8 except the ops XNNPACK runs only in float (HARD_SWISH), which stay float "
          "so the whole graph runs in the delegate: the fast choice for CPUs; same as int8 without them",
          optimize=True, calibrate=True, ops="int8", input_type="uint8", float_ops=("HARD_SWISH",)),
-    Mode("16x8", "int16 activations, int8 weights; float32 input and output",
+    Mode("int8-pertensor", "int8 with one scale per weight tensor: per-channel scales and zero points "
+         "are about 7% of a small int8 net's file; fine for plain ResNets, harmful for depthwise nets",
+         optimize=True, calibrate=True, ops="int8", input_type="uint8", per_channel=False),
+    Mode("16x8", "int16 activations, int8 weights (ops without a 16x8 kernel stay float); float32 in and out",
          optimize=True, calibrate=True, ops="16x8"),
 )}
 
