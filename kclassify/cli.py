@@ -86,14 +86,17 @@ def evaluate(model_or_run, spec, json_out, tta):
 @click.option("--debug-quant", is_flag=True, help="Run the TFLite quantization debugger; print the layers with the largest error.")
 @click.option("--float-layers", metavar="REGEX", help="Keep ops whose (Keras layer) names match REGEX in float.")
 @click.option("--allow-flex", is_flag=True, help="Allow TensorFlow (Flex) ops; the device runtime must link the Flex delegate.")
+@click.option("--input-size", type=click.IntRange(8, 4096), help="Take N x N frames and resize to the network's size inside the graph.")
 @click.option("--kit", "kit_dir", type=click.Path(file_okay=False), help="Also copy the on-device kit (evaluate/benchmark/predict) into this folder.")
-def export(model_or_run, tflite, quant, compare, out, spec, calibration_images, debug_quant, float_layers, allow_flex, kit_dir):
+def export(model_or_run, tflite, quant, compare, out, spec, calibration_images, debug_quant, float_layers, allow_flex,
+           input_size, kit_dir):
     """Export a run (or .keras file) to a builtins-only .tflite and measure it with LiteRT."""
     from kclassify import runtime
     from kclassify.export import ExportJob, copy_kit
 
     runtime.quiet_tensorflow()
-    job = ExportJob(model_or_run, data_spec=spec, calibration_count=calibration_images or _calibration_default(model_or_run))
+    job = ExportJob(model_or_run, data_spec=spec, calibration_count=calibration_images or _calibration_default(model_or_run),
+                    input_size=input_size)
     if debug_quant:
         job.debug("int8" if quant in ("float32", "float16", "dynamic") else quant, click.echo)
     if compare:

@@ -257,3 +257,15 @@ def test_resnet20_int8_runs_in_xnnpack_whole(tmp_path):
     report = kitlib().delegate_report(path)
     assert set(report["not_delegated"]) <= {"QUANTIZE", "SOFTMAX"}, report
     assert report["delegated"] >= 30
+
+
+def test_input_size_resizes_inside_the_graph(digits_run, tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from kclassify.export import ExportJob
+
+    rep = ExportJob(digits_run, input_size=16).export("int8", tmp_path / "m16.tflite")
+    assert rep["input"]["shape"] == [None, 16, 16, 1] and "in the graph" in rep["input"]["resize"]
+    ops = {op["op_name"] for op in Interpreter(model_path=rep["file"])._get_ops_details()}
+    assert "RESIZE_BILINEAR" in ops
+    assert rep["agreement"] >= 0.95 and rep["tflite"]["top1"] >= 0.9

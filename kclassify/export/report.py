@@ -13,7 +13,7 @@ from kclassify.errors import DataError, ExportError
 class ExportJob:
     """One model and its data, shared by the exports of several modes."""
 
-    def __init__(self, path, model=None, data=None, data_spec=None, calibration_count=300):
+    def __init__(self, path, model=None, data=None, data_spec=None, calibration_count=300, input_size=None):
         from kclassify.evaluate import load_model
 
         self.run_dir = Path(path) if Path(path).is_dir() else None
@@ -22,8 +22,26 @@ class ExportJob:
         if model is None:
             self.model, self.run_dir = load_model(path)
         self.calib_split, self.val, self.names = _splits(self.run_dir, self.model, data, data_spec)
+        if input_size and input_size != self.model.input_shape[1]:
+            self._resize_in_graph(input_size)
         self.calibration_count = calibration_count
         self._calib = self._keras_probs = None
+
+    def _resize_in_graph(self, size):
+        """Let the file take size x size frames: a bilinear Resizing layer in front of the network.
+        Calibration and evaluation images are brought to that size first (PIL bilinear, as the kit
+        does), so the figures measure the file as a device will feed it."""
+        import keras
+
+        from kclassify.data.sources import Split, resize_all
+
+        height, width, channels = self.model.input_shape[1:]
+        pixels = keras.Input((size, size, channels), name="pixels")
+        resized = keras.layers.Resizing(height, width, interpolation="bilinear", name="resize_in_graph")(pixels)
+        self.model = keras.Model(pixels, self.model(resized), name=f"{self.model.name}_at{size}")
+        self.calib_split = Split(resize_all(self.calib_split.images, size), self.calib_split.labels)
+        self.val = Split(resize_all(self.val.images, size), self.val.labels)
+        self.resize_note = f"resized in the graph (bilinear) from {size}x{size} to {height}x{width}"
 
     @property
     def calibration(self):
@@ -77,6 +95,8 @@ class ExportJob:
         flex = flex_ops(blob)
         report["builtins_only"] = not flex
         report["input"], report["output"] = io_spec(blob, self.model)
+        if getattr(self, "resize_note", None):
+            report["input"]["resize"] = f"PIL bilinear to {report['input']['shape'][1]}x{report['input']['shape'][2]}, then {self.resize_note}"
         if flex:
             out.write_bytes(blob)
             report.update(size_bytes=len(blob), flex_ops=flex,
@@ -138,10 +158,10 @@ def flex_ops(blob):
     return sorted(n.decode() for n in names if n and n.decode().startswith("Flex"))
 
 
-def export_tflite(path, quant="float32", out=None, model=None, data=None, data_spec=None,
-                  calibration_count=300, echo=print, allow_flex=False, float_layers=None, debug_quant=False):
+def export_tflite(path, quant="float32", out=None, model=None, data=None, data_spec=None, calibration_count=300,
+                  echo=print, allow_flex=False, float_layers=None, debug_quant=False, input_size=None):
     """Export a run folder (or .keras file with `data_spec`) to TFLite and measure it."""
-    job = ExportJob(path, model, data, data_spec, calibration_count)
+    job = ExportJob(path, model, data, data_spec, calibration_count, input_size)
     if debug_quant:
         job.debug(quant, echo)
     return job.export(quant, out, allow_flex=allow_flex, float_layers=float_layers)
