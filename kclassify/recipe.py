@@ -157,12 +157,13 @@ class QATConfig(Section):
     momentum: float = Field(0.9, ge=0, lt=1)
     batch_size: Optional[int] = Field(None, ge=1)  # default: train.batch_size
     steps_per_epoch: Optional[int] = Field(None, ge=1)  # cap (smoke runs); default: one pass over train
-    freeze_bn: bool = True  # BatchNorm keeps its moving statistics (what TFLite folds) while fine-tuning
+    freeze_bn: bool = True  # qat: BatchNorm keeps its moving statistics (what TFLite folds) while fine-tuning
     calibration_batches: int = Field(8, ge=1)  # batches that set the activation ranges before fine-tuning
     check_images: int = Field(16, ge=1)  # validation images for the Keras 3 == tf_keras check
     tolerance: float = Field(1e-5, gt=0)  # max |difference| allowed by that check
     sparsity: float = Field(0.5, gt=0, lt=1)  # prune: fraction of each prunable kernel set to zero
     schedule: Literal["polynomial", "constant"] = "polynomial"  # prune: sparsity schedule
+    prune_freeze_bn: bool = False  # prune: BatchNorm re-estimates its statistics as weights are zeroed
     prune_int8: bool = False  # prune: also write an int8 (post-training quantized) copy
 
 

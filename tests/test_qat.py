@@ -271,3 +271,29 @@ def test_prune_reaches_the_target_sparsity(digits_run):
 def test_bad_option_fails_before_work(digits_run):
     res = run_cli("prune", digits_run, "--sparsity", "1.5")
     assert res.returncode == 2 and "qat.sparsity" in res.stderr
+
+
+@needs_tfmot
+@pytest.mark.slow
+def test_mobilenet_v3_qat_and_constant_pruning_end_to_end(tmp_path):
+    """Hard-swish + SE (hard-sigmoid gate, Multiply) through QAT: every op integer, accuracy kept;
+    then one-shot (constant) pruning with an int8 copy."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from conftest import tiny_recipe
+    from kclassify.qat.run import prune, qat
+    from kclassify.train.fit import fit
+
+    recipe = tiny_recipe(tmp_path, data={"image_size": 16},
+                         model={"name": "mobilenet_v3_small", "params": {"cifar_stem": True, "width": 0.5}},
+                         train={"epochs": 10, "weight_decay": 4e-5}, augment={"crop_pad": 2, "pad_mode": "constant"})
+    run = fit(recipe, echo=lambda *a: None)
+    rep = qat(run, epochs=1, echo=lambda *a: None)
+    ops = {op["op_name"] for op in Interpreter(model_path=rep["file"])._get_ops_details()}
+    assert {"HARD_SWISH", "MUL", "DEPTHWISE_CONV_2D"} <= ops and rep["builtins_only"]
+    interp = Interpreter(model_path=rep["file"])
+    assert [d["name"] for d in interp.get_tensor_details() if d["dtype"] == np.float32] == ["Identity"]  # only the output
+    assert rep["tflite"]["top1"] >= rep["keras"]["top1"] - 0.03 and rep["agreement"] >= 0.95
+    rep = prune(run, sparsity=0.5, schedule="constant", epochs=2, int8=True, echo=lambda *a: None)
+    assert abs(rep["sparsity"] - 0.5) <= 0.02 and rep["int8"]["tflite"]["top1"] >= 0.8
+    assert (run / "model_pruned_int8.tflite").is_file()

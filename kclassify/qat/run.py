@@ -195,7 +195,7 @@ def prune(run_dir, sparsity=None, schedule=None, epochs=None, lr=None, batch_siz
     with tempfile.TemporaryDirectory(prefix="kclassify-prune-") as folder:
         spec = job.write(folder, cfg)
         spec.update(task="prune", sparsity=cfg.sparsity, schedule=cfg.schedule, out=str(Path(folder) / out.name),
-                    dense_out=str(Path(folder) / "dense.tflite"))
+                    dense_out=str(Path(folder) / "dense.tflite"), freeze_bn=cfg.prune_freeze_bn)
         if cfg.prune_int8:
             spec["int8_out"] = str(Path(folder) / int8_out.name)
         echo(f"pruning {job.run_dir} to sparsity {cfg.sparsity:g} ({cfg.schedule}), {cfg.epochs} epoch(s) "

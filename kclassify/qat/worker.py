@@ -12,9 +12,9 @@ Tasks:
 - "qat": translate and check, quantize (tfmot default 8-bit scheme, per-channel weights; custom
   layers and Multiply quantize their output only), calibrate the activation ranges, fine-tune,
   convert to a full-integer .tflite (uint8 input, float32 output).
-- "prune": translate and check, prune_low_magnitude the trainable Conv2D/DepthwiseConv2D/Dense
-  kernels to the target sparsity while fine-tuning, strip, convert to float32 (and optionally
-  int8) .tflite; report the achieved sparsity.
+- "prune": translate and check, prune_low_magnitude the trainable Conv2D and Dense kernels (tfmot
+  does not prune depthwise kernels) to the target sparsity while fine-tuning, strip, convert to
+  float32 (and optionally int8) .tflite; report the achieved sparsity.
 """
 import json
 import math
@@ -378,7 +378,8 @@ def _replaced(roles):
     return {r: sorted(n for n, v in roles.items() if v == r) for r in ("fixed", "affine", "output")}
 
 
-PRUNABLE = ("Conv2D", "DepthwiseConv2D", "Dense")
+# tfmot 0.8.1 prunes Conv2D and Dense kernels; it registers DepthwiseConv2D with no prunable weights.
+PRUNABLE = ("Conv2D", "Dense")
 
 
 def pruning_schedule(job, total_steps):
@@ -395,10 +396,6 @@ def pruning_schedule(job, total_steps):
     return S.PolynomialDecay(0.0, sparsity, begin_step=0, end_step=end, frequency=frequency), frequency, end
 
 
-def kernel_of(layer):
-    return layer.depthwise_kernel if type(layer).__name__ == "DepthwiseConv2D" else layer.kernel
-
-
 def task_prune(job):
     import numpy as np
     import tensorflow_model_optimization as tfmot
@@ -410,7 +407,7 @@ def task_prune(job):
     K.utils.set_random_seed(int(job.get("seed", 0)))
     model, roles, diff = translated(job["model"], float(job.get("tolerance", 1e-5)))
     say(f"translated {model.name} to tf_keras: max |diff| vs Keras 3 {diff:.2e}")
-    if job.get("freeze_bn", True):
+    if job.get("freeze_bn", False):
         set_bn_trainable(model, False)
     calib = load_arrays(job["calibration"])["images"]
     dense_size = write_bytes(job["dense_out"], convert(model, int8=False))
@@ -434,7 +431,7 @@ def task_prune(job):
     stripped = S.strip_pruning(pruned)
     per_layer, zeros, total = {}, 0, 0
     for name in pruned_names:
-        kernel = np.asarray(kernel_of(stripped.get_layer(name)).numpy())
+        kernel = np.asarray(stripped.get_layer(name).kernel.numpy())
         z = int((kernel == 0).sum())
         per_layer[name] = {"params": int(kernel.size), "sparsity": z / kernel.size}
         zeros, total = zeros + z, total + kernel.size
