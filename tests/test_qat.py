@@ -54,7 +54,8 @@ def mini_bottleneck():
 def odd_layers():
     """Every remaining supported layer type once: Rescaling (per channel, and on logits),
     ReLU/Softmax layers, relu6/silu/tanh activations, ZeroPadding2D, MaxPooling2D, Reshape,
-    Flatten, GlobalMaxPooling2D, a conv with a fused activation, a depthwise multiplier."""
+    Flatten, GlobalMaxPooling2D, a conv with a fused activation, a depthwise multiplier, BN on
+    rank-2 tensors."""
     import keras
     from keras import layers
 
@@ -76,6 +77,9 @@ def odd_layers():
     f = layers.Reshape((4, 16), name="reshape")(f)
     f = layers.Flatten(name="flat2")(f)
     x = layers.Concatenate(name="concat")([g, f])
+    x = layers.BatchNormalization(name="concat_bn")(x)  # rank 2, after a concat: a fixed affine
+    x = layers.BatchNormalization(name="fc_bn")(layers.Dense(16, name="fc")(x))  # Dense + BN: kept
+    x = layers.Activation("relu", name="fc_relu")(x)
     x = layers.Dense(10, name="logits")(x)
     x = layers.Rescaling(0.5, name="logit_scale")(x)
     return keras.Model(inputs, layers.Softmax(name="probs")(x), name="odd_layers")
@@ -158,7 +162,7 @@ def test_translation_is_exact_and_tfmot_accepts_it(checked, name):
 def test_translation_replacements(checked):
     rows = {**checked("cifar")[0], **checked("preact")[0], **checked("mobile")[0]}
     assert rows["resnet20"]["replaced"]["fixed"] == ["normalize", "stage2_block1_short_pad", "stage3_block1_short_pad"]
-    assert "head_scale" in rows["resnet9"]["replaced"]["fixed"]
+    assert "head_scale" in rows["resnet9"]["replaced"]["output"]  # a Rescaling of logits: MUL by a constant
     mobile = rows["mobilenet_v3_small"]["replaced"]["output"]
     assert "stem_hard_swish" in mobile and "stage1_block1_se_hard_sigmoid" in mobile and "stage1_block1_se_scale" in mobile
     # pre-activation BN after an Add / a Concatenate becomes an affine depthwise conv; BN after a conv stays
@@ -167,6 +171,8 @@ def test_translation_replacements(checked):
     assert "stage1_block1_1_bn" in rows["preact_resnet8"]["replaced"]["affine"]  # the stem conv also feeds the shortcut
     assert "stage1_block1_2_bn" not in rows["preact_resnet8"]["replaced"]["affine"]  # its conv feeds it alone
     assert rows["resnet20"]["replaced"]["affine"] == []
+    assert {"concat_bn", "logit_scale"} <= set(rows["odd_layers"]["replaced"]["output"])
+    assert "fc_bn" not in str(rows["odd_layers"]["replaced"])
 
 
 @needs_tfmot

@@ -7,11 +7,13 @@ per-layer wrappers can be matched to the original. What is rebuilt differently, 
 
 - Normalization and Rescaling (fixed per-channel x * s + b, which tfmot cannot quantize) become a
   frozen DepthwiseConv2D(1) with kernel s and bias b: one per-channel-quantized op whose 1x1
-  weights are exact under int8 (Rescaling of a rank-2 tensor is wrapped in two Reshapes).
+  weights are exact under int8. On a tensor that is not rank 4 (ResNet-9 rescales its logits)
+  they become ChannelAffine below: a MUL (and ADD) by constants, output quantized.
 - BatchNormalization stays a BatchNormalization when it directly follows a Conv2D/DepthwiseConv2D
-  (tfmot's conv+BN patterns fold it as TFLite does); anywhere else (pre-activation units: after an
+  or Dense that feeds nothing else (tfmot's conv+BN patterns fold it as TFLite does); anywhere else (pre-activation units: after an
   Add or a Concatenate) tfmot has no quantized BN, so it becomes the same affine DepthwiseConv2D(1)
-  with the inference-mode scale gamma/sqrt(var+eps) and bias beta - mean*scale (trainable).
+  with the inference-mode scale gamma/sqrt(var+eps) and bias beta - mean*scale (trainable; on a
+  tensor that is not rank 4, a frozen ChannelAffine).
 - Activation relu6 becomes a ReLU(max_value=6) layer (tfmot fuses conv+BN+ReLU); hard_silu /
   hard_swish and hard_sigmoid become the small layers below, computing exactly Keras 3's
   x*relu6(x+3)/6 and relu6(x+3)/6 (tf_keras' own hard_sigmoid is 0.2x+0.5), which the TFLite
@@ -43,7 +45,27 @@ class HardSigmoid(K.layers.Layer):
         return tf.nn.relu6(x + 3.0) * (1.0 / 6.0)
 
 
-CUSTOM_OBJECTS = {"HardSwish": HardSwish, "HardSigmoid": HardSigmoid}
+class ChannelAffine(K.layers.Layer):
+    """x * scale + offset with fixed per-channel (or scalar) constants, for tensors that are not
+    rank 4 (a Rescaling of logits): TFLite MUL/ADD by a constant, as the Keras 3 export has."""
+
+    def __init__(self, scale, offset, **kwargs):
+        super().__init__(**kwargs)
+        self.scale, self.offset = [float(v) for v in scale], [float(v) for v in offset]
+
+    def call(self, x):
+        constant = lambda v: tf.constant(v[0] if len(set(v)) == 1 else v, x.dtype)
+        if any(v != 1.0 for v in self.scale):
+            x = x * constant(self.scale)
+        if any(v != 0.0 for v in self.offset):
+            x = x + constant(self.offset)
+        return x
+
+    def get_config(self):
+        return {**super().get_config(), "scale": self.scale, "offset": self.offset}
+
+
+CUSTOM_OBJECTS = {"HardSwish": HardSwish, "HardSigmoid": HardSigmoid, "ChannelAffine": ChannelAffine}
 SIMPLE_ACTIVATIONS = {"linear": "linear", "relu": "relu", "softmax": "softmax", "sigmoid": "sigmoid",
                       "tanh": "tanh", "silu": "swish", "swish": "swish"}
 
@@ -91,21 +113,16 @@ class Builder:
         channels = int(x.shape[-1])
         scale = np.broadcast_to(np.asarray(scale, np.float32), (channels,))
         offset = np.broadcast_to(np.asarray(offset, np.float32), (channels,))
-        arrays = [scale.reshape(1, 1, channels, 1).copy(), offset.copy()]
-        rank = len(x.shape)
-        if rank == 4:
+        if len(x.shape) == 4:
             layer = K.layers.DepthwiseConv2D(1, use_bias=True, trainable=trainable, name=name)
-            return self.add(None, layer, x, arrays, role)
-        if rank == 2:
-            y = K.layers.Reshape((1, 1, channels), name=f"{name}_to4d")(x)
-            layer = K.layers.DepthwiseConv2D(1, use_bias=True, trainable=trainable, name=name)
-            y = self.add(None, layer, y, arrays, role)
-            return K.layers.Reshape((channels,), name=f"{name}_to2d")(y)
-        raise TranslationError(f"layer {name!r}: a per-channel affine on a rank-{rank} tensor is not translated")
+            return self.add(None, layer, x, [scale.reshape(1, 1, channels, 1).copy(), offset.copy()], role)
+        # Other ranks (logits): fixed constants, output quantized (a DepthwiseConv2D between two
+        # Reshapes would leave SHAPE/STRIDED_SLICE/PACK ops for the dynamic batch in the .tflite).
+        return self.add(None, ChannelAffine(scale.tolist(), offset.tolist(), name=name), x, role=ROLE_OUTPUT)
 
-    def bn_follows_conv(self, spec):
+    def bn_follows_conv(self, spec):  # (or Dense)
         (src,) = spec["inbound"]
-        if self.classes.get(src) not in ("Conv2D", "DepthwiseConv2D"):
+        if self.classes.get(src) not in ("Conv2D", "DepthwiseConv2D", "Dense"):
             return False
         conv = next(s for s in self.graph["layers"] if s["name"] == src)
         return conv["config"]["activation"] == "linear" and self.consumers.get(src) == [spec["name"]]
