@@ -223,6 +223,8 @@ def test_unsupported_layer_named_with_its_type():
     x = keras.layers.Activation("gelu", name="act")(inputs)
     with pytest.raises(QATError, match=r"'act'.*'gelu'"):
         describe(keras.Model(inputs, x))
+    with pytest.raises(QATError, match="needs a functional Keras model, got Sequential"):
+        describe(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]))
 
 
 def test_without_tfmot_the_commands_exit_2_with_the_install_hint(monkeypatch, capsys, tmp_path):

@@ -152,9 +152,12 @@ def describe(model):
     """(graph dict, {npz key: array}) for a Keras 3 functional model."""
     import keras
 
-    if not isinstance(model, keras.Model) or not hasattr(model, "get_config") or "layers" not in (model.get_config() or {}):
+    try:
+        cfg = model.get_config() if isinstance(model, keras.Model) else None
+    except NotImplementedError:
+        cfg = None
+    if not cfg or "layers" not in cfg or "input_layers" not in cfg:  # subclassed or Sequential
         raise QATError(f"the QAT bridge needs a functional Keras model, got {type(model).__name__}")
-    cfg = model.get_config()
     alias = {}  # dropped layer -> the layer its output really is
     layers, weights = [], {}
     for entry in cfg["layers"]:
