@@ -107,12 +107,14 @@ class ExportJob:
             blob = embed_metadata(blob, {k: report[k] for k in ("quant", "input", "output", "class_names")})
             out.write_bytes(blob)
             report["size_bytes"] = len(blob)
-            report.update(self._measure(out))
+            report.update(self.measure(out))
         out.with_suffix(".json").write_text(json.dumps(report, indent=1))
         (out.parent / "labels.txt").write_text("\n".join(self.names) + "\n")
         return report
 
-    def _measure(self, path):
+    def measure(self, path):
+        """top-1 of a .tflite on the evaluation split (LiteRT), agreement and max probability
+        difference against the Keras model."""
         from kclassify.kit import kitlib
 
         kit = kitlib()

@@ -96,7 +96,7 @@ class Job:
         path.write_bytes(blob)
         report["size_bytes"] = len(blob)
         report["gzip_bytes"] = len(gzip.compress(blob, 9))
-        report.update(ExportJob(self.run_dir, model=self.model, data=self.data)._measure(path))
+        report.update(ExportJob(self.run_dir, model=self.model, data=self.data).measure(path))
         report.update(extra or {})
         report["worker"] = worker
         path.with_suffix(".json").write_text(json.dumps(report, indent=1))
