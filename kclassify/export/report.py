@@ -1,6 +1,7 @@
 """`kclassify export`: model_<mode>.tflite with its spec embedded and a JSON report beside it
 (size, input spec, class names, top-1 of the .tflite on the evaluation split run through
 ai-edge-litert, agreement with Keras); `--compare` does every mode and writes one table."""
+import gzip
 import json
 import shutil
 from pathlib import Path
@@ -22,10 +23,11 @@ class ExportJob:
         if model is None:
             self.model, self.run_dir = load_model(path)
         self.calib_split, self.val, self.names = _splits(self.run_dir, self.model, data, data_spec)
+        self.calibration_count = calibration_count
+        self.resize_note = None
+        self._calib = self._keras_probs = None
         if input_size and input_size != self.model.input_shape[1]:
             self._resize_in_graph(input_size)
-        self.calibration_count = calibration_count
-        self._calib = self._keras_probs = None
 
     def _resize_in_graph(self, size):
         """Let the file take size x size frames: a bilinear Resizing layer in front of the network.
@@ -92,21 +94,28 @@ class ExportJob:
         report = {"file": str(out), "quant": quant, "mode": mode.summary, "class_names": self.names,
                   "calibration_images": 0 if calib is None else len(calib),
                   "float_layers": float_layers, "source": str(self.source)}
+        return self.finish(out, blob, report)
+
+    def finish(self, out, blob, report):
+        """Describe the file's input/output, embed that spec, measure it with LiteRT, and write
+        <out>.json and labels.txt beside it. `report` holds the caller's fields ("quant" among
+        them); returns it completed. Shared by export, qat and prune."""
+        from kclassify.export.metadata import embed_metadata
+
+        out = Path(out)
         flex = flex_ops(blob)
         report["builtins_only"] = not flex
         report["input"], report["output"] = io_spec(blob, self.model)
-        if getattr(self, "resize_note", None):
+        if self.resize_note:
             report["input"]["resize"] = f"PIL bilinear to {report['input']['shape'][1]}x{report['input']['shape'][2]}, then {self.resize_note}"
         if flex:
-            out.write_bytes(blob)
-            report.update(size_bytes=len(blob), flex_ops=flex,
-                          note="uses Flex (TF) ops: plain ai-edge-litert cannot run it, so it was not evaluated")
+            report.update(flex_ops=flex, note="uses Flex (TF) ops: plain ai-edge-litert cannot run it, so it was not evaluated")
         else:
-            from kclassify.export.metadata import embed_metadata
-
             blob = embed_metadata(blob, {k: report[k] for k in ("quant", "input", "output", "class_names")})
-            out.write_bytes(blob)
-            report["size_bytes"] = len(blob)
+        out.write_bytes(blob)
+        report["size_bytes"] = len(blob)
+        report["gzip_bytes"] = len(gzip.compress(blob, 9))
+        if not flex:
             report.update(self.measure(out))
         out.with_suffix(".json").write_text(json.dumps(report, indent=1))
         (out.parent / "labels.txt").write_text("\n".join(self.names) + "\n")

@@ -42,6 +42,7 @@ class Job:
         self.model, _ = load_model(self.run_dir)
         self.data = load_data(self.recipe.data, self.recipe.runtime.seed)
         self.echo = echo
+        self._export_job = None
 
     def settings(self, overrides):
         """The recipe's qat section with command-line overrides (None keeps the recipe's value)."""
@@ -80,30 +81,15 @@ class Job:
                 "augment": {"crop_pad": aug.crop_pad, "pad_mode": aug.pad_mode, "flip": aug.flip}}
 
     def measure(self, path, kind, worker, extra=None):
-        """Embed the spec, measure with LiteRT, write <file>.json beside it; returns the report."""
+        """Embed the spec, measure with LiteRT, write <file>.json beside it (as `export` does);
+        returns the report."""
         from kclassify.export import ExportJob
-        from kclassify.export.metadata import embed_metadata
-        from kclassify.export.report import flex_ops, io_spec
 
-        path = Path(path)
-        blob = path.read_bytes()
-        names = self.data.class_names
-        report = {"file": str(path), "kind": kind, "class_names": names, "source": str(self.run_dir)}
-        report["input"], report["output"] = io_spec(blob, self.model)
-        report["builtins_only"] = not flex_ops(blob)
-        blob = embed_metadata(blob, {"quant": kind, "input": report["input"], "output": report["output"],
-                                     "class_names": names})
-        path.write_bytes(blob)
-        report["size_bytes"] = len(blob)
-        report["gzip_bytes"] = len(gzip.compress(blob, 9))
-        report.update(ExportJob(self.run_dir, model=self.model, data=self.data).measure(path))
-        report.update(extra or {})
-        report["worker"] = worker
-        path.with_suffix(".json").write_text(json.dumps(report, indent=1))
-        labels = path.parent / "labels.txt"
-        if not labels.exists():
-            labels.write_text("\n".join(names) + "\n")
-        return report
+        if self._export_job is None:  # one job: the Keras predictions are made once per command
+            self._export_job = ExportJob(self.run_dir, model=self.model, data=self.data)
+        report = {"file": str(path), "kind": kind, "quant": kind, "class_names": self.data.class_names,
+                  "source": str(self.run_dir), **(extra or {}), "worker": worker}
+        return self._export_job.finish(path, Path(path).read_bytes(), report)
 
 
 def run_worker(job, folder, echo=_echo_default, timeout=None):
