@@ -4,7 +4,7 @@ A typo fails at load time with the key, its section and a close match; a value o
 type or range names the field and what was given.
 """
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -38,12 +38,17 @@ class DataConfig(Section):
 class ModelConfig(Section):
     name: str = "resnet20"
     params: dict = Field(default_factory=dict)  # builder keyword arguments (width, dropout, ...)
+    # dirac: every convolution whose input fits in its output starts as the identity on its first
+    # in_channels filters (airbench); the rest keep the builder's initializer.
+    init: Literal["default", "dirac"] = "default"
 
 
 class AugmentConfig(Section):
     crop_pad: int = Field(0, ge=0)  # pad by this many pixels then crop back, per image
     pad_mode: Literal["reflect", "constant"] = "reflect"
-    flip: bool = False  # horizontal flip, per image
+    # Horizontal flip: true = random per image; "alternate" = each image mirrored in exactly one of
+    # every two consecutive epochs, at random in the first (airbench: more diverse than random).
+    flip: Union[bool, Literal["alternate"]] = False
     # Registered augmentations applied in order, each drawn per image, e.g.
     # [{name: autoaugment, policy: cifar10}, {name: cutout, length: 16}] (kclassify augment list)
     ops: list[dict] = Field(default_factory=list)
@@ -68,8 +73,14 @@ class DistillConfig(Section):
 
 
 class AverageConfig(Section):
-    kind: Literal["ema", "swa"] = "ema"
-    momentum: float = Field(0.999, gt=0, lt=1)  # EMA: per step, over every weight incl. BN statistics
+    # ema: a shadow copy, updated every `every` steps; swa: the mean of epoch-end weights;
+    # lookahead (airbench): every `every` steps the shadow moves toward the weights and the weights
+    # are reset to the shadow, with decay momentum**every * progress**power (0 at the start, so
+    # early training is untouched); training ends on the shadow.
+    kind: Literal["ema", "swa", "lookahead"] = "ema"
+    momentum: float = Field(0.999, gt=0, lt=1)  # EMA: per update, over every weight incl. BN statistics
+    every: int = Field(1, ge=1)  # EMA / lookahead: steps between updates (airbench lookahead: 5)
+    power: float = Field(3.0, ge=0)  # lookahead: decay ramp exponent over training progress
     start_epoch: int = Field(0, ge=0)  # SWA: average the weights at the end of each epoch from here
     lr: Optional[float] = Field(None, gt=0)  # SWA: learning rate from start_epoch (constant, or a cycle's top)
     cycle_epochs: int = Field(1, ge=1)  # SWA: >1 makes the rate cyclic: lr down to min_lr over each cycle,
@@ -104,7 +115,23 @@ class TrainConfig(Section):
     class_balance: Literal["none", "sampling", "loss"] = "none"
     class_balance_beta: float = Field(0.999, ge=0, lt=1)
     distill: Optional[DistillConfig] = None  # knowledge distillation from a frozen teacher
-    average: Optional[AverageConfig] = None  # EMA or SWA; the saved model is the averaged one
+    average: Optional[AverageConfig] = None  # EMA, SWA or lookahead; the saved model is the averaged one
+    # Time budget for the whole command (data, training, final evaluation, exports): the run measures
+    # its own speed after a short warm-up and plans its steps to end inside it; epochs becomes a cap.
+    budget_minutes: Optional[float] = Field(None, gt=0)
+    warmup_fraction: Optional[float] = Field(None, ge=0, lt=1)  # warmup as a fraction of all steps
+    warmup_start: float = Field(0.0, ge=0, le=1)  # lr at the first step, as a fraction of lr
+    # BatchNorm: freeze the scale (gamma stays 1) and multiply the learning rate of its bias (beta);
+    # airbench: frozen scale, bias lr x64. bn_weight_decay also decays BN parameters and biases.
+    bn_freeze_scale: bool = False
+    bn_bias_lr_mult: float = Field(1.0, gt=0)
+    bn_weight_decay: bool = False
+    whiten_bias_epochs: Optional[float] = Field(None, ge=0)  # patch-whitening stem: bias trains this long
+    val_every: int = Field(1, ge=0)  # epochs between validations while training (0: only at the end)
+    # Recovery: on a NaN loss or one above loss_upper_bound, restore the last good checkpoint,
+    # halve the learning rate and go on, up to recovery_trials times; then stop (exit code 3).
+    recovery_trials: int = Field(0, ge=0)
+    loss_upper_bound: Optional[float] = Field(None, gt=0)
 
     def effective_lr(self):
         return self.lr * (self.batch_size / self.lr_reference_batch if self.lr_reference_batch else 1.0)
@@ -114,6 +141,8 @@ class TrainConfig(Section):
         bad = [m for m in self.step_milestones if not 0 < m < self.epochs]
         if bad:
             raise ValueError(f"step_milestones {bad} must lie between 0 and epochs={self.epochs}")
+        if self.warmup_fraction is not None and self.warmup_epochs:
+            raise ValueError("give warmup_epochs or warmup_fraction, not both")
         return self
 
 
@@ -135,8 +164,12 @@ class FinetuneConfig(Section):
 
 class RuntimeConfig(Section):
     seed: int = 0
-    precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "float32"
-    strategy: Literal["default", "mirrored"] = "default"
+    # auto: mixed_float16 on a GPU; on a CPU, mixed_bfloat16 where a quick matmul test at start-up
+    # shows bf16 faster than float32 (AMX, AVX512-BF16), else float32.
+    precision: Literal["float32", "mixed_float16", "mixed_bfloat16", "auto"] = "float32"
+    # default: one device; mirrored: every GPU (or cpu_devices logical CPUs) of this machine;
+    # multi_worker: MultiWorkerMirroredStrategy over the cluster in TF_CONFIG (`kclassify launch`).
+    strategy: Literal["default", "mirrored", "multi_worker"] = "default"
     cpu_devices: Optional[int] = Field(None, ge=1)  # split the CPU into N logical devices
     jit_compile: bool = False
     verbose: Literal["auto", 0, 1, 2] = "auto"
@@ -148,6 +181,22 @@ class OutputConfig(Section):
     plots: bool = True
     export: list[Literal[tuple(EXPORT_MODES)]] = Field(default_factory=list)  # names in the modes table
     calibration_images: int = Field(300, ge=1)
+    checkpoint_every_steps: Optional[int] = Field(None, ge=1)  # also checkpoint mid-epoch
+    keep_checkpoints: int = Field(2, ge=1)  # the newest N; an older one is the fallback for a corrupt newest
+    log_every_steps: int = Field(0, ge=0)  # append loss and lr to steps.csv every N steps (0: off)
+    report: bool = True  # write report.html at the end of fit and finetune
+
+
+class EvaluateConfig(Section):
+    """How the run's figure is measured: fit's final report and `kclassify evaluate RUN` use it."""
+    # Test-time augmentation, a preset of weighted views (kclassify.tta.PRESETS): none; flip (the
+    # image and its mirror); mirror_translate (airbench: both, plus each shifted one pixel up-left and
+    # down-right, reflect-padded; weights 1/4, 1/4 and 1/8 each); crops (centre and 4 shifted crops,
+    # each mirrored, equal weights).
+    tta: Literal["none", "flip", "mirror_translate", "crops"] = "none"
+    shift: Optional[int] = Field(None, ge=1)  # pixels of the shifted views (default 1; crops: 4)
+    average: Literal["logits", "probs"] = "logits"  # logits: a weighted mean of log-probabilities
+    batch_size: int = Field(256, ge=1)
 
 
 class QATConfig(Section):
@@ -176,6 +225,7 @@ class Recipe(Section):
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     qat: QATConfig = Field(default_factory=QATConfig)
 
     def run_dir(self):
