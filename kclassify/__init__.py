@@ -1,5 +1,6 @@
 """kclassify: image classification on Keras 3 from recipe files.
 
+The public API is kclassify.fit / finetune / evaluate / export / build_model (kclassify.api).
 Importing kclassify is light (no TensorFlow), so a recipe is checked in milliseconds. The custom
 Keras objects kclassify saves into .keras files are registered the moment Keras itself is
 imported, so `import kclassify; keras.models.load_model(...)` works in any order.
@@ -10,6 +11,8 @@ import importlib.util
 import sys
 
 __version__ = "0.1.0"
+
+from kclassify.api import build_model, evaluate, export, finetune, fit  # noqa: E402,F401  (no TensorFlow)
 
 
 def register_custom_objects():

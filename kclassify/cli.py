@@ -24,16 +24,10 @@ def cli():
 @click.option("--teacher", type=click.Path(), help="Distill from this trained model (sets train.distill.teacher).")
 def fit(recipe, overrides, out, fresh, teacher):
     """Train from RECIPE (a YAML file or a shipped recipe name); resumes an interrupted run."""
-    from kclassify.recipe import load_recipe
+    import kclassify
 
-    cfg = load_recipe(recipe, [*overrides, *([f"train.distill.teacher={teacher}"] if teacher else [])])  # validated before TensorFlow is imported
-    from kclassify import runtime
-
-    runtime.quiet_tensorflow()
-    from kclassify.train.fit import fit as run_fit
-
-    run_dir = run_fit(cfg, out=out, fresh=fresh, echo=click.echo)
-    click.echo(f"run folder: {run_dir}")
+    run = kclassify.fit(recipe, out=out, fresh=fresh, teacher=teacher, overrides=overrides, echo=click.echo)
+    click.echo(f"run folder: {run.dir}")
 
 
 @cli.command()
@@ -46,32 +40,43 @@ def fit(recipe, overrides, out, fresh, teacher):
 @click.option("--dry-run", is_flag=True, help="Print which layers train in each phase, then stop.")
 def finetune(recipe, schedule, overrides, out, fresh, dry_run):
     """Fine-tune a pretrained backbone in phases (head first, then deeper blocks)."""
-    from kclassify.recipe import load_recipe
+    import kclassify
 
-    cfg = load_recipe(recipe, overrides)
-    from kclassify import runtime
-    from kclassify.finetune.run import finetune as run_finetune
+    run = kclassify.finetune(recipe, schedule=schedule, out=out, fresh=fresh, dry_run=dry_run, overrides=overrides,
+                             echo=click.echo)
+    if run:
+        click.echo(f"run folder: {run.dir}")
 
-    runtime.quiet_tensorflow()
-    run_dir = run_finetune(cfg, schedule=schedule, out=out, fresh=fresh, dry_run=dry_run, echo=click.echo)
-    if run_dir:
-        click.echo(f"run folder: {run_dir}")
+
+TTA_PRESETS = ["none", "flip", "mirror_translate", "crops"]
 
 
 @cli.command()
 @click.argument("model_or_run")
 @click.option("--data", "spec", help="image_folder:/dir, npz:/file.npz, tfds:NAME[:split], or digits.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the full report here.")
-@click.option("--tta", type=click.Choice(["none", "flip", "crops"]), default="none", show_default=True,
-              help="Test-time augmentation: average over mirrored (and shifted) views.")
+@click.option("--tta", type=click.Choice(TTA_PRESETS), default=None,
+              help="Test-time augmentation preset (default: the run recipe's evaluate.tta, else none).")
 def evaluate(model_or_run, spec, json_out, tta):
     """Top-1/top-5, per-class precision/recall/F1 and the confusion matrix of a model."""
-    from kclassify import runtime
-    from kclassify.evaluate import run_evaluate
+    import kclassify
 
-    runtime.quiet_tensorflow()
+    kclassify.evaluate(model_or_run, data=spec, tta=tta, json_out=json_out, echo=click.echo)
 
-    run_evaluate(model_or_run, spec, json_out, echo=click.echo, tta=None if tta == "none" else tta)
+
+@cli.command()
+@click.argument("recipe")
+@click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True, help="Local worker processes.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe field.")
+@click.option("--out", type=click.Path(file_okay=False), help="Run folder (default: runs/<recipe name>).")
+@click.option("--fresh", is_flag=True, help="Discard checkpoints in the run folder and start over.")
+@click.option("--command", "command", type=click.Choice(["fit", "finetune"]), default="fit", show_default=True)
+def launch(recipe, workers, overrides, out, fresh, command):
+    """Run RECIPE on N local workers (MultiWorkerMirroredStrategy over localhost ports): for testing
+    a cluster set-up on one machine. Each worker's output is prefixed with its index."""
+    from kclassify.launch import launch_local
+
+    sys.exit(launch_local(recipe, workers, overrides, out, fresh, command, echo=click.echo))
 
 
 @cli.command()
@@ -275,6 +280,9 @@ def prune(run, sparsity, schedule, epochs, lr, batch_size, steps_per_epoch, int8
 
 def main():
     """Entry point: user errors print one message and exit non-zero, without a traceback."""
+    from kclassify import runtime
+
+    runtime.mark_command_start()
     try:
         cli.main(standalone_mode=False)
     except KClassifyError as exc:

@@ -11,15 +11,10 @@ from kclassify.metrics import classification_report, cross_entropy
 
 def resolve_model_path(path):
     """A .keras file, or a run folder holding model.keras; (model_file, run_dir or None)."""
-    p = Path(path)
-    if p.is_dir():
-        if not (p / "model.keras").exists():
-            raise ModelFileError(f"{p} is not a finished run folder (no model.keras inside)")
-        return p / "model.keras", p
-    if not p.exists():
-        raise ModelFileError(f"model not found: {str(path)!r}")
-    run_dir = p.parent if (p.parent / "recipe.yaml").exists() else None
-    return p, run_dir
+    from kclassify.run import Run
+
+    file, run = Run.resolve(path)
+    return file, (run.dir if run is not None else None)
 
 
 def load_model(path):
@@ -38,32 +33,24 @@ def load_model(path):
 
 
 def predict(model, images, batch_size=256):
+    """Probabilities for uint8 images (an array, a Split or a streamed split)."""
     from kclassify.data.pipeline import eval_dataset
     from kclassify.data.sources import Split
+    from kclassify.train.loop import predictor
 
-    ds = eval_dataset(Split(images, np.zeros(len(images), np.int32)), 1, batch_size).map(lambda x, y: x)
-    return model.predict(ds, verbose=0)
-
-
-def tta_views(images, tta, pad=4):
-    """The test-time views of a uint8 batch: itself, + its mirror ("flip"), or the centre and
-    four crops shifted by `pad` pixels of a reflect-padded copy, each also mirrored ("crops")."""
-    if tta in (None, "none"):
-        return [images]
-    views = [images]
-    if tta == "crops":
-        h, w = images.shape[1:3]
-        padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
-        views += [padded[:, dy:dy + h, dx:dx + w] for dy, dx in ((0, 0), (0, 2 * pad), (2 * pad, 0), (2 * pad, 2 * pad))]
-    return views + [v[:, :, ::-1] for v in views]
+    split = images if hasattr(images, "labels") else Split(images, np.zeros(len(images), np.int32))
+    return predictor(model)(eval_dataset(split, 1, batch_size))
 
 
-def evaluate_model(model, split, class_names, batch_size=256, tta=None):
-    """Report on a split; with `tta`, probabilities are averaged over the test-time views."""
-    probs = np.mean([predict(model, np.ascontiguousarray(v), batch_size) for v in tta_views(split.images, tta)], axis=0)
+def evaluate_model(model, split, class_names, batch_size=256, views=None, average="logits"):
+    """(report, probabilities) on a split; with `views` (kclassify.tta), the weighted average of
+    the test-time views."""
+    from kclassify.tta import tta_model
+
+    probs = predict(tta_model(model, views, average) if views else model, split, batch_size)
     report = classification_report(probs, split.labels, class_names)
     report["loss"] = cross_entropy(probs, split.labels)
-    return report
+    return report, probs
 
 
 def write_report(report, out_dir, prefix, plots=True):
@@ -95,8 +82,8 @@ def parse_data_spec(spec, image_size):
 
 def evaluation_split(run_dir, spec, model, seed=0):
     """The split to evaluate on: the --data spec, else the run's own validation split."""
-    from kclassify.data import SOURCES, load_data
-    from kclassify.recipe import load_recipe
+    from kclassify.data import SOURCES
+    from kclassify.run import Run
 
     size = model.input_shape[1]
     if spec:
@@ -105,26 +92,38 @@ def evaluation_split(run_dir, spec, model, seed=0):
         split = data.val if (cfg.source == "tfds" or len(data.val)) else data.train
         names = data.class_names
     elif run_dir is not None:
-        recipe = load_recipe(run_dir / "recipe.yaml")
-        data = load_data(recipe.data, recipe.runtime.seed)
+        data = Run.load(run_dir).data()
         split, names = data.val, data.class_names
     else:
         raise DataError("a bare model file needs --data SPEC (e.g. image_folder:/path/to/dir)")
-    if split.images.shape[1:] != tuple(model.input_shape[1:]):
-        raise DataError(f"data images are {split.images.shape[1:]} but the model takes {tuple(model.input_shape[1:])}")
+    shape = tuple(split.images.shape[1:]) if hasattr(split, "images") else tuple(split.image_shape)
+    if shape != tuple(model.input_shape[1:]):
+        raise DataError(f"data images are {shape} but the model takes {tuple(model.input_shape[1:])}")
     return split, names
 
 
 def run_evaluate(path, spec=None, json_out=None, echo=print, tta=None):
+    """Evaluate a model or run folder. TTA: `tta` (a preset name) overrides the run recipe's
+    evaluate section, so `kclassify evaluate RUN` reproduces the figure the run reported."""
     from kclassify import runtime
     from kclassify.metrics import format_report
+    from kclassify.recipe import EvaluateConfig
+    from kclassify.run import Run
+    from kclassify.tta import view_count, views_of
 
     runtime.quiet_tensorflow()
     model, run_dir = load_model(path)
     split, names = evaluation_split(run_dir, spec, model)
-    report = evaluate_model(model, split, names, tta=tta)
-    report["tta"] = tta or "none"
-    echo(format_report(report, title=f"evaluation of {path}" + (f" (TTA: {tta})" if tta else "")))
+    cfg = Run(run_dir).recipe.evaluate if run_dir is not None and (Path(run_dir) / "recipe.yaml").exists() \
+        else EvaluateConfig()
+    if tta is not None:
+        cfg = cfg.model_copy(update={"tta": tta})
+    report, _ = evaluate_model(model, split, names, cfg.batch_size, views_of(cfg) if view_count(cfg) else None,
+                               cfg.average)
+    report["tta"] = cfg.tta
+    report["views"] = max(view_count(cfg), 1)
+    shown = f" (TTA: {cfg.tta}, {view_count(cfg)} views)" if view_count(cfg) else ""
+    echo(format_report(report, title=f"evaluation of {path}{shown}"))
     out_dir = Path(json_out).parent if json_out else (run_dir or Path(path).parent)
     write_report(report, out_dir, "eval")
     if json_out:

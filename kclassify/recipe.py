@@ -259,8 +259,9 @@ def find_recipe(name_or_path):
     raise RecipeError(f"recipe {str(name_or_path)!r} not found{suggest(path.stem, shipped_recipes())}")
 
 
-def load_recipe(name_or_path, overrides=()):
-    """Read a YAML recipe, apply `a.b=value` overrides and validate it."""
+def load_recipe(name_or_path, overrides=(), sections=None):
+    """Read a YAML recipe, apply `a.b=value` overrides (and `sections`, {section: {field: value}},
+    merged in) and validate it."""
     path = find_recipe(name_or_path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
@@ -269,9 +270,36 @@ def load_recipe(name_or_path, overrides=()):
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}: a recipe is a mapping of sections, got {type(raw).__name__}")
     raw.setdefault("name", path.stem)
+    return _apply(raw, overrides, sections, str(path))
+
+
+def recipe_from(recipe, overrides=(), sections=None):
+    """A validated Recipe from a Recipe, a dict of sections, or a YAML file / shipped recipe name."""
+    import copy
+
+    if isinstance(recipe, Recipe):
+        return _apply(recipe.model_dump(mode="json"), overrides, sections, recipe.name)
+    if isinstance(recipe, dict):
+        return _apply(copy.deepcopy(recipe), overrides, sections, "recipe")
+    return load_recipe(recipe, overrides, sections)
+
+
+def _apply(raw, overrides, sections, source):
+    for section, fields in (sections or {}).items():
+        if isinstance(fields, dict) and isinstance(raw.get(section), dict):
+            raw[section] = _merged(raw[section], fields)
+        else:
+            raw[section] = fields
     for item in overrides:
         apply_override(raw, item)
-    return validate(raw, source=str(path))
+    return validate(raw, source=source)
+
+
+def _merged(base, extra):
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def apply_override(raw, item):

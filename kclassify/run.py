@@ -4,22 +4,34 @@
       recipe.yaml       the resolved recipe (what a resume must match)
       labels.json       class names, input shape, split sizes
       run.lock          who holds the folder (pid, host, command); a flock makes it exclusive
-      ckpt/state.json   the commit point: finished steps/epochs, history, plan, checkpoint list
-      ckpt/*.keras      checkpoints (model + optimizer state), newest last in the list
+      ckpt/state.json   the commit point: steps and epochs done, history, plan, the checkpoint list
+      ckpt/*.keras      checkpoints (model + optimizer state), each with its size and sha256
       model.keras       the final inference network
-      metrics.json, history.csv, val_report.json, val_predictions.npz, exports, report.html
+      metrics.json, history.csv, steps.csv, val_report.json, val_predictions.npz, exports, report.html
 
 Everything that reads or writes these files asks a `Run`: fit and finetune create or resume one
 (`Run.start`), evaluate, export, qat and prune open a finished one (`Run.load`). Nothing here
-imports TensorFlow until a model is loaded.
+imports TensorFlow until a model is saved or loaded.
 """
+import hashlib
 import json
 import os
+import shutil
+import socket
+import time
 from pathlib import Path
 
-from kclassify.errors import ModelFileError
+import yaml
+
+from kclassify.errors import KClassifyError, ModelFileError, RecipeError
 
 MODEL_FILE = "model.keras"
+LOCK_FILE = "run.lock"
+_HELD_LOCKS = {}  # run folder -> open lock file descriptor (the flock lives as long as it)
+
+
+class RunLocked(KClassifyError):
+    """Another process is training in this run folder."""
 
 
 def write_json(path, obj):
@@ -40,11 +52,50 @@ def read_json(path, default=None):
         return default
 
 
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def recipe_diff(old, new, prefix=""):
+    """Differences that change training (output and verbosity may change on resume). A key the
+    old recipe lacks counts only if the new value differs from the default (fields added later)."""
+    from kclassify.recipe import Recipe
+
+    defaults = Recipe().model_dump(mode="json")
+    return _diff(old, new, defaults, prefix)
+
+
+def _diff(old, new, defaults, prefix):
+    out = []
+    for key in sorted(set(old) | set(new)):
+        path = f"{prefix}{key}"
+        if path in ("output", "runtime.verbose", "evaluate"):
+            continue
+        a, b = old.get(key, (defaults or {}).get(key)), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _diff(a, b, (defaults or {}).get(key) if isinstance(defaults, dict) else None, path + ".")
+        elif a != b:
+            out.append(f"{path}: {a!r} -> {b!r}")
+    return out
+
+
+def new_state():
+    return {"epoch": 0, "step": 0, "phase": 0, "phase_step": 0, "train_seconds": 0.0, "history": [],
+            "checkpoints": [], "file": None, "plan": None, "lr_scale": 1.0, "recoveries": []}
+
+
 class Run:
-    """One run folder. `Run.load(path)` opens an existing one for reading."""
+    """One run folder. `Run.load(path)` opens an existing one; `Run.start(recipe)` creates or
+    resumes one for training, holding its lock."""
 
     def __init__(self, path):
         self.dir = Path(path)
+        self.state = None
+        self.chief = True
 
     # ------------------------------------------------------------------ opening
 
@@ -71,6 +122,62 @@ class Run:
             if (folder / "recipe.yaml").is_file():
                 return p, Run(folder)
         return p, None
+
+    @classmethod
+    def start(cls, recipe, out=None, fresh=False, command="fit", chief=True, echo=print):
+        """The run folder for training `recipe`: locked (chief only), its saved state when it is
+        resumable (same recipe), none when fresh. A changed recipe is refused."""
+        run = cls(Path(out) if out else recipe.run_dir())
+        run.chief = chief
+        if chief:
+            run._lock(command, echo)
+        if fresh:
+            shutil.rmtree(run.dir / "ckpt", ignore_errors=True)
+        run.state = None if fresh else run.read_state()
+        saved = run.dir / "recipe.yaml"
+        if run.state is not None and saved.exists():
+            diffs = recipe_diff(yaml.safe_load(saved.read_text()) or {}, recipe.model_dump(mode="json"))
+            if diffs:
+                raise RecipeError(f"{run.dir} holds a run of a different recipe ({'; '.join(diffs[:5])}).\n"
+                                  "  Use --fresh to start it over, or --out DIR for a new run folder.")
+        elif run.state is not None:
+            run.state = None
+        return run
+
+    def _lock(self, command, echo):
+        import fcntl
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.dir / LOCK_FILE
+        key = str(path.resolve())
+        if key in _HELD_LOCKS:
+            return  # this process holds it already (a second phase, a test calling twice)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            held = read_json(path, {})
+            raise RunLocked(f"{self.dir} is in use by process {held.get('pid', '?')} ({held.get('command', '?')} "
+                            f"on {held.get('host', '?')}, since {held.get('started', '?')}); wait for it to finish "
+                            "or train into another folder with --out DIR") from None
+        previous = read_json(path, {})
+        if previous.get("pid") and previous.get("pid") != os.getpid():
+            echo(f"note: taking over the lock of process {previous['pid']} ({previous.get('command')}, "
+                 f"since {previous.get('started')}), which is gone")
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+                "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        _HELD_LOCKS[key] = fd
+
+    def release(self):
+        """Drop the lock (the end of a run; a killed process loses it with its file descriptors)."""
+        key = str((self.dir / LOCK_FILE).resolve())
+        fd = _HELD_LOCKS.pop(key, None)
+        if fd is not None:
+            (self.dir / LOCK_FILE).unlink(missing_ok=True)
+            os.close(fd)
 
     # ------------------------------------------------------------------ reading
 
@@ -111,5 +218,202 @@ class Run:
         recipe = self.recipe
         return load_data(recipe.data, recipe.runtime.seed)
 
+    def read_state(self):
+        state = read_json(self.dir / "ckpt" / "state.json")
+        return None if state is None else {**new_state(), **state}
+
+    def finished(self, epochs):
+        return bool(self.state and self.state["epoch"] >= epochs and self.model_path.exists()
+                    and self.state.get("done"))
+
+    # ------------------------------------------------------------------ writing
+
     def write_json(self, name, obj):
-        write_json(self.dir / name, obj)
+        if self.chief:
+            write_json(self.dir / name, obj)
+
+    def begin(self, recipe, data, echo=print):
+        """Write the resolved recipe and the label/input spec; report the data."""
+        for note in data.notes:
+            echo(f"note: {note}")
+        if self.chief:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            (self.dir / "recipe.yaml").write_text(recipe.to_yaml())
+            self.write_json("labels.json", {"class_names": data.class_names, "input_shape": list(data.input_shape),
+                                            "train_images": len(data.train), "val_images": len(data.val)})
+        echo(f"data: {len(data.train)} train / {len(data.val)} val images, {len(data.class_names)} classes, "
+             f"shape {data.input_shape}")
+        if self.state is None:
+            self.state = new_state()
+
+    def commit(self):
+        """Write the state (the commit point of a checkpoint) and history.csv from it."""
+        if not self.chief:
+            return
+        (self.dir / "ckpt").mkdir(parents=True, exist_ok=True)
+        write_json(self.dir / "ckpt" / "state.json", self.state)
+        write_history_csv(self.state["history"], self.dir / "history.csv")
+
+    def save_checkpoint(self, trainer, averages=None, keep=2):
+        """Save the trainer (weights + optimizer) and the weight averages at the state's step, add
+        the file with its size and sha256 to the state, commit, then drop the oldest beyond `keep`."""
+        s = self.state
+        name = f"step-{s['step']:08d}.keras"
+        folder = self.dir / "ckpt"
+        if not self.chief:
+            return None
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f"tmp-{name}"
+        trainer.save(tmp)
+        os.replace(tmp, folder / name)
+        entry = {"file": name, "step": s["step"], "phase": s["phase"], "phase_step": s["phase_step"],
+                 "epoch": s["epoch"], "bytes": (folder / name).stat().st_size, "sha256": sha256(folder / name)}
+        if averages is not None:
+            import numpy as np
+
+            avg = folder / f"step-{s['step']:08d}.avg.npz"
+            np.savez(folder / "tmp.avg.npz", **averages)
+            os.replace(folder / "tmp.avg.npz", avg)
+            entry["averages"] = avg.name
+        s["checkpoints"] = [c for c in s["checkpoints"] if c["file"] != name] + [entry]
+        s["file"] = name
+        dropped, s["checkpoints"] = s["checkpoints"][:-keep], s["checkpoints"][-keep:]
+        self.commit()
+        for old in dropped:
+            (folder / old["file"]).unlink(missing_ok=True)
+            if old.get("averages"):
+                (folder / old["averages"]).unlink(missing_ok=True)
+        return entry
+
+    def good_checkpoints(self, echo=print):
+        """The state's checkpoints, newest first, that are whole (size and sha256 match); a bad
+        one is reported and skipped."""
+        folder = self.dir / "ckpt"
+        good = []
+        for entry in reversed(self.state.get("checkpoints") or []):
+            path = folder / entry["file"]
+            why = None
+            if not path.is_file():
+                why = "is missing"
+            elif path.stat().st_size != entry["bytes"]:
+                why = f"is truncated ({path.stat().st_size:,} of {entry['bytes']:,} bytes)"
+            elif sha256(path) != entry["sha256"]:
+                why = "does not match its checksum"
+            if why:
+                echo(f"warning: checkpoint {path} {why}; falling back to the one before it")
+            else:
+                good.append(entry)
+        return good
+
+    def rewind(self, entry):
+        """Take the state back to checkpoint `entry` (what training resumes from)."""
+        s = self.state
+        history = [h for h in s["history"] if h.get("step", 0) <= entry["step"]]
+        keep = [c for c in s["checkpoints"] if c["step"] <= entry["step"]]
+        s.update(step=entry["step"], phase=entry["phase"], phase_step=entry["phase_step"], epoch=entry["epoch"],
+                 history=history, checkpoints=keep, file=entry["file"])
+
+    def finish(self, model, data, recipe, echo=print, budget=None, started=None):
+        """Final model, evaluation, metrics, reports, exports (see _finish)."""
+        return _finish(self, model, data, recipe, echo, budget, started)
+
+    def clear_final(self):
+        """A run that trains again has no final model yet."""
+        if self.chief:
+            self.model_path.unlink(missing_ok=True)
+
+
+def write_history_csv(history, path):
+    import csv
+
+    if not history:
+        return
+    keys = []
+    for row in history:
+        keys += [k for k in row if k not in keys]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(history)
+
+
+def _finish(run, model, data, recipe, echo=print, budget=None, started=None):
+    """The end of a training command: save the inference model, evaluate it (plainly and with the
+    recipe's test-time augmentation), write metrics, reports, plots and predictions, then the
+    recipe's exports and the HTML report; metrics.json last, with the wall time of the command."""
+    import keras
+    import numpy as np
+
+    from kclassify.evaluate import evaluate_model, write_report
+    from kclassify.metrics import format_report
+    from kclassify.tta import view_count, views_of
+
+    state = run.state
+    if run.chief:
+        keras.Model(model.input, model.output, name=model.name).save(run.model_path)
+    ev = recipe.evaluate
+    report, probs = evaluate_model(model, data.val, data.class_names, ev.batch_size)
+    metrics = {"val": {k: report[k] for k in ("top1", "top5", "loss")}, "epochs": state["epoch"],
+               "steps": state["step"], "train_seconds": round(state["train_seconds"], 1),
+               "params": int(model.count_params()), "model": recipe.model.name,
+               "train_images": len(data.train), "val_images": len(data.val)}
+    arrays = {"probs": probs, "labels": np.asarray(data.val.labels, np.int32)}
+    echo(format_report(report, title=f"validation ({recipe.model.name})"))
+    if view_count(ev):
+        tta_report, arrays["probs_tta"] = evaluate_model(model, data.val, data.class_names, ev.batch_size,
+                                                         views_of(ev), ev.average)
+        metrics["val_tta"] = {**{k: tta_report[k] for k in ("top1", "top5", "loss")}, "tta": ev.tta,
+                              "views": view_count(ev)}
+        echo(f"validation with TTA ({ev.tta}, {view_count(ev)} views): top-1 {tta_report['top1']:.4f}, "
+             f"top-5 {tta_report['top5']:.4f}")
+    if state.get("recoveries"):
+        metrics["recoveries"] = state["recoveries"]
+    if not run.chief:
+        return metrics
+    write_report(report, run.dir, "val", plots=recipe.output.plots)
+    if view_count(ev):
+        write_report(tta_report, run.dir, "val_tta", plots=False)
+    np.savez(run.dir / "val_predictions.npz", **arrays)
+    if recipe.output.plots and (run.dir / "history.csv").exists():
+        from kclassify.plots import plot_history
+
+        plot_history(run.dir / "history.csv", run.dir / "curves.png")
+    run.write_json("metrics.json", metrics)
+    _exports(run, model, data, recipe, echo)
+    if recipe.output.report:
+        _html_report(run, data, probs, echo)
+    if budget is not None:
+        metrics["budget"] = {**state["plan"], **budget.record(state["plan"]["total_steps"], state["step"])}
+    if started is not None:
+        metrics["wall_seconds"] = round(time.time() - started, 1)
+        if budget is not None:
+            metrics["budget"]["actual_wall_seconds"] = metrics["wall_seconds"]
+            echo(f"budget: {budget.minutes:g} min ({60 * budget.minutes:.0f} s); the command took "
+                 f"{metrics['wall_seconds']:.0f} s")
+    run.write_json("metrics.json", metrics)
+    echo(json.dumps({k: metrics[k] for k in ("val", "val_tta", "epochs", "steps", "wall_seconds") if k in metrics}))
+    return metrics
+
+
+def _exports(run, model, data, recipe, echo):
+    if not recipe.output.export:
+        return
+    from kclassify.export import ExportJob
+
+    job = ExportJob(run.dir, model=model, data=data, calibration_count=recipe.output.calibration_images)
+    for mode in recipe.output.export:
+        rep = job.export(mode)
+        echo(f"export {mode}: {rep['file']} {rep['size_bytes']:,} bytes, top-1 {rep['tflite']['top1']:.4f}, "
+             f"agreement with Keras {rep['agreement']:.4f}")
+
+
+def _html_report(run, data, probs, echo):
+    import importlib.util
+
+    if importlib.util.find_spec("kclassify.report") is None:
+        return
+    from kclassify.report import write_run_report
+
+    path = write_run_report(run.dir, data=data, probs=probs, echo=echo)
+    echo(f"report: {path}")
+

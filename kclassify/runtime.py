@@ -61,12 +61,41 @@ def quiet_tensorflow():
         tf.config.list_physical_devices()
 
 
-def setup(runtime):
+_COMMAND_STARTED = None
+
+
+def mark_command_start(when=None):
+    """The CLI calls this first thing: a time budget counts the whole command from here."""
+    global _COMMAND_STARTED
+    import time
+
+    _COMMAND_STARTED = when or time.time()
+
+
+def command_started():
+    return _COMMAND_STARTED
+
+
+def is_chief(runtime):
+    """Whether this process writes the run folder: always, except the non-chief workers of a
+    multi-worker run (TF_CONFIG task index > 0; worker 0 is the chief)."""
+    if runtime.strategy != "multi_worker":
+        return True
+    import json
+
+    task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {})
+    return task.get("type", "worker") in ("chief",) or (task.get("type", "worker") == "worker"
+                                                          and int(task.get("index", 0)) == 0)
+
+
+def setup(runtime, echo=print):
     """Apply a RuntimeConfig; returns the tf.distribute strategy to build and fit under."""
     quiet_tensorflow()
     import keras
     import tensorflow as tf
 
+    if runtime.strategy == "multi_worker":
+        strategy = multi_worker_strategy()  # must exist before anything else touches the runtime
     if runtime.cpu_devices:
         cpus = tf.config.list_physical_devices("CPU")
         try:
@@ -77,14 +106,72 @@ def setup(runtime):
     with filtered_stderr():
         tf.config.list_logical_devices()  # initializes the runtime (and its CUDA probe) quietly
     keras.utils.set_random_seed(runtime.seed)
-    keras.mixed_precision.set_global_policy(runtime.precision)
-    if runtime.precision != "float32" and not tf.config.list_physical_devices("GPU"):
-        # Measured here (FACTS.md): no bf16/fp16 arithmetic on these CPUs, so mixed precision
-        # computes in float32 with extra casts: 6-12x slower for bfloat16 without XLA.
-        warnings.warn(f"runtime.precision={runtime.precision} on a CPU without a GPU: expect it to be slower "
-                      "than float32, not faster; use float32 on CPUs", stacklevel=2)
+    precision = resolve_precision(runtime.precision, echo)
+    keras.mixed_precision.set_global_policy(precision)
+    if precision != "float32" and not tf.config.list_physical_devices("GPU") and runtime.precision != "auto":
+        if not bf16_is_faster():
+            # Measured (FACTS.md): CPUs without bf16 arithmetic compute mixed precision in float32
+            # with extra casts: 6-12x slower for bfloat16 without XLA.
+            warnings.warn(f"runtime.precision={runtime.precision} on a CPU without bf16 arithmetic: expect it to be "
+                          "slower than float32, not faster; use float32 (or auto) on this CPU", stacklevel=2)
+    if runtime.strategy == "multi_worker":
+        return strategy
     if runtime.strategy == "mirrored":
         gpus = tf.config.list_logical_devices("GPU")
         devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
         return tf.distribute.MirroredStrategy(devices=devices)
     return tf.distribute.get_strategy()
+
+
+def multi_worker_strategy():
+    import json
+
+    import tensorflow as tf
+
+    from kclassify.errors import RecipeError
+
+    if "cluster" not in json.loads(os.environ.get("TF_CONFIG", "{}")):
+        raise RecipeError("runtime.strategy multi_worker needs TF_CONFIG (the cluster and this task); "
+                          "`kclassify launch --workers N RECIPE` sets it for local workers")
+    with filtered_stderr():
+        return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def resolve_precision(precision, echo=print):
+    """runtime.precision `auto`: mixed_float16 on a GPU; mixed_bfloat16 on a CPU where bf16 matmuls
+    measure faster than float32 (AMX or AVX512-BF16); float32 otherwise."""
+    if precision != "auto":
+        return precision
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        chosen = "mixed_float16"
+    else:
+        chosen = "mixed_bfloat16" if bf16_is_faster() else "float32"
+    echo(f"precision: auto -> {chosen}")
+    return chosen
+
+
+_BF16_FASTER = None
+
+
+def bf16_is_faster(size=1024, reps=5):
+    """Time a float32 and a bfloat16 matmul of `size` x `size` on this CPU (about half a second)."""
+    global _BF16_FASTER
+    if _BF16_FASTER is None:
+        import time
+
+        import tensorflow as tf
+
+        def seconds(dtype):
+            a = tf.random.normal((size, size), dtype=tf.float32)
+            a = tf.cast(a, dtype)
+            fn = tf.function(lambda x: tf.matmul(x, x))
+            fn(a).numpy()
+            t = time.perf_counter()
+            for _ in range(reps):
+                fn(a).numpy()
+            return time.perf_counter() - t
+
+        _BF16_FASTER = seconds(tf.bfloat16) < 0.8 * seconds(tf.float32)
+    return _BF16_FASTER

@@ -1,23 +1,20 @@
-"""tf.data pipelines: in-memory uint8 arrays -> (per-image augmentation) -> batch -> float
-pixels and one-hot labels (one-hot from the start: label smoothing and MixUp need it)."""
+"""tf.data pipelines: uint8 images -> batches -> augmentation -> float pixels and one-hot labels.
+
+Training is one endless stream of batches whose content is a function of the global step alone:
+batch s of an in-memory split holds the images at positions s*B .. s*B+B-1 of epoch s // steps_per_epoch's
+permutation (`index_shuffle`, stateless, from the seed and the epoch). So a run resumed at any step
+sees the data order it would have had, a time budget may end it mid-epoch, and each worker of a
+multi-worker run takes its own slice of the same global batch. Streamed splits (packed shards)
+provide `examples(seed, epoch, skip, shard_index, shard_count, training)` and are batched here.
+
+Augmentation runs on uint8 batches with per-image draws (translation, flip, the registered ops),
+then labels become one-hot (label smoothing and MixUp/CutMix need it), smoothed, and mixed.
+"""
 import numpy as np
 import tensorflow as tf
 
 AUTOTUNE = tf.data.AUTOTUNE
-
-
-def _finish(ds, num_classes, batch_size, drop_remainder, batch_augment=None, smooth=None, mixer=None):
-    """Batch, then (on uint8 batches) the registered ops, then float pixels and one-hot labels,
-    label smoothing, and MixUp/CutMix last (they mix the smoothed targets)."""
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE)
-    if batch_augment is not None:  # each image still draws its own ops; batched is 2-4x faster
-        ds = ds.map(lambda x, y: (batch_augment(x), y), num_parallel_calls=AUTOTUNE, deterministic=False)
-    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), tf.one_hot(y, num_classes)), num_parallel_calls=AUTOTUNE)
-    if smooth is not None:
-        ds = ds.map(lambda x, y: (x, smooth(y)), num_parallel_calls=AUTOTUNE)
-    if mixer is not None:
-        ds = ds.map(mixer, num_parallel_calls=AUTOTUNE, deterministic=False)
-    return ds.prefetch(AUTOTUNE)
+ENDLESS = 2 ** 62
 
 
 def smoother(eps, mode):
@@ -29,19 +26,6 @@ def smoother(eps, mode):
     return lambda y: y * (1.0 - eps) + (1.0 - y) * eps / tf.cast(tf.shape(y)[-1] - 1, y.dtype)
 
 
-def balanced_stream(split, seed=0):
-    """Every class drawn with equal probability (oversampling rare classes), len(split) images
-    an epoch."""
-    classes = np.unique(split.labels)
-    streams = []
-    for c in classes:
-        idx = np.flatnonzero(split.labels == c)
-        ds = tf.data.Dataset.from_tensor_slices((split.images[idx], split.labels[idx]))
-        streams.append(ds.shuffle(len(idx), seed=seed + int(c), reshuffle_each_iteration=True).repeat())
-    weights = [1.0 / len(classes)] * len(classes)
-    return tf.data.Dataset.sample_from_datasets(streams, weights, seed=seed).take(len(split))
-
-
 def effective_number_weights(labels, num_classes, beta):
     """Class weights (1 - beta) / (1 - beta^n_c), scaled to sum to the number of classes present."""
     counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
@@ -49,40 +33,160 @@ def effective_number_weights(labels, num_classes, beta):
     return (w * (counts > 0).sum() / w.sum()).astype(np.float32)
 
 
-def train_dataset(split, num_classes, batch_size, augment=None, seed=0, batch_augment=None, smooth=None,
-                  mixer=None, balance="none", class_weights=None):
-    """Shuffled each epoch, cropped/flipped per image, full batches only (stable BN statistics);
-    class_weights adds per-sample weights (for soft labels, the label-weighted mean)."""
-    if balance == "sampling":
-        ds = balanced_stream(split, seed)
-    else:
-        ds = tf.data.Dataset.from_tensor_slices((split.images, split.labels))
-        ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
-    if augment is not None:
-        ds = ds.map(lambda x, y: (augment(x), y), num_parallel_calls=AUTOTUNE, deterministic=False)
-    ds = _finish(ds, num_classes, min(batch_size, len(split)), True, batch_augment, smooth, mixer)
+def is_streamed(split):
+    return not hasattr(split, "images")
+
+
+def _resident(array):
+    """The array as a CPU resource variable: tf.data functions read it by reference, so it is not
+    serialized into the dataset graph (graph constants stop at 2 GB)."""
+    with tf.device("/cpu:0"):
+        return tf.Variable(array, trainable=False)
+
+
+class BatchPlan:
+    """Which images make up global batch `step`: positions of a stateless per-epoch permutation
+    (or, with class-balanced sampling, equal-probability classes drawn with replacement)."""
+
+    def __init__(self, labels, batch_size, steps_per_epoch, seed, balance="none", worker=(0, 1)):
+        self.n, self.batch, self.spe, self.seed = len(labels), int(batch_size), int(steps_per_epoch), int(seed)
+        self.worker, self.workers = worker
+        if self.batch % self.workers:
+            raise ValueError(f"batch {batch_size} does not split over {self.workers} workers")
+        self.local = self.batch // self.workers
+        self.lo, self.hi = self.worker * self.local, (self.worker + 1) * self.local
+        self.balance = balance
+        if balance == "sampling":
+            order = np.argsort(labels, kind="stable")
+            counts = np.bincount(labels)
+            present = np.flatnonzero(counts)
+            self.members = tf.constant(order.astype(np.int64))
+            self.starts = tf.constant(np.concatenate([[0], np.cumsum(counts)[:-1]])[present].astype(np.int64))
+            self.sizes = tf.constant(counts[present].astype(np.int64))
+
+    def epoch(self, step):
+        return step // self.spe
+
+    def indices(self, step):
+        """int64 indices of this worker's images in global batch `step` (a scalar int64 tensor)."""
+        epoch, within = step // self.spe, step % self.spe
+        pos = within * self.batch + tf.range(self.lo, self.hi, dtype=tf.int64)
+        if self.balance == "sampling":
+            seed = tf.stack([tf.constant(self.seed, tf.int64), step])
+            r = tf.random.stateless_uniform([2, self.batch], seed, maxval=2 ** 31 - 1, dtype=tf.int64)[:, self.lo:self.hi]
+            cls = r[0] % tf.size(self.sizes, out_type=tf.int64)
+            within_cls = r[1] % tf.gather(self.sizes, cls)
+            return tf.gather(self.members, tf.gather(self.starts, cls) + within_cls)
+        seed = tf.stack([tf.constant(self.seed, tf.int64), epoch])
+        return tf.random.experimental.index_shuffle(pos, seed, tf.constant(self.n - 1, tf.int64))
+
+    def flips(self, step, idx):
+        """Alternating flip: image i is mirrored in epoch e iff coin(i) xor (e odd), so each image
+        is mirrored in exactly one of every two consecutive epochs, at random in the first."""
+        seed = tf.constant([self.seed, -1], tf.int64)
+        coin = tf.random.experimental.index_shuffle(idx, seed, tf.constant(self.n - 1, tf.int64)) % 2
+        return tf.not_equal(coin, (step // self.spe) % 2)
+
+
+def memory_batches(split, plan, start_step=0):
+    """(uint8 images, int32 labels, flip mask) per step from an in-memory split."""
+    images, labels = _resident(split.images), tf.constant(split.labels.astype(np.int32))
+
+    def batch(step):
+        idx = plan.indices(step)
+        return tf.gather(images, idx), tf.gather(labels, idx), plan.flips(step, idx)
+
+    return tf.data.Dataset.range(start_step, ENDLESS).map(batch, num_parallel_calls=AUTOTUNE)
+
+
+def streamed_batches(split, plan, start_step=0):
+    """Batches from a streamed split's per-epoch example streams, skipping into the first epoch.
+    Alternating flip needs stable image indices, which a stream does not have: flips are random."""
+    first, skip = divmod(int(start_step), plan.spe)
+    local = plan.local
+
+    def epoch(e, skip_images=0):
+        examples = split.examples(seed=plan.seed, epoch=e, skip=skip_images, shard_index=plan.worker,
+                                  shard_count=plan.workers, training=True)
+        return examples.batch(local, drop_remainder=True).take(plan.spe - skip_images // local)
+
+    rest = tf.data.Dataset.range(first + 1, ENDLESS).flat_map(lambda e: epoch(e))
+    ds = epoch(first, skip * local).concatenate(rest)
+    return ds.map(lambda x, y: (x, y, tf.random.uniform([tf.shape(y)[0]]) < 0.5), num_parallel_calls=AUTOTUNE)
+
+
+def training_stream(split, num_classes, plan, augment=None, start_step=0, smooth=None, mixer=None,
+                    class_weights=None, flip=False):
+    """The endless batch stream of a training run from global step `start_step`."""
+    source = streamed_batches if is_streamed(split) else memory_batches
+    ds = source(split, plan, start_step)
+    from kclassify.augment.basic import flip_batch
+
+    def augment_batch(x, y, mask):
+        if flip == "alternate":
+            x = flip_batch(x, mask)
+        elif flip:
+            x = flip_batch(x, tf.random.uniform([tf.shape(x)[0]]) < 0.5)
+        return (augment(x) if augment is not None else x), y
+
+    ds = ds.map(augment_batch, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return _finish(ds, num_classes, smooth, mixer, class_weights)
+
+
+def _finish(ds, num_classes, smooth=None, mixer=None, class_weights=None):
+    """Float pixels and one-hot labels, label smoothing, MixUp/CutMix last (they mix the smoothed
+    targets), per-sample class weights."""
+    def targets(x, y):
+        y = tf.one_hot(y, num_classes)
+        return tf.cast(x, tf.float32), smooth(y) if smooth is not None else y
+
+    ds = ds.map(targets, num_parallel_calls=AUTOTUNE)
+    if mixer is not None:
+        ds = ds.map(mixer, num_parallel_calls=AUTOTUNE)
     if class_weights is not None:
         w = tf.constant(class_weights)
         ds = ds.map(lambda x, y: (x, y, tf.reduce_sum(y * w, axis=-1)), num_parallel_calls=AUTOTUNE)
-    return ds
+    return ds.prefetch(AUTOTUNE)
 
 
-def recipe_train_dataset(recipe, split, num_classes, mix=True):
-    """The training pipeline a recipe describes (mix=False: without MixUp/CutMix)."""
-    from kclassify.augment import image_augmenter
+def steps_per_epoch(split, batch_size, cap=None):
+    steps = max(len(split) // batch_size, 1)
+    return min(steps, cap) if cap else steps
+
+
+def recipe_train_dataset(recipe, split, num_classes, mix=True, start_step=0, worker=(0, 1)):
+    """The training stream a recipe describes (mix=False: without MixUp/CutMix)."""
+    from kclassify.augment.basic import batch_augmenter
     from kclassify.augment.mixing import batch_mixer
-    from kclassify.augment.registry import chain
 
     a, t = recipe.augment, recipe.train
-    ops = chain([(op["name"], {k: v for k, v in op.items() if k != "name"}) for op in a.ops])
+    batch = min(t.batch_size, len(split))
+    plan = BatchPlan(split.labels, batch, steps_per_epoch(split, batch, t.steps_per_epoch), recipe.runtime.seed,
+                     "sampling" if t.class_balance == "sampling" else "none", worker)
     mixer = batch_mixer(a.mixup_alpha, a.cutmix_alpha, a.mix_switch_prob, a.mix_prob) if mix else None
     weights = (effective_number_weights(split.labels, num_classes, t.class_balance_beta)
                if t.class_balance == "loss" else None)
-    return train_dataset(split, num_classes, t.batch_size, image_augmenter(a), recipe.runtime.seed, ops,
-                         smoother(t.label_smoothing, t.label_smoothing_mode), mixer, t.class_balance, weights)
+    return training_stream(split, num_classes, plan, batch_augmenter(a, flip=False), start_step,
+                           smoother(t.label_smoothing, t.label_smoothing_mode), mixer, weights, a.flip)
+
+
+def train_dataset(split, num_classes, batch_size, augment=None, seed=0, balance="none", epochs=1):
+    """`epochs` epochs of training batches (full batches only) with a batch augmenter: for tests
+    and tools that want a finite dataset; training itself uses the endless stream."""
+    batch = min(batch_size, len(split))
+    plan = BatchPlan(split.labels, batch, steps_per_epoch(split, batch), seed, balance)
+    return training_stream(split, num_classes, plan, augment).take(plan.spe * epochs)
 
 
 def eval_dataset(split, num_classes, batch_size):
     """Unshuffled, unaugmented, every image (the last batch may be short)."""
-    ds = tf.data.Dataset.from_tensor_slices((split.images, split.labels))
-    return _finish(ds, num_classes, batch_size, drop_remainder=False)
+    if is_streamed(split):
+        ds = split.examples(training=False).batch(batch_size)
+    elif split.images.nbytes < 1 << 30:
+        ds = tf.data.Dataset.from_tensor_slices((split.images, split.labels.astype(np.int32))).batch(batch_size)
+    else:
+        images, labels = _resident(split.images), tf.constant(split.labels.astype(np.int32))
+        n = len(split)
+        ds = tf.data.Dataset.range(0, n, batch_size).map(
+            lambda i: (images[i:tf.minimum(i + batch_size, n)], labels[i:tf.minimum(i + batch_size, n)]))
+    return _finish(ds, num_classes)

@@ -43,22 +43,19 @@ def fit_linear_head(model, train_feats, train_labels, num_classes):
     model.get_layer("head_dense").set_weights([kernel, bias])
 
 
-def probe(recipe, data, model, run_dir, echo):
-    from kclassify.train.callbacks import write_json
-    from kclassify.train.fit import finalize
-
+def probe(recipe, data, model, run, echo):
     k = len(data.class_names)
-    train_feats = features(model, data.train.images)
+    train_feats = features(model, data.train)
     if recipe.finetune.mode == "knn":
-        val_feats = features(model, data.val.images)
+        val_feats = features(model, data.val)
         probs = knn_probs(train_feats, data.train.labels, val_feats, recipe.finetune.knn_k, k)
         report = classification_report(probs, data.val.labels, data.class_names)
         echo(format_report(report, title=f"{recipe.finetune.knn_k}-NN on frozen {recipe.model.name} features"))
-        np.savez(run_dir / "knn_index.npz", features=train_feats, labels=data.train.labels)
-        write_json(run_dir / "metrics.json", {"val": {"top1": report["top1"], "top5": report["top5"]},
-                                               "mode": "knn", "k": recipe.finetune.knn_k, "epochs": 0})
-        (run_dir / "val_report.json").write_text(json.dumps(report, indent=1))
-        return run_dir
+        np.savez(run.dir / "knn_index.npz", features=train_feats, labels=data.train.labels)
+        run.write_json("metrics.json", {"val": {"top1": report["top1"], "top5": report["top5"]},
+                                        "mode": "knn", "k": recipe.finetune.knn_k, "epochs": 0})
+        (run.dir / "val_report.json").write_text(json.dumps(report, indent=1))
+        return run.dir
     fit_linear_head(model, train_feats, data.train.labels, k)
-    finalize(model, data, recipe, run_dir, {"epoch": 0, "train_seconds": 0.0}, echo)
-    return run_dir
+    run.finish(model, data, recipe, echo)
+    return run.dir

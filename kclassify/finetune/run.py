@@ -1,14 +1,14 @@
-"""`kclassify finetune`: phases of compile + fit over one continuing epoch counter.
+"""`kclassify finetune`: phases over the training engine (kclassify.train.engine).
 
-Each phase sets which layers train, builds a fresh optimizer (its learning rate, and the
-backbone's multiplier for discriminative rates) and compiles again: Keras only honours a
-changed `trainable` after compile. Checkpoints are per epoch as in `fit`; a resumed run finds
-its phase from the epoch count and, mid-phase, restores that phase's optimizer state too.
+Each phase sets which layers train (head, topN blocks, all, or a regex), builds a fresh optimizer
+(its learning rate, and the backbone's multiplier for discriminative rates) and compiles again:
+Keras only honours a changed `trainable` after compile. Everything else (averaging, distillation,
+mixing segments, the steps cap, DropBlock, TensorBoard, checkpoints, resume, recovery) is the
+engine's, shared with `kclassify fit`.
 """
-import warnings
-from pathlib import Path
+import time
 
-from kclassify.errors import RecipeError, TrainingDiverged
+from kclassify.errors import RecipeError
 
 
 def resolve_phases(recipe, schedule=None):
@@ -32,6 +32,22 @@ def resolve_phases(recipe, schedule=None):
     return recipe
 
 
+def check_finetune_recipe(recipe):
+    """Fields the phased loop cannot honour are refused by name."""
+    from kclassify.train.budget import check_budget_recipe
+
+    t = recipe.train
+    check_budget_recipe(recipe, "finetune")
+    for name, value in (("warmup_epochs", t.warmup_epochs), ("warmup_fraction", t.warmup_fraction),
+                        ("step_milestones", t.step_milestones), ("whiten_bias_epochs", t.whiten_bias_epochs),
+                        ("bn_freeze_scale", t.bn_freeze_scale), ("bn_bias_lr_mult", t.bn_bias_lr_mult != 1.0)):
+        if value:
+            raise RecipeError(f"train.{name} is not honoured by kclassify finetune: each phase runs its own "
+                              "schedule from its own learning rate (finetune.phases[].lr)")
+    if recipe.model.init != "default":
+        raise RecipeError("model.init is for training from scratch; kclassify finetune starts from pretrained weights")
+
+
 def block_pattern(recipe):
     from kclassify.models import MODELS
     from kclassify.models.applications import block_regex
@@ -46,8 +62,7 @@ def block_pattern(recipe):
 def phase_summary(model, phase, index, unfrozen):
     from kclassify.finetune.groups import is_bn
 
-    trainable = [w for w in model.trainable_weights]
-    count = sum(int(w.numpy().size) for w in trainable)
+    count = sum(int(w.numpy().size) for w in model.trainable_weights)
     backbone = model.get_layer("backbone")
     frozen_bn = sum(1 for layer in backbone.layers if is_bn(layer) and not layer.trainable)
     names = [layer.name for layer in unfrozen]
@@ -58,103 +73,79 @@ def phase_summary(model, phase, index, unfrozen):
             f"({shown or 'none'}); frozen BatchNorm layers: {frozen_bn}")
 
 
-def finetune(recipe, schedule=None, out=None, fresh=False, dry_run=False, echo=print):
+def engine_phases(recipe, pattern, echo):
+    """The engine's Phase list: each sets its layers and gives the backbone its lr multiplier."""
+    from kclassify.finetune.groups import apply_phase
+    from kclassify.train.engine import Phase
+
+    ft = recipe.finetune
+    phases = []
+    for i, p in enumerate(ft.phases):
+        train = recipe.train.model_copy(update={"lr": p.lr, "epochs": p.epochs, "warmup_epochs": 0.0,
+                                                "lr_reference_batch": None})
+
+        def setup(model, p=p, i=i):
+            unfrozen = apply_phase(model, p.unfreeze, pattern, ft.train_bn)
+            echo(phase_summary(model, p, i, unfrozen))
+            return [(w, p.backbone_lr_mult) for layer in unfrozen for w in layer.trainable_weights]
+
+        phases.append(Phase(f"phase {i + 1}", train, p.epochs, setup, {"phase": i + 1, "unfreeze": p.unfreeze}))
+    return phases
+
+
+def finetune(recipe, schedule=None, out=None, fresh=False, dry_run=False, echo=print, callbacks=(), started=None):
     """Fine-tune per the recipe's phases (or --unfreeze-schedule); returns the run folder."""
-    from kclassify.train.fit import check_resume
-
-    recipe = resolve_phases(recipe, schedule)
-    pattern = block_pattern(recipe)
-    run_dir = Path(out) if out else recipe.run_dir()
-    state = None if dry_run else check_resume(run_dir, recipe, fresh)
-    if state and state["epoch"] >= recipe.train.epochs and (run_dir / "model.keras").exists():
-        echo(f"{run_dir}: already fine-tuned for {state['epoch']} epochs (use --fresh to start over)")
-        return run_dir
     from kclassify import runtime
+    from kclassify.run import Run
 
-    strategy = runtime.setup(recipe.runtime)
-    data, model = _data_and_model(recipe, strategy, run_dir, write=not dry_run, echo=echo)
+    started = started or runtime.command_started() or time.time()
+    recipe = resolve_phases(recipe, schedule)
+    check_finetune_recipe(recipe)
+    pattern = block_pattern(recipe)
     if dry_run:
-        from kclassify.finetune.groups import apply_phase
+        return _dry_run(recipe, pattern, echo)
+    run = Run.start(recipe, out, fresh, "finetune", chief=runtime.is_chief(recipe.runtime), echo=echo)
+    try:
+        if run.finished(recipe.train.epochs):
+            echo(f"{run.dir}: already fine-tuned for {run.state['epoch']} epochs (use --fresh to start over)")
+            return run.dir
+        strategy = runtime.setup(recipe.runtime, echo)
+        data, model = _data_and_model(recipe, strategy)
+        run.begin(recipe, data, echo)
+        run.clear_final()
+        if recipe.finetune.mode != "phases":
+            from kclassify.finetune.probe import probe
 
-        for i, phase in enumerate(recipe.finetune.phases):
-            echo(phase_summary(model, phase, i, apply_phase(model, phase.unfreeze, pattern, recipe.finetune.train_bn)))
-        return None
-    if recipe.finetune.mode != "phases":
-        from kclassify.finetune.probe import probe
+            probe(recipe, data, model, run, echo)
+            return run.dir
+        from kclassify.train.fit import finish_training, make_engine
 
-        return probe(recipe, data, model, run_dir, echo)
-    state = _run_phases(recipe, data, model, pattern, strategy, run_dir, state, echo)
-    from kclassify.train.fit import finalize
+        engine = make_engine(recipe, run, data, model, strategy, echo, callbacks, started)
+        engine.fit(engine_phases(recipe, pattern, echo))
+        finish_training(engine, echo)
+        run.finish(model, data, recipe, echo, budget=None, started=started)
+    finally:
+        run.release()
+    return run.dir
 
-    finalize(model, data, recipe, run_dir, state, echo)
-    return run_dir
+
+def _dry_run(recipe, pattern, echo):
+    from kclassify import runtime
+    from kclassify.finetune.groups import apply_phase
+
+    strategy = runtime.setup(recipe.runtime, echo)
+    _, model = _data_and_model(recipe, strategy)
+    for i, phase in enumerate(recipe.finetune.phases):
+        echo(phase_summary(model, phase, i, apply_phase(model, phase.unfreeze, pattern, recipe.finetune.train_bn)))
+    return None
 
 
-def _data_and_model(recipe, strategy, run_dir, write, echo):
+def _data_and_model(recipe, strategy):
     from kclassify.data import load_data
     from kclassify.models import build_model
-    from kclassify.train.fit import start_run_dir
 
     data = load_data(recipe.data, recipe.runtime.seed)
-    if write:
-        start_run_dir(run_dir, recipe, data, echo)
     with strategy.scope():
         model = build_model(recipe.model.name, len(data.class_names), data.input_shape,
                             bn_momentum=recipe.train.bn_momentum, **recipe.model.params)
     return data, model
-
-
-def _run_phases(recipe, data, model, pattern, strategy, run_dir, state, echo):
-    from kclassify.data.pipeline import eval_dataset, recipe_train_dataset
-    from kclassify.finetune.groups import apply_phase
-    from kclassify.train.callbacks import Checkpointer
-    from kclassify.train.fit import _verbose
-
-    t, k = recipe.train, len(data.class_names)
-    steps = max(len(data.train) // t.batch_size, 1)
-    train_ds = recipe_train_dataset(recipe, data.train, k)
-    val_ds = eval_dataset(data.val, k, t.batch_size)
-    ckpt = Checkpointer(run_dir, state)
-    start, begin = ckpt.state["epoch"], 0
-    for i, phase in enumerate(recipe.finetune.phases):
-        end = begin + phase.epochs
-        if start < end:
-            unfrozen = apply_phase(model, phase.unfreeze, pattern, recipe.finetune.train_bn)
-            echo(phase_summary(model, phase, i, unfrozen))
-            _compile_phase(model, recipe, phase, steps, unfrozen, strategy,
-                           resume=(run_dir / "ckpt" / state["file"]) if state else None, mid_phase=start > begin)
-            if state:
-                where = "inside" if start > begin else "at the start of"
-                echo(f"resuming {run_dir} after epoch {start}, {where} phase {i + 1} "
-                     f"(optimizer step {int(model.optimizer.iterations)})")
-            state = None  # loaded once, at the first phase that runs
-            ckpt.tags = {"phase": i + 1, "unfreeze": phase.unfreeze}
-            model.fit(train_ds, validation_data=val_ds, epochs=end, initial_epoch=max(start, begin),
-                      callbacks=[ckpt], verbose=_verbose(recipe), shuffle=False)  # noqa
-            if ckpt.diverged:
-                ep, batch, loss = ckpt.diverged
-                raise TrainingDiverged(f"loss became {loss} at epoch {ep}, step {batch} (phase {i + 1}); the last good "
-                                       f"checkpoint (epoch {ckpt.state['epoch']}) is kept in {run_dir / 'ckpt'}")
-        begin = end
-    return ckpt.state
-
-
-def _compile_phase(model, recipe, phase, steps, unfrozen, strategy, resume, mid_phase):
-    """Fresh optimizer for the phase; a resumed run loads weights (and, mid-phase, the optimizer)."""
-    from kclassify.train.optim import make_group_optimizer, make_loss, make_metrics
-
-    train = recipe.train.model_copy(update={"lr": phase.lr, "epochs": phase.epochs, "warmup_epochs": 0.0})
-    backbone_vars = {id(w) for layer in unfrozen for w in layer.trainable_weights}
-    with strategy.scope():
-        if resume is not None and not mid_phase:
-            with warnings.catch_warnings():  # the checkpoint's optimizer belongs to the previous phase
-                warnings.simplefilter("ignore")
-                model.load_weights(resume, skip_mismatch=False)
-        opt = make_group_optimizer(train, steps, model, [(v, phase.backbone_lr_mult) for v in model.trainable_variables
-                                                         if id(v) in backbone_vars])
-        model.compile(optimizer=opt, loss=make_loss(train), metrics=make_metrics(model.output_shape[-1]))
-        if resume is not None and mid_phase:
-            opt.build(model.trainable_variables)
-            model.load_weights(resume)
-
-

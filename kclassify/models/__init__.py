@@ -3,7 +3,7 @@ import inspect
 
 from kclassify.errors import RecipeError
 from kclassify.models import (  # noqa: F401  (registration)
-    densenet, googlenet, mobilenet_v3, preact_resnet, resnet9, resnet_cifar, resnet_imagenet, resnext, squeezenet, vgg,
+    airbench, densenet, googlenet, mobilenet_v3, preact_resnet, resnet9, resnet_cifar, resnet_imagenet, resnext, squeezenet, vgg,
     wide_resnet)
 from kclassify.models import applications  # noqa: F401,E402  (Keras Applications backbones, for finetune)
 from kclassify.models.registry import MODELS

@@ -1,58 +1,69 @@
-"""Weight averaging: EMA (every step, every weight including BatchNorm statistics, with the
-usual (1+n)/(10+n) warm-up of the decay) and SWA (Izmailov et al. 2018: the mean of the
-weights at the end of each epoch from a start epoch, then BatchNorm statistics recomputed on
-training data, since averaged weights invalidate them). The average is saved with each
-checkpoint (ckpt/average-N.npz, N = epochs done) so a resumed run continues it exactly."""
-from pathlib import Path
+"""Weight averaging, one callback for three kinds:
 
+- ema: a shadow copy of every weight (BatchNorm statistics included) updated every `every` steps
+  with the usual (1+n)/(10+n) warm-up of the decay; the saved model is the shadow.
+- swa (Izmailov et al. 2018): the mean of the weights at the end of each epoch (or cycle) from a
+  start epoch, then BatchNorm statistics recomputed on training data.
+- lookahead, as airbench trains: every `every` steps the shadow moves toward the weights with
+  decay momentum**every * progress**power and the weights are reset to the shadow; progress is
+  step / planned steps, so the pull is 0 at the start and strongest at the end, where training
+  finishes on the shadow.
+
+The updates run as one compiled function (a Python loop over variables costs milliseconds a
+step). The averages are saved with every checkpoint, so a resumed run continues them exactly.
+"""
 import keras
 import numpy as np
 import tensorflow as tf
 
 
 class WeightAverage(keras.callbacks.Callback):
-    def __init__(self, cfg, model, run_dir, epochs_done=0):
+    def __init__(self, cfg, model, progress=None):
         super().__init__()
-        self.cfg, self.target, self.dir = cfg, model, Path(run_dir) / "ckpt"
-        names = self.weights()
-        self.shadow = [tf.Variable(w.numpy(), trainable=False) for w in names]
-        self.count = 0  # EMA: updates so far; SWA: epochs averaged so far
-        saved = self.dir / f"average-{epochs_done}.npz"
-        if epochs_done and saved.exists():
-            with np.load(saved) as z:
-                self.count = int(z["count"])
-                for var, i in zip(self.shadow, range(len(self.shadow))):
-                    var.assign(z[f"w{i}"])
+        self.cfg, self.target = cfg, model
+        self.progress = progress or (lambda: 1.0)  # training progress in [0, 1] (lookahead's ramp)
+        self.shadow = [tf.Variable(w.numpy(), trainable=False) for w in self.weights()]
+        self.count = 0  # ema / lookahead: updates so far; swa: snapshots averaged so far
+        self.steps = 0
+        self._move = tf.function(self._move_shadow)
 
     def weights(self):
-        if self.cfg.kind == "ema":
-            return list(self.target.weights)
-        return list(self.target.trainable_weights)
+        if self.cfg.kind == "swa":
+            return list(self.target.trainable_weights)
+        return list(self.target.weights)
 
-    def on_train_batch_end(self, batch, logs=None):
-        if self.cfg.kind != "ema":
-            return
-        self.count += 1
-        decay = min(self.cfg.momentum, (1.0 + self.count) / (10.0 + self.count))
+    def _move_shadow(self, decay, reset):
         for shadow, w in zip(self.shadow, self.weights()):
             shadow.assign(decay * shadow + (1.0 - decay) * tf.cast(w, shadow.dtype))
+            if reset:
+                w.assign(tf.cast(shadow, w.dtype))
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+        if self.cfg.kind == "swa" or self.steps % self.cfg.every:
+            return
+        self.count += 1
+        if self.cfg.kind == "ema":
+            decay = min(self.cfg.momentum, (1.0 + self.count) / (10.0 + self.count))
+            self._move(tf.constant(decay, tf.float32), False)
+        else:
+            decay = self.cfg.momentum ** self.cfg.every * min(self.progress(), 1.0) ** self.cfg.power
+            self._move(tf.constant(decay, tf.float32), True)
 
     def on_epoch_end(self, epoch, logs=None):
         done = epoch + 1 - self.cfg.start_epoch
         if self.cfg.kind == "swa" and done > 0 and done % self.cfg.cycle_epochs == 0:  # at each cycle's end
             self.count += 1
-            for shadow, w in zip(self.shadow, self.weights()):
-                shadow.assign(shadow + (tf.cast(w, shadow.dtype) - shadow) / self.count if self.count > 1 else w)
-        self.save(epoch + 1)
+            self._move(tf.constant(1.0 - 1.0 / self.count, tf.float32), False)
 
-    def save(self, epochs_done):
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / f"average-{epochs_done}.tmp.npz"
-        np.savez(tmp, count=self.count, **{f"w{i}": v.numpy() for i, v in enumerate(self.shadow)})
-        tmp.replace(self.dir / f"average-{epochs_done}.npz")
-        for old in self.dir.glob("average-*.npz"):
-            if old.name != f"average-{epochs_done}.npz":
-                old.unlink(missing_ok=True)
+    def arrays(self):
+        """What a checkpoint keeps of the average."""
+        return {"count": self.count, "steps": self.steps, **{f"w{i}": v.numpy() for i, v in enumerate(self.shadow)}}
+
+    def restore(self, arrays):
+        self.count, self.steps = int(arrays["count"]), int(arrays["steps"])
+        for i, var in enumerate(self.shadow):
+            var.assign(arrays[f"w{i}"])
 
     def apply(self, bn_data=None):
         """Put the averaged weights into the model (SWA: then recompute BN statistics)."""
@@ -63,6 +74,11 @@ class WeightAverage(keras.callbacks.Callback):
         if self.cfg.kind == "swa" and bn_data is not None:
             recompute_bn(self.target, bn_data, self.cfg.bn_batches)
         return True
+
+
+def load_arrays(path):
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
 
 
 def recompute_bn(model, dataset, batches):

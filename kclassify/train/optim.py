@@ -4,23 +4,31 @@ import keras
 from kclassify.train import schedules  # a module import: safe while schedules is half-initialized
 
 
-def make_optimizer(train, steps_per_epoch, model):
-    """SGD (momentum, Nesterov) or AdamW; weight decay skips biases and BatchNorm parameters.
+def make_optimizer(train, steps_per_epoch, model, multipliers=(), total_steps=None):
+    """SGD (momentum, Nesterov) or AdamW with the recipe's schedule; weight decay skips biases and
+    BatchNorm parameters (unless train.bn_weight_decay). `multipliers` [(variable, factor)] scale
+    the learning rate per variable (discriminative fine-tuning rates, BN bias lr).
 
     Recipes give weight decay as the papers do: an L2 term added to the gradient. Keras applies
     decay decoupled (w -= lr * wd * w, outside momentum); with momentum m the coupled form is
     amplified by 1/(1-m) in steady state, so SGD gets wd / (1 - m) to match the papers.
-    AdamW is decoupled by definition and takes the value as given.
+    AdamW is decoupled by definition and takes the value as given. Decay uses the base rate, not
+    a variable's multiplied one (airbench decays its x64 BN biases by the same amount).
     """
-    lr = schedules.schedule_from(train, steps_per_epoch)
+    lr = schedules.schedule_from(train, steps_per_epoch, total_steps).adjustable()
     wd = train.weight_decay or None
+    multipliers = [(v, m) for v, m in multipliers if m != 1.0]
     if train.optimizer == "sgd":
-        opt = keras.optimizers.SGD(lr, momentum=train.momentum, nesterov=train.nesterov,
-                                   weight_decay=wd / (1.0 - train.momentum) if wd else None)
+        cls = GroupSGD if multipliers else keras.optimizers.SGD
+        opt = cls(lr, momentum=train.momentum, nesterov=train.nesterov,
+                  weight_decay=wd / (1.0 - train.momentum) if wd else None)
     else:
-        opt = keras.optimizers.AdamW(lr, weight_decay=wd or 0.0)
-    if wd:
+        cls = GroupAdamW if multipliers else keras.optimizers.AdamW
+        opt = cls(lr, weight_decay=wd or 0.0)
+    if wd and not train.bn_weight_decay:
         opt.exclude_from_weight_decay(var_list=[v for v in model.trainable_variables if len(v.shape) <= 1])
+    if multipliers:
+        opt.set_lr_multipliers(multipliers)
     return opt
 
 
@@ -61,14 +69,3 @@ class GroupSGD(_LRMultipliers, keras.optimizers.SGD):
 @keras.saving.register_keras_serializable(package="kclassify")
 class GroupAdamW(_LRMultipliers, keras.optimizers.AdamW):
     """AdamW with per-variable learning-rate multipliers."""
-
-
-def make_group_optimizer(train, steps_per_epoch, model, multipliers):
-    """make_optimizer's optimizer with `multipliers` [(variable, factor)] applied per variable."""
-    base = make_optimizer(train, steps_per_epoch, model)
-    cls = GroupSGD if isinstance(base, keras.optimizers.SGD) else GroupAdamW
-    opt = cls.from_config(base.get_config())
-    if train.weight_decay:
-        opt.exclude_from_weight_decay(var_list=[v for v in model.trainable_variables if len(v.shape) <= 1])
-    opt.set_lr_multipliers(multipliers)
-    return opt

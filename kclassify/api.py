@@ -1,0 +1,105 @@
+"""The Python API: the CLI's commands as functions for notebooks and scripts.
+
+    import kclassify
+    run = kclassify.fit("quickstart", train={"epochs": 3}, out="runs/q")   # a Run
+    print(run.metrics["val"]["top1"])
+    report = kclassify.evaluate(run.dir, tta="flip")
+    kclassify.export(run.dir, "int8")
+    model = kclassify.build_model("resnet20", num_classes=10, input_shape=(32, 32, 3))
+
+A recipe is a shipped recipe's name, a YAML path, a dict of sections or a Recipe; keyword
+sections (`train={...}`) are merged into it and `overrides=["train.lr=0.1"]` work as --set does.
+Importing this module does not import TensorFlow; calling a function does.
+"""
+
+
+def _prepared(recipe, overrides, sections):
+    from kclassify import runtime
+    from kclassify.recipe import recipe_from
+
+    cfg = recipe_from(recipe, overrides, sections)
+    runtime.quiet_tensorflow()
+    return cfg
+
+
+def fit(recipe, *, out=None, fresh=False, teacher=None, overrides=(), callbacks=(), echo=print, **sections):
+    """Train a recipe (resuming its run folder when interrupted); returns the `Run`."""
+    from kclassify.run import Run
+    from kclassify.train.fit import fit as run_fit
+
+    extra = [f"train.distill.teacher={teacher}"] if teacher else []
+    cfg = _prepared(recipe, [*overrides, *extra], sections)
+    return Run.load(run_fit(cfg, out=out, fresh=fresh, echo=echo, callbacks=callbacks))
+
+
+def finetune(recipe, *, schedule=None, out=None, fresh=False, dry_run=False, overrides=(), callbacks=(), echo=print,
+             **sections):
+    """Fine-tune a pretrained backbone in phases (`schedule` like "head:3,top2:3,all:6");
+    returns the `Run` (None for a dry run)."""
+    from kclassify.finetune.run import finetune as run_finetune
+    from kclassify.run import Run
+
+    cfg = _prepared(recipe, overrides, sections)
+    folder = run_finetune(cfg, schedule=schedule, out=out, fresh=fresh, dry_run=dry_run, echo=echo,
+                          callbacks=callbacks)
+    return Run.load(folder) if folder else None
+
+
+def evaluate(model_or_run, *, data=None, tta=None, json_out=None, echo=print):
+    """Top-1/top-5, per-class table and confusion matrix of a model or run (its recipe's TTA
+    unless `tta` names a preset); returns the report dict."""
+    from kclassify import runtime
+    from kclassify.evaluate import run_evaluate
+
+    runtime.quiet_tensorflow()
+    return run_evaluate(model_or_run, data, json_out, echo=echo, tta=tta)
+
+
+def export(model_or_run, quant="int8", *, out=None, data=None, calibration_images=None, tta=None,
+           allow_flex=False, float_layers=None, input_size=None, echo=print):
+    """A builtins-only .tflite in mode `quant`, measured with LiteRT; returns its report dict.
+    `tta` (a preset) puts the test-time views and their average inside the file."""
+    from kclassify import runtime
+
+    runtime.quiet_tensorflow()
+    from kclassify.export import ExportJob
+
+    job = ExportJob(model_or_run, data_spec=data, calibration_count=calibration_images or _calibration(model_or_run),
+                    input_size=input_size)
+    if tta and tta != "none":
+        out = out or job.default_out(f"{quant}_tta")
+        job.model = _tta_wrapped(job.model, tta)
+    rep = job.export(quant, out, allow_flex=allow_flex, float_layers=float_layers)
+    measured = (f"top-1 {rep['tflite']['top1']:.4f} (Keras {rep['keras']['top1']:.4f}), agreement {rep['agreement']:.4f}"
+                if "tflite" in rep else rep.get("note", ""))
+    echo(f"{rep['file']}: {rep['size_bytes']:,} bytes, {quant}{f', TTA {tta}' if tta else ''}, input "
+         f"{rep['input']['dtype']} {rep['input']['shape']}; {measured}")
+    return rep
+
+
+def _calibration(model_or_run):
+    from pathlib import Path
+
+    from kclassify.run import Run
+
+    if (Path(model_or_run) / "recipe.yaml").is_file():
+        return Run.load(model_or_run).recipe.output.calibration_images
+    return 300
+
+
+def _tta_wrapped(model, preset):
+    from kclassify.recipe import EvaluateConfig
+    from kclassify.tta import tta_model, views_of
+
+    cfg = EvaluateConfig(tta=preset)
+    return tta_model(model, views_of(cfg), cfg.average)
+
+
+def build_model(name, num_classes, input_shape, **params):
+    """A registered model (kclassify models list) as a Keras functional model."""
+    from kclassify import runtime
+
+    runtime.quiet_tensorflow()
+    from kclassify.models import build_model as build
+
+    return build(name, num_classes, input_shape, **params)

@@ -1,0 +1,84 @@
+"""Time-budgeted training: the whole command (data, training, final evaluation with TTA, exports,
+report) ends inside `train.budget_minutes` on whatever machine runs it.
+
+After a short warm-up the run times its own steps and validation, estimates what must still
+happen after training, and plans the number of steps; the learning-rate schedule then spans
+exactly the planned steps. At every epoch end it plans again from the speed it measured over that
+epoch (a slower or busier machine gets fewer steps, not a broken promise), and it stops at once
+if the end of training would cross into the time reserved for the final steps.
+"""
+import time
+
+from kclassify.errors import RecipeError
+
+WARMUP_STEPS = 2  # traced and run before timing (the first calls compile)
+TIMED_STEPS = 6  # timed for the first plan (at least this many, or 10 seconds' worth)
+EXPORT_SECONDS = 20.0  # conversion and set-up of one .tflite export, before its evaluation
+REPORT_SECONDS = 10.0  # model.keras, plots, report.html
+
+
+class Budget:
+    def __init__(self, minutes, started, val_images, eval_views, exports, calibration_images):
+        self.minutes = float(minutes)
+        self.started = started
+        self.deadline = started + 60.0 * self.minutes
+        self.margin = 5.0 + 0.02 * 60.0 * self.minutes
+        self.val_images, self.eval_views = val_images, eval_views
+        self.exports, self.calibration = list(exports), calibration_images
+        self.seconds_per_step = None
+        self.seconds_per_image = None  # inference, measured on validation batches
+        self.val_seconds = 0.0  # one validation pass while training
+        self.ckpt_seconds = 0.0  # one checkpoint save
+        self.replans = 0
+
+    def final_seconds(self):
+        """What still happens after the last training step: evaluation (plain and every TTA view),
+        each export (conversion, calibration, its LiteRT measurement), the report."""
+        per_image = self.seconds_per_image or 0.002
+        evaluate = self.val_images * (1 + self.eval_views) * per_image
+        exports = sum(EXPORT_SECONDS + (self.calibration + 2 * self.val_images) * per_image for _ in self.exports)
+        return 1.1 * evaluate + exports + REPORT_SECONDS + self.ckpt_seconds
+
+    def plan(self, steps_done, steps_per_epoch, val_every, cap, checkpoints_per_epoch=1.0):
+        """Total steps of training that fit: training, its validations and checkpoints, then the
+        final steps, all before the deadline less a safety margin."""
+        left = self.deadline - time.time() - self.margin - self.final_seconds()
+        per_epoch = (self.val_seconds / val_every if val_every else 0.0) + self.ckpt_seconds * checkpoints_per_epoch
+        per_step = self.seconds_per_step + per_epoch / steps_per_epoch
+        total = steps_done + max(int(left / per_step), 0)
+        self.replans += 1
+        return max(min(total, cap), steps_done)
+
+    def out_of_time(self):
+        return time.time() + self.final_seconds() + self.margin >= self.deadline
+
+    def record(self, total_steps, steps_done):
+        return {"budget_minutes": self.minutes, "planned_steps": int(total_steps), "steps_done": int(steps_done),
+                "seconds_per_step": round(self.seconds_per_step or 0.0, 4),
+                "inference_ms_per_image": round(1e3 * (self.seconds_per_image or 0.0), 3),
+                "reserved_final_seconds": round(self.final_seconds(), 1), "margin_seconds": round(self.margin, 1),
+                "replans": self.replans,
+                "planned_wall_seconds": round(60.0 * self.minutes - self.margin, 1)}
+
+
+def check_budget_recipe(recipe, command):
+    """Recipe fields a budgeted run cannot honour are refused by name."""
+    t = recipe.train
+    if t.budget_minutes is None:
+        return
+    if command != "fit":
+        raise RecipeError(f"train.budget_minutes is not supported by kclassify {command}: its phases set the epochs")
+    if t.step_milestones:
+        raise RecipeError("train.step_milestones are epochs of a fixed schedule; a budgeted run does not know its "
+                          "epochs in advance: use train.schedule cosine or onecycle with train.budget_minutes")
+    if t.warmup_epochs:
+        raise RecipeError("train.warmup_epochs with train.budget_minutes: give train.warmup_fraction instead "
+                          "(a fraction of the planned steps)")
+    if t.average is not None and t.average.kind == "swa":
+        raise RecipeError("train.average.kind swa averages from a fixed epoch: not supported with train.budget_minutes")
+
+
+def timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t

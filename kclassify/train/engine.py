@@ -1,0 +1,390 @@
+"""The training engine: one loop for `kclassify fit` (one phase) and `kclassify finetune` (several).
+
+A phase is one optimizer: it sets which layers train, builds the optimizer and its schedule, and
+runs its steps. Inside a phase the loop may switch segments (MixUp/CutMix off for the last epochs,
+the whitening stem's bias frozen after its first epochs), which rebuilds the data stream or the
+compiled step. Every catalogue feature (weight averaging, distillation, mixing segments, the steps
+cap, the DropBlock schedule, TensorBoard, the time budget, checkpoints, recovery) lives here once.
+
+Steps are counted globally (across phases): the data stream is a function of the global step, so a
+resume at any checkpoint continues with the data order it would have had.
+"""
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import keras
+import numpy as np
+
+from kclassify.errors import TrainingDiverged
+from kclassify.train import budget as budgets
+from kclassify.train.loop import distribute, make_train_function, predictor, worker_of
+
+
+@dataclass
+class Phase:
+    name: str
+    train: object  # the TrainConfig of this phase's optimizer (lr, schedule, epochs)
+    epochs: int
+    setup: Callable = None  # setup(model) sets layer.trainable; returns [(variable, lr multiplier)]
+    tags: dict = field(default_factory=dict)  # extra history columns, e.g. the fine-tuning phase
+
+
+class Rewind(Exception):
+    """Training goes back to a checkpoint (recovery after a divergence)."""
+
+
+class Engine:
+    def __init__(self, recipe, run, data, model, strategy, echo=print, callbacks=(), started=None, teacher=None):
+        from kclassify.data.pipeline import eval_dataset, steps_per_epoch
+
+        self.recipe, self.run, self.data, self.model, self.strategy = recipe, run, data, model, strategy
+        self.echo = echo if run.chief else (lambda *a, **k: None)
+        self.user_callbacks = list(callbacks)
+        self.teacher = teacher
+        self.k = len(data.class_names)
+        t = recipe.train
+        self.batch = min(t.batch_size, len(data.train))
+        self.spe = steps_per_epoch(data.train, self.batch, t.steps_per_epoch)
+        self.worker = worker_of(strategy)
+        self.val_ds = eval_dataset(data.val, self.k, recipe.evaluate.batch_size)
+        self.predict = predictor(model)
+        self.started = started or time.time()
+        self.budget = None
+        if t.budget_minutes:
+            from kclassify.tta import view_count
+
+            self.budget = budgets.Budget(t.budget_minutes, self.started, len(data.val),
+                                         view_count(recipe.evaluate), recipe.output.export, recipe.output.calibration_images)
+        self.averager = self._averager()
+        self.phase_total = None
+
+    # ------------------------------------------------------------------ set-up
+
+    def _averager(self):
+        avg = self.recipe.train.average
+        if avg is None:
+            return None
+        from kclassify.train.averaging import WeightAverage
+
+        with self.strategy.scope():
+            return WeightAverage(avg, self.model, progress=self._progress)
+
+    def _progress(self):
+        s = self.run.state
+        return s["phase_step"] / max(self.phase_total or 1, 1)
+
+    def _compile(self, phase, multipliers, total_steps):
+        """(trainer, optimizer): the model (or the model beside its frozen teacher) compiled with
+        a fresh optimizer whose schedule spans `total_steps`."""
+        from kclassify.train.optim import make_loss, make_metrics, make_optimizer
+
+        with self.strategy.scope():
+            trainer, loss, metrics = self.model, make_loss(phase.train), make_metrics(self.k)
+            if self.teacher is not None:
+                from kclassify.train.distill import DistillationLoss, distillation_model, student_metrics
+
+                d = self.recipe.train.distill
+                trainer = distillation_model(self.model, self.teacher)
+                loss, metrics = DistillationLoss(self.k, d.alpha, d.temperature), student_metrics(self.k)
+            opt = make_optimizer(phase.train, self.spe, self.model, multipliers, total_steps)
+            trainer.compile(optimizer=opt, loss=loss, metrics=metrics)
+            opt.build(trainer.trainable_variables)
+        return trainer, opt
+
+    def _callbacks(self, trainer):
+        cbs = list(self.user_callbacks)
+        if self.averager is not None:
+            cbs.insert(0, self.averager)
+        if self.recipe.output.tensorboard and self.run.chief:
+            cbs.append(keras.callbacks.TensorBoard(str(self.run.dir / "logs"), update_freq="epoch", write_graph=False))
+        from kclassify.train.dropblock_schedule import DropBlockSchedule, dropblock_layers
+
+        if dropblock_layers(self.model):
+            cbs.append(DropBlockSchedule(by="step", epochs=self.total_epochs, steps_per_epoch=self.spe))
+        return keras.callbacks.CallbackList(cbs, model=trainer, add_history=False, add_progbar=False)
+
+    # ------------------------------------------------------------------ running
+
+    def fit(self, phases):
+        """Run the phases from the run's state; returns the state."""
+        self.phases = phases
+        self.total_epochs = sum(p.epochs for p in phases)
+        while True:
+            try:
+                self._run_phases()
+                break
+            except Rewind:
+                continue
+        self.run.state["done"] = True
+        self.run.commit()
+        return self.run.state
+
+    def _run_phases(self):
+        s = self.run.state
+        restore = self._resume_point()
+        first = 0
+        for i, phase in enumerate(self.phases):
+            if i < s["phase"]:
+                first += phase.epochs * self.spe
+                continue
+            self._run_phase(i, phase, first, restore if restore and restore["phase"] == i else None,
+                            restore if restore and restore["phase"] < i else None)
+            restore = None
+            first += phase.epochs * self.spe
+            if i + 1 < len(self.phases):
+                s.update(phase=i + 1, phase_step=0)
+
+    def _resume_point(self):
+        """The newest whole checkpoint of the state (falling back past corrupt ones), or None."""
+        s = self.run.state
+        if not s["checkpoints"]:
+            return None
+        good = self.run.good_checkpoints(self.echo)
+        if not good:
+            from kclassify.errors import RecipeError
+
+            raise RecipeError(f"no usable checkpoint in {self.run.dir / 'ckpt'}: start over with --fresh")
+        entry = good[0]
+        if entry["file"] != s["checkpoints"][-1]["file"]:
+            self.echo(f"resuming from the older checkpoint {entry['file']} (step {entry['step']})")
+        self.run.rewind(entry)
+        return entry
+
+    def _run_phase(self, index, phase, first_step, same_phase, earlier):
+        s = self.run.state
+        multipliers = phase.setup(self.model) if phase.setup else []
+        total = self._planned_total(phase)
+        trainer, opt = self._compile(phase, multipliers, total)
+        if earlier is not None:
+            self._load_weights_only(earlier)
+        if same_phase is not None:
+            self._load_checkpoint(trainer, same_phase)
+        opt.learning_rate  # noqa: B018  (built)
+        schedule = opt._learning_rate
+        schedule.set(scale=s["lr_scale"])
+        self.phase_total = total
+        if s["phase_step"]:
+            self.echo(f"resuming {self.run.dir} at step {s['step']} (epoch {s['epoch']}, phase {index + 1}; "
+                      f"optimizer step {int(opt.iterations.numpy())}, lr {float(schedule(opt.iterations)):.5f})")
+        callbacks = self._callbacks(trainer)
+        self._loop(index, phase, trainer, opt, schedule, callbacks, first_step)
+
+    def _planned_total(self, phase):
+        s = self.run.state
+        cap = phase.epochs * self.spe
+        if self.budget is not None and s.get("plan"):
+            return int(s["plan"]["total_steps"])
+        return cap
+
+    def _load_checkpoint(self, trainer, entry):
+        trainer.load_weights(self.run.dir / "ckpt" / entry["file"])
+        if self.averager is not None and entry.get("averages"):
+            from kclassify.train.averaging import load_arrays
+
+            self.averager.restore(load_arrays(self.run.dir / "ckpt" / entry["averages"]))
+
+    def _load_weights_only(self, entry):
+        """A checkpoint of an earlier phase: its weights, not its optimizer (each phase has its own)."""
+        saved = keras.models.load_model(self.run.dir / "ckpt" / entry["file"], compile=False)
+        source = saved if self.teacher is None else saved.get_layer(self.model.name)
+        self.model.set_weights(source.get_weights())
+        if self.averager is not None and entry.get("averages"):
+            from kclassify.train.averaging import load_arrays
+
+            self.averager.restore(load_arrays(self.run.dir / "ckpt" / entry["averages"]))
+
+    # ------------------------------------------------------------------ the loop
+
+    def _segment(self, phase, local):
+        """(mix on, whitening bias trains) at phase step `local`."""
+        a, t = self.recipe.augment, self.recipe.train
+        mixing = a.mixup_alpha > 0 or a.cutmix_alpha > 0
+        total = self.phase_total
+        mix = mixing and local < total - a.mix_off_epochs * self.spe
+        whiten = t.whiten_bias_epochs is None or local < t.whiten_bias_epochs * self.spe
+        return mix, whiten
+
+    def _stream(self, global_step, mix):
+        from kclassify.data.pipeline import recipe_train_dataset
+
+        return distribute(self.strategy, lambda worker, workers: recipe_train_dataset(
+            self.recipe, self.data.train, self.k, mix=mix, start_step=global_step, worker=(worker, workers)))
+
+    def _loop(self, index, phase, trainer, opt, schedule, callbacks, first_step):
+        s = self.run.state
+        out = self.recipe.output
+        segment = iterator = train_fn = None
+        callbacks.on_train_begin()
+        epoch_start, new_epoch = time.time(), True  # a resume mid-epoch begins its epoch too
+        while s["phase_step"] < self.phase_total:
+            local, step = s["phase_step"], s["step"]
+            want = self._segment(phase, local)
+            if want != segment:
+                if segment is None or want[0] != segment[0]:
+                    iterator = self._stream(first_step + local, want[0])
+                if segment is None or want[1] != segment[1]:
+                    set_whitening_bias_trainable(self.model, want[1])
+                    train_fn = make_train_function(trainer, self.strategy, self.recipe.runtime.jit_compile)
+                segment = want
+            if new_epoch or step % self.spe == 0:
+                trainer.reset_metrics()
+                callbacks.on_epoch_begin(step // self.spe)
+                epoch_start, new_epoch = time.time(), False
+            callbacks.on_train_batch_begin(step % self.spe)
+            logs = train_fn(iterator)
+            s["phase_step"], s["step"] = local + 1, step + 1
+            callbacks.on_train_batch_end(step % self.spe, logs)
+            self._maybe_plan(local + 1, schedule)
+            end_of_epoch = s["step"] % self.spe == 0 or s["phase_step"] >= self.phase_total
+            if s["step"] % (out.log_every_steps or 10) == 0 or end_of_epoch:
+                self._check_loss(logs, index)
+                if out.log_every_steps and s["step"] % out.log_every_steps == 0:
+                    self._log_step(logs, schedule, opt)
+            if not end_of_epoch and self.budget is not None and self.budget.out_of_time():
+                self.echo(f"budget: stopping at step {s['step']} to leave time for the final evaluation and exports")
+                self.phase_total = s["phase_step"]
+                schedule.set(total_steps=self.phase_total)
+                s["plan"]["total_steps"] = self.phase_total
+                end_of_epoch = True
+            if end_of_epoch:
+                self._end_epoch(trainer, opt, schedule, callbacks, logs, phase, time.time() - epoch_start)
+            elif out.checkpoint_every_steps and s["step"] % out.checkpoint_every_steps == 0:
+                s["train_seconds"] += time.time() - epoch_start
+                self._checkpoint(trainer)
+                epoch_start = time.time()
+        callbacks.on_train_end()
+
+    def _maybe_plan(self, local, schedule):
+        """The first plan of a budgeted run, once the warm-up steps are timed."""
+        b, s = self.budget, self.run.state
+        if b is None or s.get("plan"):
+            return
+        if local == budgets.WARMUP_STEPS:
+            self._timer = (time.perf_counter(), local)
+            return
+        if local < budgets.WARMUP_STEPS + budgets.TIMED_STEPS:
+            return
+        t0, l0 = self._timer
+        if time.perf_counter() - t0 < 10.0 and local < budgets.WARMUP_STEPS + 4 * budgets.TIMED_STEPS:
+            return
+        b.seconds_per_step = (time.perf_counter() - t0) / (local - l0)
+        self._time_inference()
+        self._replan(schedule, first=True)
+
+    def _time_inference(self):
+        b = self.budget
+        batch = next(iter(self.val_ds.take(1)))[0]
+        fn = self.predict._fn
+        fn(batch)
+        _, seconds = budgets.timed(lambda: fn(batch).numpy())
+        b.seconds_per_image = seconds / int(batch.shape[0])
+        b.val_seconds = b.seconds_per_image * len(self.data.val)
+
+    def _replan(self, schedule, first=False):
+        s, b, t = self.run.state, self.budget, self.recipe.train
+        per_epoch = 1.0 + (self.spe / self.recipe.output.checkpoint_every_steps
+                           if self.recipe.output.checkpoint_every_steps else 0.0)
+        cap = t.epochs * self.spe
+        total = b.plan(s["phase_step"], self.spe, t.val_every, cap, per_epoch)
+        self.phase_total = total
+        schedule.set(total_steps=total)
+        s["plan"] = b.record(total, s["phase_step"])
+        s["plan"]["total_steps"] = total
+        if first:
+            self.echo(f"budget: {b.minutes:g} min; {1.0 / b.seconds_per_step:.2f} steps/s measured; planned "
+                      f"{total} steps ({total / self.spe:.2f} epochs), {b.final_seconds():.0f} s kept for the final "
+                      "evaluation and exports")
+
+    def _check_loss(self, logs, index):
+        t = self.recipe.train
+        loss = float(logs["loss"])
+        bad = not math.isfinite(loss) or (t.loss_upper_bound is not None and loss > t.loss_upper_bound)
+        if not bad:
+            return
+        s = self.run.state
+        used = len(s["recoveries"])
+        where = f"epoch {s['step'] // self.spe + 1}, step {s['step']}" + (f" (phase {index + 1})" if len(self.phases) > 1 else "")
+        good = self.run.good_checkpoints(self.echo) if s["checkpoints"] else []
+        if used >= t.recovery_trials or not good:
+            kept = f"the last good checkpoint ({good[0]['file']}, epoch {good[0]['epoch']}) is kept in {self.run.dir / 'ckpt'}" \
+                if good else "no checkpoint was written yet"
+            raise TrainingDiverged(f"loss became {loss} at {where}; training stopped" +
+                                   (f" after {used} recoveries" if used else "") + f". {kept}. "
+                                   "Lower train.lr, raise the warmup or set train.recovery_trials.")
+        s["lr_scale"] = s["lr_scale"] * 0.5
+        s["recoveries"].append({"at_step": s["step"], "loss": loss, "back_to_step": good[0]["step"],
+                                "lr_scale": s["lr_scale"]})
+        self.echo(f"loss became {loss} at {where}: back to step {good[0]['step']} with the learning rate halved "
+                  f"(x{s['lr_scale']:g}; recovery {used + 1} of {t.recovery_trials})")
+        self.run.rewind(good[0])
+        self.run.commit()
+        raise Rewind()
+
+    def _validate(self):
+        from kclassify.metrics import cross_entropy
+
+        probs = self.predict(self.val_ds)
+        labels = self.data.val.labels
+        top = np.argsort(-probs, axis=1)[:, :5]
+        out = {"val_loss": cross_entropy(probs, labels), "val_top1": float(np.mean(top[:, 0] == labels))}
+        if self.k > 5:
+            out["val_top5"] = float(np.mean((top == labels[:, None]).any(axis=1)))
+        return out
+
+    def _end_epoch(self, trainer, opt, schedule, callbacks, logs, phase, seconds):
+        s, t = self.run.state, self.recipe.train
+        epoch = math.ceil(s["step"] / self.spe) - 1
+        row = {"epoch": epoch, "step": s["step"], **{k: float(v) for k, v in logs.items()}}
+        last = s["phase_step"] >= self.phase_total and s["phase"] == len(self.phases) - 1
+        if (t.val_every and (epoch + 1) % t.val_every == 0) or last:
+            val_time = time.time()
+            row.update(self._validate())
+            if self.budget is not None:
+                self.budget.val_seconds = time.time() - val_time
+        row.update(lr=float(schedule(opt.iterations)), seconds=round(seconds, 2), **phase.tags)
+        callbacks.on_epoch_end(epoch, row)
+        s["epoch"], s["train_seconds"] = epoch + 1, s["train_seconds"] + seconds
+        s["history"] = [h for h in s["history"] if h["epoch"] != epoch] + [row]
+        self._echo_epoch(row)
+        ckpt_time = time.time()
+        self._checkpoint(trainer)
+        if self.budget is not None:
+            self.budget.ckpt_seconds = time.time() - ckpt_time
+            if s.get("plan") and s["phase_step"] < self.phase_total:
+                self._timed_epoch(seconds)
+                self._replan(schedule)
+
+    def _timed_epoch(self, seconds):
+        """Learn the speed of the epoch that just ended (its steps, without validation)."""
+        steps = self.spe if self.run.state["step"] % self.spe == 0 else self.run.state["step"] % self.spe
+        self.budget.seconds_per_step = seconds / max(steps, 1)
+
+    def _checkpoint(self, trainer):
+        arrays = self.averager.arrays() if self.averager is not None else None
+        self.run.save_checkpoint(trainer, arrays, keep=self.recipe.output.keep_checkpoints)
+
+    def _echo_epoch(self, row):
+        shown = [f"{k} {row[k]:.4f}" for k in ("loss", "top1", "val_loss", "val_top1") if k in row]
+        tag = f" [{row['unfreeze']}]" if "unfreeze" in row else ""
+        self.echo(f"epoch {row['epoch'] + 1}/{self.total_epochs}{tag} step {row['step']} - {row['seconds']:.1f}s - "
+                  + " - ".join(shown) + f" - lr {row['lr']:.5f}")
+
+    def _log_step(self, logs, schedule, opt):
+        if not self.run.chief:
+            return
+        path = self.run.dir / "steps.csv"
+        line = f"{self.run.state['step']},{float(logs['loss']):.7g},{float(schedule(opt.iterations - 1)):.7g}\n"
+        if not path.exists():
+            path.write_text("step,loss,lr\n")
+        with open(path, "a") as f:
+            f.write(line)
+
+
+def set_whitening_bias_trainable(model, trainable):
+    from kclassify.layers.whitening import PatchWhitening
+
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, PatchWhitening) and layer.bias is not None:
+            layer.bias.trainable = trainable

@@ -1,0 +1,92 @@
+"""The compiled pieces of kclassify's training loop, for every tf.distribute strategy.
+
+Keras 3.15's `model.fit` fails under MultiWorkerMirroredStrategy on TF 2.21 in two places: its
+symbolic build reduces a PerReplica *data batch* eagerly (`_maybe_symbolic_build`, "Attempt to
+convert a value (PerReplica...)") and its train function reduces scalar metrics with
+`strategy.reduce("MEAN", v, axis=0)` ("Invalid reduction dimension 0 for input with 0
+dimensions"). Both are in the driver, not in the step: Keras' own `model.train_step` works under
+`strategy.run` on every strategy. So kclassify drives Keras' train_step itself (same model,
+optimizer, losses and metrics) with a reduction that suits scalars, one code path for one
+device, mirrored GPUs/CPUs and several workers.
+"""
+import weakref
+
+import numpy as np
+import tensorflow as tf
+
+_PREDICTORS = weakref.WeakKeyDictionary()
+
+
+def is_multi_worker(strategy):
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def worker_of(strategy):
+    """(this worker's index, number of workers): (0, 1) unless the strategy spans workers."""
+    if is_multi_worker(strategy):
+        resolver = strategy.cluster_resolver
+        return int(resolver.task_id), int(strategy.extended._num_workers)
+    return 0, 1
+
+
+def make_train_function(trainer, strategy, jit_compile=False):
+    """One compiled training step on the next batch of `iterator`; returns the reduced logs."""
+    step = trainer.train_step
+    if jit_compile:
+        step = tf.function(step, jit_compile=True, reduce_retracing=True)
+
+    @tf.function(reduce_retracing=True)
+    def train_function(iterator):
+        outputs = strategy.run(step, args=(next(iterator),))
+        return {k: _reduce(strategy, v) for k, v in outputs.items()}
+
+    return train_function
+
+
+def _reduce(strategy, value):
+    if strategy.num_replicas_in_sync == 1 and not is_multi_worker(strategy):
+        return value
+    return strategy.reduce("MEAN", value, axis=None)
+
+
+def distribute(strategy, make_dataset):
+    """An iterator over the training stream. `make_dataset(worker, workers)` builds the batches a
+    worker feeds (its slice of each global batch); several local replicas split them further."""
+    if is_multi_worker(strategy):
+        def per_worker(ctx):
+            ds = make_dataset(ctx.input_pipeline_id, ctx.num_input_pipelines)
+            local_replicas = strategy.num_replicas_in_sync // ctx.num_input_pipelines
+            return ds.rebatch(_batch_of(ds) // local_replicas) if local_replicas > 1 else ds
+
+        options = tf.distribute.InputOptions(experimental_fetch_to_device=True)
+        return iter(strategy.distribute_datasets_from_function(per_worker, options))
+    ds = make_dataset(0, 1)
+    if strategy.num_replicas_in_sync > 1:
+        return iter(strategy.experimental_distribute_dataset(ds))
+    return iter(ds)
+
+
+def _batch_of(ds):
+    return int(tf.data.experimental.get_structure(ds)[0].shape[0])
+
+
+def predictor(model):
+    """The model's Predictor, made once (each new tf.function traces again)."""
+    if model not in _PREDICTORS:
+        _PREDICTORS[model] = Predictor(model)
+    return _PREDICTORS[model]
+
+
+class Predictor:
+    """Batched inference outside any replica context (every worker may run it; no collectives):
+    validation during training, the final report, TTA views, calibration checks."""
+
+    def __init__(self, model):
+        self.model = model
+        spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
+        self._fn = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+
+    def __call__(self, dataset):
+        """Probabilities (float32 numpy) for a dataset of (images, ...) batches."""
+        outs = [self._fn(batch[0] if isinstance(batch, tuple) else batch).numpy() for batch in dataset]
+        return np.concatenate(outs).astype(np.float32) if outs else np.zeros((0, 0), np.float32)
