@@ -12,7 +12,12 @@ import sys
 
 __version__ = "0.1.0"
 
-from kclassify.api import build_model, evaluate, export, finetune, fit  # noqa: E402,F401  (no TensorFlow)
+# The modules kclassify.evaluate and kclassify.export are loaded first, so that the API functions of
+# the same names, bound after them, are what `kclassify.evaluate` and `kclassify.export` mean (a
+# submodule binds itself on its package only when it is first imported). Neither imports TensorFlow.
+import kclassify.evaluate  # noqa: E402,F401
+import kclassify.export  # noqa: E402,F401
+from kclassify.api import build_model, evaluate, export, finetune, fit  # noqa: E402,F401
 
 
 def register_custom_objects():

@@ -13,11 +13,21 @@ Importing this module does not import TensorFlow; calling a function does.
 """
 
 
-def _prepared(recipe, overrides, sections):
+def _prepared(recipe, overrides, sections, command=None, schedule=None):
+    """The validated recipe, checked for `command` before TensorFlow is imported."""
     from kclassify import runtime
     from kclassify.recipe import recipe_from
 
     cfg = recipe_from(recipe, overrides, sections)
+    if command == "fit":
+        from kclassify.train.fit import check_fit_recipe
+
+        check_fit_recipe(cfg)
+    elif command == "finetune":
+        from kclassify.finetune.run import check_finetune_recipe, resolve_phases
+
+        cfg = resolve_phases(cfg, schedule)
+        check_finetune_recipe(cfg)
     runtime.quiet_tensorflow()
     return cfg
 
@@ -28,7 +38,7 @@ def fit(recipe, *, out=None, fresh=False, teacher=None, overrides=(), callbacks=
     from kclassify.train.fit import fit as run_fit
 
     extra = [f"train.distill.teacher={teacher}"] if teacher else []
-    cfg = _prepared(recipe, [*overrides, *extra], sections)
+    cfg = _prepared(recipe, [*overrides, *extra], sections, "fit")
     return Run.load(run_fit(cfg, out=out, fresh=fresh, echo=echo, callbacks=callbacks))
 
 
@@ -39,8 +49,8 @@ def finetune(recipe, *, schedule=None, out=None, fresh=False, dry_run=False, ove
     from kclassify.finetune.run import finetune as run_finetune
     from kclassify.run import Run
 
-    cfg = _prepared(recipe, overrides, sections)
-    folder = run_finetune(cfg, schedule=schedule, out=out, fresh=fresh, dry_run=dry_run, echo=echo,
+    cfg = _prepared(recipe, overrides, sections, "finetune", schedule)
+    folder = run_finetune(cfg, schedule=None, out=out, fresh=fresh, dry_run=dry_run, echo=echo,
                           callbacks=callbacks)
     return Run.load(folder) if folder else None
 

@@ -171,6 +171,9 @@ class RuntimeConfig(Section):
     # multi_worker: MultiWorkerMirroredStrategy over the cluster in TF_CONFIG (`kclassify launch`).
     strategy: Literal["default", "mirrored", "multi_worker"] = "default"
     cpu_devices: Optional[int] = Field(None, ge=1)  # split the CPU into N logical devices
+    # BatchNorm statistics over the global batch of all replicas (one all-reduce per BN layer), so a
+    # distributed run computes what one process with the same global batch computes.
+    sync_bn: bool = False
     jit_compile: bool = False
     verbose: Literal["auto", 0, 1, 2] = "auto"
 
@@ -318,9 +321,54 @@ def apply_override(raw, item):
 
 def validate(raw, source="recipe"):
     try:
-        return Recipe.model_validate(raw)
+        recipe = Recipe.model_validate(raw)
     except ValidationError as exc:
         raise RecipeError(f"{source}: invalid recipe\n" + explain(exc)) from None
+    problems = registry_problems(recipe)
+    if problems:
+        raise RecipeError(f"{source}: invalid recipe\n" + "\n".join(f"  {p}" for p in problems))
+    return recipe
+
+
+def registry_problems(recipe):
+    """Names and arguments checked against the registries' catalog (no TensorFlow): the model and
+    its parameters, every augmentation op and its arguments, the data source and its fields."""
+    from kclassify import catalog
+
+    cat = catalog.load()
+    problems = []
+    model = cat["models"].get(recipe.model.name)
+    if model is None:
+        problems.append(f"model.name: unknown model {recipe.model.name!r}{suggest(recipe.model.name, cat['models'])}")
+    else:
+        for key in recipe.model.params:
+            if key not in model["params"]:
+                problems.append(f"model.params: model {recipe.model.name!r} has no parameter {key!r}"
+                                f"{suggest(key, model['params'])}")
+    for i, op in enumerate(recipe.augment.ops):
+        args = cat["augmentations"].get(op["name"])
+        if args is None:
+            problems.append(f"augment.ops[{i}]: unknown augmentation {op['name']!r}{suggest(op['name'], cat['augmentations'])}")
+            continue
+        for key in op:
+            if key != "name" and key not in args:
+                problems.append(f"augment.ops[{i}] ({op['name']}): no argument {key!r}{suggest(key, args)}")
+    if recipe.data.source not in cat["sources"]:
+        problems.append(f"data.source: unknown source {recipe.data.source!r}{suggest(recipe.data.source, cat['sources'])}")
+    else:
+        problems += _data_problems(recipe.data)
+    return problems
+
+
+def _data_problems(cfg):
+    """The data source's own field check (kclassify.data.spec), when the source module has one."""
+    import importlib.util
+
+    if importlib.util.find_spec("kclassify.data.spec") is None:
+        return []
+    from kclassify.data.spec import check_data
+
+    return list(check_data(cfg))
 
 
 def explain(exc):

@@ -144,6 +144,12 @@ class Run:
             run.state = None
         return run
 
+    def sync_after_cluster(self):
+        """A non-chief worker reads the state only once the cluster has formed: by then the chief
+        has taken the lock and discarded the checkpoints of a --fresh start."""
+        if not self.chief:
+            self.state = self.read_state()
+
     def _lock(self, command, echo):
         import fcntl
 

@@ -46,6 +46,11 @@ def check_finetune_recipe(recipe):
                               "schedule from its own learning rate (finetune.phases[].lr)")
     if recipe.model.init != "default":
         raise RecipeError("model.init is for training from scratch; kclassify finetune starts from pretrained weights")
+    from kclassify import catalog
+
+    if not catalog.load()["models"].get(recipe.model.name, {}).get("backbone"):
+        raise RecipeError(f"model {recipe.model.name!r} is not a backbone model: use one of the keras_* models "
+                          "(kclassify models list), e.g. keras_mobilenet, or keras_kclassify with weights=RUN/model.keras")
 
 
 def block_pattern(recipe):
@@ -99,7 +104,8 @@ def finetune(recipe, schedule=None, out=None, fresh=False, dry_run=False, echo=p
     from kclassify.run import Run
 
     started = started or runtime.command_started() or time.time()
-    recipe = resolve_phases(recipe, schedule)
+    if schedule or not recipe.finetune.phases or any(p.lr is None for p in recipe.finetune.phases):
+        recipe = resolve_phases(recipe, schedule)
     check_finetune_recipe(recipe)
     pattern = block_pattern(recipe)
     if dry_run:
@@ -110,6 +116,7 @@ def finetune(recipe, schedule=None, out=None, fresh=False, dry_run=False, echo=p
             echo(f"{run.dir}: already fine-tuned for {run.state['epoch']} epochs (use --fresh to start over)")
             return run.dir
         strategy = runtime.setup(recipe.runtime, echo)
+        run.sync_after_cluster()
         data, model = _data_and_model(recipe, strategy)
         run.begin(recipe, data, echo)
         run.clear_final()
@@ -145,7 +152,10 @@ def _data_and_model(recipe, strategy):
     from kclassify.models import build_model
 
     data = load_data(recipe.data, recipe.runtime.seed)
+    from kclassify.train.fit import apply_runtime_options
+
     with strategy.scope():
         model = build_model(recipe.model.name, len(data.class_names), data.input_shape,
                             bn_momentum=recipe.train.bn_momentum, **recipe.model.params)
+    apply_runtime_options(model, recipe.runtime)
     return data, model

@@ -62,8 +62,13 @@ class Budget:
 
 
 def check_budget_recipe(recipe, command):
-    """Recipe fields a budgeted run cannot honour are refused by name."""
+    """Recipe fields a budgeted (or multi-worker) run cannot honour are refused by name."""
     t = recipe.train
+    if recipe.runtime.strategy == "multi_worker":
+        # Each worker would plan (or recover) on its own and the collectives would wait forever.
+        for name, value in (("budget_minutes", t.budget_minutes), ("recovery_trials", t.recovery_trials)):
+            if value:
+                raise RecipeError(f"train.{name} is not supported with runtime.strategy multi_worker yet")
     if t.budget_minutes is None:
         return
     if command != "fit":

@@ -29,6 +29,7 @@ def fit(recipe, out=None, fresh=False, echo=print, callbacks=(), started=None):
             echo(f"{run.dir}: already trained for {run.state['epoch']} epochs (use --fresh to train again)")
             return run.dir
         strategy = runtime.setup(recipe.runtime, echo)
+        run.sync_after_cluster()
         from kclassify.data import load_data
 
         data = load_data(recipe.data, recipe.runtime.seed)
@@ -66,6 +67,7 @@ def build_for_run(recipe, data, strategy, fresh_start, echo=print):
     with strategy.scope():
         model = build_model(recipe.model.name, len(data.class_names), data.input_shape, mean=mean, std=std,
                             bn_momentum=recipe.train.bn_momentum, **recipe.model.params)
+    apply_runtime_options(model, recipe.runtime)
     if fresh_start and recipe.model.init == "dirac":
         echo(f"init: identity (Dirac) start for {dirac_init(model)} convolutions")
     if fresh_start and whitening_layers(model):
@@ -73,6 +75,16 @@ def build_for_run(recipe, data, strategy, fresh_start, echo=print):
         init_whitening(model, training_sample(data.train, 5000, recipe.runtime.seed))
         echo(f"init: patch-whitening filters from 5,000 training images ({time.time() - t:.1f} s)")
     return model
+
+
+def apply_runtime_options(model, runtime):
+    """runtime.sync_bn: every BatchNorm reduces its batch statistics over all replicas."""
+    import keras
+
+    if runtime.sync_bn:
+        for layer in model._flatten_layers(include_self=False):
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.synchronized = True
 
 
 def training_sample(split, count, seed):

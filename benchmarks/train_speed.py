@@ -1,0 +1,214 @@
+"""Training throughput: kclassify's loop against a plain `model.fit` on the same Keras model and the
+same uint8 arrays, in one process, rounds interleaved (the machines are shared and noisy: read the
+ratio, not the absolute figures). Also the achieved training GFLOP/s against a measured matmul peak.
+
+    python benchmarks/train_speed.py [--model airbench94] [--batch 512] [--precision auto] [--steps 12]
+    python benchmarks/train_speed.py --sweep       # one subprocess per setting: what helps on this CPU
+
+Prints JSON: kclassify_img_per_s, keras_img_per_s, ratio (same work: no augmentation on either
+side), kclassify_aug_img_per_s (with the recipe's translate + alternating flip), gflops, the peaks,
+and the CPU flags that matter.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CIFAR = ROOT.parent / "shared" / "data" / "cifar10-train.tar.gz"
+
+
+def cpu_flags():
+    try:
+        flags = set(next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split())
+    except (OSError, StopIteration):
+        return []
+    keep = ["avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "amx_tile"]
+    return [f for f in keep if f in flags]
+
+
+def cpu_model():
+    try:
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return "unknown"
+
+
+def matmul_peak(dtype, size=2048, reps=10):
+    import tensorflow as tf
+
+    a = tf.cast(tf.random.normal((size, size)), dtype)
+    fn = tf.function(lambda x: tf.matmul(x, x))
+    fn(a).numpy()
+    t = time.perf_counter()
+    for _ in range(reps):
+        fn(a).numpy()
+    return 2 * size ** 3 * reps / (time.perf_counter() - t) / 1e9
+
+
+def arrays(n):
+    """(uint8 images, int labels): real CIFAR-10 training images when ../shared has them."""
+    import numpy as np
+
+    if CIFAR.exists():
+        from kclassify.data import load_data
+        from kclassify.recipe import DataConfig
+
+        data = load_data(DataConfig(source="image_folder", path=str(CIFAR), subdir="train", val_count=1000))
+        return data.train.images[:n], data.train.labels[:n], "CIFAR-10 JPEGs (../shared)"
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n), "random uint8"
+
+
+def build(args, mean_std):
+    import keras
+
+    from kclassify.models import build_model
+
+    model = build_model(args.model, 10, (32, 32, 3), mean=mean_std[0], std=mean_std[1], bn_momentum=0.6,
+                        **json.loads(args.params))
+    opt = keras.optimizers.SGD(0.1, momentum=0.85, nesterov=True)
+    model.compile(opt, keras.losses.CategoricalCrossentropy(label_smoothing=0.2),
+                  metrics=[keras.metrics.CategoricalAccuracy(name="top1")], jit_compile=args.jit)
+    return model
+
+
+def plain_fit_rate(model, x, y, batch, steps):
+    """A hand-written tf.data pipeline and model.fit: img/s of the second epoch."""
+    import keras
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x)).batch(batch, drop_remainder=True)
+    ds = ds.map(lambda a, b: (tf.cast(a, tf.float32), tf.one_hot(b, 10)), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.repeat().prefetch(tf.data.AUTOTUNE)
+
+    class Timer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seconds = time.perf_counter() - self.t
+
+    timer = Timer()
+    model.fit(ds, epochs=2, steps_per_epoch=steps, verbose=0, callbacks=[timer])
+    return batch * steps / timer.seconds
+
+
+def kclassify_rate(args, x, y, steps, augment):
+    """kclassify's engine (recipe -> Run -> Engine.fit) on the same arrays: img/s of epoch 2."""
+    import numpy as np
+
+    from kclassify.data.sources import Dataset, Split
+    from kclassify.recipe import validate
+    from kclassify.run import Run
+    from kclassify.train.engine import Engine, Phase
+    from kclassify.train.fit import build_for_run, fit_setup
+    import tensorflow as tf
+
+    recipe = validate({
+        "model": {"name": args.model, "params": json.loads(args.params)},
+        "augment": {"crop_pad": 2, "flip": "alternate"} if augment else {},
+        "train": {"epochs": 2, "batch_size": args.batch, "steps_per_epoch": steps, "lr": 0.1, "momentum": 0.85,
+                  "label_smoothing": 0.2, "bn_momentum": 0.6, "val_every": 0},
+        "runtime": {"jit_compile": args.jit, "verbose": 0},
+        "output": {"tensorboard": False, "plots": False, "report": False, "keep_checkpoints": 1}})
+    small = Split(x[:64], y[:64].astype(np.int32))
+    data = Dataset(Split(x, y.astype(np.int32)), small, [str(i) for i in range(10)])
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Run.start(recipe, tmp, echo=lambda *a: None)
+        run.begin(recipe, data, echo=lambda *a: None)
+        strategy = tf.distribute.get_strategy()
+        model = build_for_run(recipe, data, strategy, fresh_start=True, echo=lambda *a: None)
+        engine = Engine(recipe, run, data, model, strategy, echo=lambda *a: None)
+        engine._checkpoint = lambda trainer: None  # time the loop, not the disk
+        engine.fit([Phase("fit", recipe.train, 2, setup=lambda m: fit_setup(m, recipe.train))])
+        run.release()
+        return args.batch * steps / run.state["history"][-1]["seconds"]
+
+
+def measure(args):
+    import numpy as np
+
+    from kclassify import runtime
+    from kclassify.recipe import RuntimeConfig
+
+    runtime.setup(RuntimeConfig(precision=args.precision, verbose=0), echo=lambda *a: None)
+    import keras
+
+    from kclassify.profile import profile_model
+
+    n = args.batch * args.steps
+    x, y, source = arrays(n)
+    stats = (x.reshape(-1, 3).mean(0).tolist(), x.reshape(-1, 3).std(0).tolist())
+    plain, ours, ours_aug = [], [], []
+    for _ in range(args.rounds):
+        plain.append(plain_fit_rate(build(args, stats), x, y, args.batch, args.steps))
+        ours.append(kclassify_rate(args, x, y, args.steps, augment=False))
+        ours_aug.append(kclassify_rate(args, x, y, args.steps, augment=True))
+    macs = profile_model(build(args, stats))["macs"]
+    policy = keras.mixed_precision.global_policy().name
+    ours_rate, plain_rate = float(np.median(ours)), float(np.median(plain))
+    return {"model": args.model, "params": json.loads(args.params), "batch": args.batch, "steps": args.steps,
+            "precision": policy, "jit_compile": args.jit, "data": source,
+            "kclassify_img_per_s": round(ours_rate, 1), "keras_img_per_s": round(plain_rate, 1),
+            "ratio": round(ours_rate / plain_rate, 3),
+            "kclassify_aug_img_per_s": round(float(np.median(ours_aug)), 1),
+            "rounds": {"kclassify": [round(r, 1) for r in ours], "keras": [round(r, 1) for r in plain]},
+            "macs_per_image": macs, "train_gflops": round(ours_rate * 6 * macs / 1e9, 1),
+            "matmul_peak_gflops": {"float32": round(matmul_peak("float32"), 1),
+                                   "bfloat16": round(matmul_peak("bfloat16"), 1)},
+            "cpu": cpu_model(), "cpu_flags": cpu_flags(), "threads": os.environ.get("TF_NUM_INTRAOP_THREADS", "default")}
+
+
+SWEEP = [
+    ("batch 256", ["--batch", "256"], {}),
+    ("batch 512", ["--batch", "512"], {}),
+    ("batch 1024", ["--batch", "1024", "--steps", "6"], {}),
+    ("float32", ["--precision", "float32"], {}),
+    ("mixed_bfloat16", ["--precision", "mixed_bfloat16"], {}),
+    ("XLA (jit_compile)", ["--jit"], {}),
+    ("relu instead of gelu", ["--params", '{"act": "relu"}'], {}),
+    ("inter-op threads 1", [], {"TF_NUM_INTEROP_THREADS": "1"}),
+    ("intra-op threads 1", [], {"TF_NUM_INTRAOP_THREADS": "1"}),
+    ("oneDNN off", [], {"TF_ENABLE_ONEDNN_OPTS": "0"}),
+]
+
+
+def sweep(args):
+    rows = {}
+    for name, extra, env in SWEEP:
+        cmd = [sys.executable, __file__, "--model", args.model, "--rounds", "1", "--no-keras-check",
+               "--precision", args.precision, "--batch", str(args.batch), "--steps", str(args.steps), *extra]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env})
+        try:
+            out = json.loads(proc.stdout)
+            rows[name] = {"kclassify_img_per_s": out["kclassify_img_per_s"], "keras_img_per_s": out["keras_img_per_s"],
+                          "precision": out["precision"], "batch": out["batch"]}
+        except (json.JSONDecodeError, KeyError):
+            rows[name] = {"error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
+        print(name, rows[name], file=sys.stderr, flush=True)
+    return {"model": args.model, "sweep": rows, "cpu": cpu_model(), "cpu_flags": cpu_flags()}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="airbench94")
+    parser.add_argument("--params", default="{}", help="model.params as JSON")
+    parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument("--steps", type=int, default=12, help="timed steps per epoch")
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--jit", action="store_true")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--no-keras-check", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    print(json.dumps(sweep(args) if args.sweep else measure(args), indent=1))
+
+
+if __name__ == "__main__":
+    main()

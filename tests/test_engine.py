@@ -1,0 +1,232 @@
+"""The training engine and the run folder: one loop for fit and finetune, the lock, corrupt
+checkpoints, mid-epoch resume, recovery from a divergence, the time budget, the Python API."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import ROOT, run_cli, tiny_recipe
+from kclassify.errors import RecipeError
+
+QUIET = {"echo": lambda *a: None}
+
+
+def test_python_api_fit_evaluate_export_build(tmp_path):
+    """The README's example, run."""
+    import kclassify
+
+    run = kclassify.fit("quickstart", out=tmp_path / "q", train={"epochs": 2}, output={"export": []}, **QUIET)
+    assert run.metrics["epochs"] == 2 and 0 < run.metrics["val"]["top1"] <= 1
+    report = kclassify.evaluate(run.dir, tta="flip", **QUIET)
+    assert report["tta"] == "flip" and report["views"] == 2
+    rep = kclassify.export(run.dir, "float32", **QUIET)
+    assert rep["tflite"]["top1"] == pytest.approx(run.metrics["val"]["top1"], abs=0.01)
+    model = kclassify.build_model("airbench94", num_classes=10, input_shape=(32, 32, 3))
+    assert model.output_shape == (None, 10)
+
+
+def test_import_kclassify_stays_free_of_tensorflow():
+    code = "import sys, kclassify; kclassify.fit; print('tensorflow' in sys.modules or 'keras' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.stdout.strip() == "False", out.stderr[-800:]
+
+
+def test_same_ema_recipe_through_fit_and_finetune_reports_the_averaged_weights(tmp_path):
+    """EMA works in both commands: the saved model holds the shadow weights, not the last ones."""
+    from kclassify.finetune.run import finetune
+    from kclassify.train.fit import fit
+
+    seen = {}
+
+    class LastWeights(keras.callbacks.Callback):
+        def on_train_end(self, logs=None):
+            seen[len(seen)] = [w.numpy().copy() for w in self.model.weights]
+
+    avg = {"average": {"kind": "ema", "momentum": 0.9}, "epochs": 2}
+    run = fit(tiny_recipe(tmp_path / "fit", train=avg), callbacks=[LastWeights()], **QUIET)
+    fitted = keras.models.load_model(run / "model.keras")
+    assert any(not np.allclose(a, b) for a, b in zip(fitted.get_weights(), seen[0]))
+
+    backbone = tmp_path / "backbone"
+    fit(tiny_recipe(backbone, train={"epochs": 1}), **QUIET)
+    recipe = tiny_recipe(tmp_path / "ft", model={"name": "keras_kclassify",
+                                                 "params": {"weights": str(backbone / "run" / "model.keras")}},
+                         train={"average": {"kind": "ema", "momentum": 0.9}},
+                         finetune={"phases": [{"unfreeze": "head", "epochs": 1}, {"unfreeze": "all", "epochs": 1}]})
+    ft = finetune(recipe, callbacks=[LastWeights()], **QUIET)
+    tuned = keras.models.load_model(ft / "model.keras")
+    assert any(not np.allclose(a, b) for a, b in zip(tuned.get_weights(), seen[1]))
+    history = json.loads((ft / "ckpt" / "state.json").read_text())["history"]
+    assert [h["unfreeze"] for h in history] == ["head", "all"]
+
+
+@pytest.mark.parametrize("command, field, message", [
+    ("fit", "finetune.phases=[{unfreeze: head, epochs: 1}]", "finetune.phases is read by `kclassify finetune`"),
+    ("finetune", "train.budget_minutes=5", "train.budget_minutes is not supported by kclassify finetune"),
+    ("finetune", "train.warmup_epochs=1", "train.warmup_epochs is not honoured by kclassify finetune"),
+    ("fit", "train.step_milestones=[2]", "train.step_milestones are epochs of a fixed schedule"),
+])
+def test_a_field_the_command_cannot_honour_is_an_error(tmp_path, command, field, message):
+    args = ["--set", field] + (["--set", "train.budget_minutes=1"] if "milestones" in field else [])
+    recipe = "clothing_mobilenet" if command == "finetune" else "quickstart"
+    t = time.time()
+    res = run_cli(command, recipe, "--out", tmp_path / "r", *args)
+    assert res.returncode == 2 and message in res.stderr, res.stderr[-1500:]
+    assert "Traceback" not in res.stderr and time.time() - t < 30
+
+
+def _slow_cli(tmp_path, *extra):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("data: {source: digits, val_fraction: 0.2}\nmodel: {name: resnet20, params: {width: 0.5}}\n"
+                      "train: {epochs: 3, batch_size: 16, lr: 0.05}\nruntime: {verbose: 2}\n"
+                      "output: {tensorboard: false, plots: false, report: false, checkpoint_every_steps: 10, "
+                      "log_every_steps: 1}\n")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.Popen([sys.executable, "-m", "kclassify", "fit", str(recipe), "--out", str(tmp_path / "run"),
+                             *extra], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(predicate, timeout=240):
+    deadline = time.time() + timeout
+    while time.time() < deadline and not predicate():
+        time.sleep(0.1)
+    return predicate()
+
+
+def test_second_process_on_a_run_folder_exits_2_naming_the_holder_and_a_stale_lock_is_taken_over(tmp_path):
+    first = _slow_cli(tmp_path)
+    lock = tmp_path / "run" / "run.lock"
+    assert _wait_for(lambda: lock.exists() and lock.read_text())
+    second = run_cli("fit", tmp_path / "r.yaml", "--out", tmp_path / "run")
+    assert second.returncode == 2, second.stderr[-1500:]
+    assert f"in use by process {first.pid}" in second.stderr and "Traceback" not in second.stderr
+    state = tmp_path / "run" / "ckpt" / "state.json"
+    assert _wait_for(lambda: state.exists())
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    again = run_cli("fit", tmp_path / "r.yaml", "--out", tmp_path / "run")
+    assert again.returncode == 0, again.stderr[-1500:]
+    assert f"taking over the lock of process {first.pid}" in again.stdout
+
+
+def test_sigkill_mid_epoch_resumes_at_the_same_step_and_learning_rate(tmp_path):
+    proc = _slow_cli(tmp_path)
+    state = tmp_path / "run" / "ckpt" / "state.json"
+    assert _wait_for(lambda: state.exists() and 0 < json.loads(state.read_text())["step"] % 71 != 0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = json.loads(state.read_text())
+    step = saved["step"]
+    assert step % 10 == 0 and step % 71  # a mid-epoch checkpoint (71 steps an epoch)
+    logged = {int(r.split(",")[0]): float(r.split(",")[2]) for r in (tmp_path / "run" / "steps.csv").read_text().split()[1:]}
+    res = run_cli("fit", tmp_path / "r.yaml", "--out", tmp_path / "run")
+    assert res.returncode == 0, res.stderr[-1500:]
+    assert f"resuming {tmp_path / 'run'} at step {step} " in res.stdout
+    rows = (tmp_path / "run" / "steps.csv").read_text().split()[1:]
+    after = [r for r in rows if int(r.split(",")[0]) == step + 1]
+    assert after and float(after[-1].split(",")[2]) == pytest.approx(logged.get(step + 1, float(after[-1].split(",")[2])))
+    from kclassify.recipe import TrainConfig
+    from kclassify.train.schedules import schedule_from
+
+    expected = schedule_from(TrainConfig(epochs=3, batch_size=16, lr=0.05), 71)
+    assert float(after[-1].split(",")[2]) == pytest.approx(float(expected(step)), rel=1e-5)
+    assert json.loads(state.read_text())["step"] == 3 * 71
+
+
+def test_data_order_is_a_function_of_the_step():
+    """A stream started at step s yields exactly the batches an uninterrupted one yields from s."""
+    from kclassify.data.pipeline import BatchPlan, training_stream
+    from kclassify.data.sources import Split
+
+    split = Split(np.arange(200, dtype=np.uint8).reshape(200, 1, 1, 1), np.arange(200, dtype=np.int32) % 3)
+    plan = BatchPlan(split.labels, 32, 6, seed=3)
+    full = [x.numpy().ravel() for x, _ in training_stream(split, 3, plan).take(14)]
+    resumed = [x.numpy().ravel() for x, _ in training_stream(split, 3, plan, start_step=9).take(5)]
+    np.testing.assert_array_equal(np.stack(full[9:]), np.stack(resumed))
+    epoch = np.concatenate(full[:6])
+    assert len(set(epoch.tolist())) == 192  # no image twice in an epoch
+    assert not np.array_equal(np.concatenate(full[6:12]), epoch)  # reshuffled the next epoch
+    halves = [training_stream(split, 3, BatchPlan(split.labels, 32, 6, seed=3, worker=(w, 2))) for w in (0, 1)]
+    first = np.concatenate([next(iter(h))[0].numpy().ravel() for h in halves])
+    np.testing.assert_array_equal(first, full[0])  # two workers split the same global batch
+
+
+def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    from kclassify.train.fit import fit
+
+    recipe = tiny_recipe(tmp_path, train={"epochs": 3}, output={"keep_checkpoints": 2})
+    fit(recipe, **QUIET)
+    run = tmp_path / "run"
+    state = json.loads((run / "ckpt" / "state.json").read_text())
+    newest = run / "ckpt" / state["checkpoints"][-1]["file"]
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # a kill during the write
+    state["done"] = False
+    (run / "ckpt" / "state.json").write_text(json.dumps(state))
+    (run / "model.keras").unlink()
+    out = []
+    fit(recipe, echo=out.append)
+    text = "\n".join(map(str, out))
+    assert "is truncated" in text and "falling back" in text and "resuming from the older checkpoint" in text
+    after = json.loads((run / "ckpt" / "state.json").read_text())
+    assert after["epoch"] == 3 and [h["epoch"] for h in after["history"]] == [0, 1, 2]
+    assert (run / "model.keras").exists()
+
+
+def test_nan_at_a_step_recovers_with_a_halved_learning_rate(tmp_path):
+    """A weight poisoned once mid-run: the engine restores the last checkpoint, halves the rate
+    and finishes; the recovery is recorded."""
+    from kclassify.train.fit import fit
+
+    class PoisonOnce(keras.callbacks.Callback):
+        done = False
+
+        def on_train_batch_end(self, batch, logs=None):
+            if not PoisonOnce.done and int(self.model.optimizer.iterations.numpy()) == 30:
+                PoisonOnce.done = True
+                w = self.model.trainable_weights[0]
+                w.assign(np.full(w.shape, np.nan, np.float32))
+
+    recipe = tiny_recipe(tmp_path, train={"epochs": 2, "recovery_trials": 2}, output={"log_every_steps": 1})
+    run = fit(recipe, callbacks=[PoisonOnce()], **QUIET)
+    state = json.loads((run / "ckpt" / "state.json").read_text())
+    assert len(state["recoveries"]) == 1 and state["lr_scale"] == 0.5
+    assert state["recoveries"][0]["back_to_step"] == 22 and state["epoch"] == 2
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["recoveries"] == state["recoveries"] and np.isfinite(metrics["val"]["loss"])
+
+
+def test_nan_without_recovery_stops_with_exit_3(tmp_path):
+    res = run_cli("fit", "quickstart", "--out", tmp_path / "r", "--set", "train.lr=1e30",
+                  "--set", "train.epochs=2", "--set", "train.warmup_epochs=0", "--set", "output.export=[]")
+    assert res.returncode == 3, res.stderr[-2000:]
+    assert "loss became" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_budget_planner_stops_inside_the_budget_on_a_slowed_run(tmp_path):
+    """Each step made 60 ms slower after the plan: the run plans again each epoch and still ends
+    inside its budget, command included."""
+    from kclassify.train.fit import fit
+
+    class SlowDown(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if int(self.model.optimizer.iterations.numpy()) > 30:
+                time.sleep(0.06)
+
+    budget = 0.75  # minutes
+    recipe = tiny_recipe(tmp_path, train={"epochs": 200, "budget_minutes": budget, "warmup_epochs": 0,
+                                          "warmup_fraction": 0.1, "batch_size": 32})
+    t = time.time()
+    run = fit(recipe, callbacks=[SlowDown()], started=t, **QUIET)
+    wall = time.time() - t
+    metrics = json.loads((run / "metrics.json").read_text())
+    b = metrics["budget"]
+    assert wall < 60 * budget and b["actual_wall_seconds"] < 60 * budget
+    assert b["replans"] >= 2 and b["planned_steps"] == metrics["steps"] < 200 * 44
+    lrs = [h["lr"] for h in json.loads((run / "ckpt" / "state.json").read_text())["history"]]
+    assert lrs[-1] < 0.05 * lrs[0] + 1e-6  # the schedule spanned the steps actually run
