@@ -19,16 +19,24 @@ def _size(shape):
     return int(np.prod([d for d in shape if d is not None]))
 
 
+KINDS = {"Conv2D": "conv", "DepthwiseConv2D": "depthwise", "SeparableConv2D": "conv", "Dense": "dense",
+         "Multiply": "se"}
+
+
+def _kind(layer):
+    """The Keras class a layer is (or derives from: the whitening stem is a Conv2D)."""
+    return next((c.__name__ for c in type(layer).__mro__ if c.__name__ in KINDS), None)
+
+
 def _category(layer):
     if "_se_" in layer.name:
         return "se"
-    return {"Conv2D": "conv", "DepthwiseConv2D": "depthwise", "SeparableConv2D": "conv",
-            "Dense": "dense", "Multiply": "se"}.get(type(layer).__name__)
+    return KINDS.get(_kind(layer))
 
 
 def layer_macs(layer):
     """Multiply-accumulates of one built layer for one image (0 for layers without arithmetic)."""
-    kind = type(layer).__name__
+    kind = _kind(layer)
     out = layer.output.shape
     if kind == "Conv2D":
         kh, kw = layer.kernel_size

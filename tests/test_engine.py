@@ -57,7 +57,7 @@ def test_same_ema_recipe_through_fit_and_finetune_reports_the_averaged_weights(t
     fit(tiny_recipe(backbone, train={"epochs": 1}), **QUIET)
     recipe = tiny_recipe(tmp_path / "ft", model={"name": "keras_kclassify",
                                                  "params": {"weights": str(backbone / "run" / "model.keras")}},
-                         train={"average": {"kind": "ema", "momentum": 0.9}},
+                         train={"average": {"kind": "ema", "momentum": 0.9}, "warmup_epochs": 0},
                          finetune={"phases": [{"unfreeze": "head", "epochs": 1}, {"unfreeze": "all", "epochs": 1}]})
     ft = finetune(recipe, callbacks=[LastWeights()], **QUIET)
     tuned = keras.models.load_model(ft / "model.keras")
@@ -118,12 +118,12 @@ def test_second_process_on_a_run_folder_exits_2_naming_the_holder_and_a_stale_lo
 def test_sigkill_mid_epoch_resumes_at_the_same_step_and_learning_rate(tmp_path):
     proc = _slow_cli(tmp_path)
     state = tmp_path / "run" / "ckpt" / "state.json"
-    assert _wait_for(lambda: state.exists() and 0 < json.loads(state.read_text())["step"] % 71 != 0)
+    assert _wait_for(lambda: state.exists() and 0 < json.loads(state.read_text())["step"] % 89 != 0)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     saved = json.loads(state.read_text())
     step = saved["step"]
-    assert step % 10 == 0 and step % 71  # a mid-epoch checkpoint (71 steps an epoch)
+    assert step % 10 == 0 and step % 89  # a mid-epoch checkpoint (1,437 images, 89 steps an epoch)
     logged = {int(r.split(",")[0]): float(r.split(",")[2]) for r in (tmp_path / "run" / "steps.csv").read_text().split()[1:]}
     res = run_cli("fit", tmp_path / "r.yaml", "--out", tmp_path / "run")
     assert res.returncode == 0, res.stderr[-1500:]
@@ -134,9 +134,9 @@ def test_sigkill_mid_epoch_resumes_at_the_same_step_and_learning_rate(tmp_path):
     from kclassify.recipe import TrainConfig
     from kclassify.train.schedules import schedule_from
 
-    expected = schedule_from(TrainConfig(epochs=3, batch_size=16, lr=0.05), 71)
+    expected = schedule_from(TrainConfig(epochs=3, batch_size=16, lr=0.05), 89)
     assert float(after[-1].split(",")[2]) == pytest.approx(float(expected(step)), rel=1e-5)
-    assert json.loads(state.read_text())["step"] == 3 * 71
+    assert json.loads(state.read_text())["step"] == 3 * 89
 
 
 def test_data_order_is_a_function_of_the_step():
@@ -199,13 +199,6 @@ def test_nan_at_a_step_recovers_with_a_halved_learning_rate(tmp_path):
     assert state["recoveries"][0]["back_to_step"] == 22 and state["epoch"] == 2
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["recoveries"] == state["recoveries"] and np.isfinite(metrics["val"]["loss"])
-
-
-def test_nan_without_recovery_stops_with_exit_3(tmp_path):
-    res = run_cli("fit", "quickstart", "--out", tmp_path / "r", "--set", "train.lr=1e30",
-                  "--set", "train.epochs=2", "--set", "train.warmup_epochs=0", "--set", "output.export=[]")
-    assert res.returncode == 3, res.stderr[-2000:]
-    assert "loss became" in res.stderr and "Traceback" not in res.stderr
 
 
 def test_budget_planner_stops_inside_the_budget_on_a_slowed_run(tmp_path):

@@ -88,15 +88,18 @@ def test_only_the_phase_layers_change(tmp_path, tiny_npz, group, expect_backbone
     from kclassify import runtime
     from kclassify.data.pipeline import train_dataset
     from kclassify.finetune.groups import apply_phase
-    from kclassify.finetune.run import _compile_phase, _data_and_model, block_pattern, resolve_phases
+    from kclassify.finetune.run import _data_and_model, block_pattern, engine_phases, resolve_phases
+    from kclassify.train.optim import make_loss, make_metrics, make_optimizer
 
     recipe = resolve_phases(ft_recipe(tmp_path, tiny_npz, [{"unfreeze": group, "epochs": 1}]))
     strategy = runtime.setup(recipe.runtime)
-    data, model = _data_and_model(recipe, strategy, tmp_path, write=False, echo=lambda *a: None)
+    data, model = _data_and_model(recipe, strategy)
     calibrate_bn(model, data.train.images)
     unfrozen = apply_phase(model, group, block_pattern(recipe))
     assert {layer.name for layer in unfrozen} == expect_backbone
-    _compile_phase(model, recipe, recipe.finetune.phases[0], 4, unfrozen, strategy, resume=None, mid_phase=False)
+    phase = engine_phases(recipe, block_pattern(recipe), echo=lambda *a: None)[0]
+    multipliers = phase.setup(model)
+    model.compile(make_optimizer(phase.train, 4, model, multipliers), make_loss(phase.train), make_metrics(3))
     before = snapshot(model)
     model.fit(train_dataset(data.train, 3, 16), epochs=1, verbose=0)
     after = snapshot(model)
@@ -120,13 +123,13 @@ def test_group_learning_rates_are_the_ones_asked():
     import keras
 
     from kclassify.recipe import TrainConfig
-    from kclassify.train.optim import make_group_optimizer
+    from kclassify.train.optim import make_optimizer
 
     inp = keras.Input((4,))
     model = keras.Model(inp, keras.layers.Dense(2, name="head_dense")(keras.layers.Dense(3, name="body")(inp)))
     train = TrainConfig(optimizer="sgd", lr=0.1, momentum=0.0, weight_decay=0.0, schedule="constant")
     body = model.get_layer("body").kernel
-    opt = make_group_optimizer(train, 1, model, [(body, 0.01)])
+    opt = make_optimizer(train, 1, model, [(body, 0.01)])
     before = {v.path: v.numpy().copy() for v in model.trainable_variables}
     opt.apply_gradients([(np.ones(v.shape, "float32"), v) for v in model.trainable_variables])
     for v in model.trainable_variables:
@@ -138,25 +141,22 @@ def test_resume_inside_a_phase_and_saved_model_loads(tmp_path, tiny_npz, base_fi
     import keras
 
     from kclassify.finetune.run import finetune
-    from kclassify.train import callbacks
 
     recipe = ft_recipe(tmp_path, tiny_npz, [{"unfreeze": "head", "epochs": 1}, {"unfreeze": "top2", "epochs": 2}],
                        model={"name": "keras_kclassify", "params": {"weights": str(base_file)}})
-    real_end = callbacks.Checkpointer.on_epoch_end
 
-    def crash_after_second_epoch(self, epoch, logs=None):
-        real_end(self, epoch, logs)
-        if epoch == 1:
-            raise KeyboardInterrupt  # as if killed right after epoch 2 was saved
+    class CrashAfterSecondEpoch(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 2:
+                raise KeyboardInterrupt  # as if killed right after epoch 2 was saved
 
-    monkeypatch.setattr(callbacks.Checkpointer, "on_epoch_end", crash_after_second_epoch)
     with pytest.raises(KeyboardInterrupt):
-        finetune(recipe.model_copy(deep=True), echo=lambda *a: None)
-    monkeypatch.setattr(callbacks.Checkpointer, "on_epoch_end", real_end)
+        finetune(recipe.model_copy(deep=True), echo=lambda *a: None, callbacks=[CrashAfterSecondEpoch()])
     lines = []
     run = finetune(recipe.model_copy(deep=True), echo=lines.append)
     steps = 72 // 16
-    assert f"resuming {run} after epoch 2, inside phase 2 (optimizer step {steps})" in lines
+    assert any(line.startswith(f"resuming {run} at step {2 * steps} (epoch 2, phase 2; optimizer step {steps},")
+               for line in lines), lines
     history = json.loads((run / "ckpt" / "state.json").read_text())["history"]
     assert [(h["epoch"], h["phase"]) for h in history] == [(0, 1), (1, 2), (2, 2)]
     assert history[2]["lr"] < history[1]["lr"]  # phase 2's cosine continued, not restarted

@@ -40,12 +40,14 @@ def test_ops_need_a_name():
         validate({"augment": {"ops": [{"length": 16}]}})
 
 
-def test_mix_off_epochs_split_training():
-    from kclassify.train.fit import _segments
+def test_mix_off_epochs_and_whitening_bias_segments():
+    from kclassify.train.engine import segment_at
 
-    recipe = validate({"train": {"epochs": 10}, "augment": {"mixup_alpha": 0.2, "mix_off_epochs": 3}})
-    assert _segments(recipe) == [(0, 7, True), (7, 10, False)]
-    assert _segments(validate({"train": {"epochs": 10}, "augment": {"mix_off_epochs": 3}})) == [(0, 10, True)]
+    recipe = validate({"train": {"epochs": 10, "whiten_bias_epochs": 3}, "augment": {"mixup_alpha": 0.2, "mix_off_epochs": 3}})
+    seg = [segment_at(recipe.augment, recipe.train, 4, 40, step) for step in (0, 11, 12, 27, 28, 39)]
+    assert seg == [(True, True), (True, True), (True, False), (True, False), (False, False), (False, False)]
+    plain = validate({"train": {"epochs": 10}, "augment": {"mix_off_epochs": 3}})
+    assert segment_at(plain.augment, plain.train, 4, 40, 39) == (False, True)
 
 
 def test_augment_preview_writes_a_grid(tmp_path):
@@ -90,12 +92,25 @@ def test_class_weighted_pipeline_yields_sample_weights(tmp_path):
     assert w.shape == (64,) and np.all(w.numpy() > 0)
 
 
-def test_tta_views():
-    from kclassify.evaluate import tta_views
+def test_tta_views_average_as_weighted():
+    import keras
 
-    images = np.arange(2 * 6 * 6 * 1, dtype=np.uint8).reshape(2, 6, 6, 1)
-    flip = tta_views(images, "flip")
-    assert len(flip) == 2 and np.array_equal(flip[1][:, :, 0], images[:, :, -1])
-    crops = tta_views(images, "crops", pad=1)
-    assert len(crops) == 10 and all(v.shape == images.shape for v in crops)
-    assert np.array_equal(crops[4][:, :-1, :-1], images[:, 1:, 1:])  # corner crop: shifted by pad
+    from kclassify.tta import TTAViews, preset_views, tta_model
+
+    views = preset_views("mirror_translate", 1)
+    assert sum(w for *_, w in views) == pytest.approx(1.0) and len(views) == 6
+    images = np.random.default_rng(0).integers(0, 255, (3, 6, 6, 1)).astype("float32")
+    stacked = TTAViews([v[:3] for v in views])(images).numpy().reshape(6, 3, 6, 6, 1)
+    np.testing.assert_array_equal(stacked[1], images[:, :, ::-1])  # the mirror
+    np.testing.assert_array_equal(stacked[4][:, :-1, :-1], images[:, 1:, 1:])  # shifted by (+1, +1)
+    np.testing.assert_array_equal(stacked[2][:, 1:, 1:], images[:, :-1, :-1])  # shifted by (-1, -1)
+    inp = keras.Input((6, 6, 1))
+    model = keras.Model(inp, keras.layers.Dense(4, activation="softmax")(keras.layers.Flatten()(inp)))
+    per_view = np.stack([model.predict(stacked[i], verbose=0) for i in range(6)])
+    weights = np.array([w for *_, w in views])[:, None, None]
+    logits = np.log(per_view)
+    expected = np.exp((weights * logits).sum(0))
+    expected /= expected.sum(1, keepdims=True)
+    np.testing.assert_allclose(tta_model(model, views).predict(images, verbose=0), expected, rtol=1e-5)
+    probs = tta_model(model, views, "probs").predict(images, verbose=0)
+    np.testing.assert_allclose(probs, (weights * per_view).sum(0), rtol=1e-5)

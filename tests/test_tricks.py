@@ -41,7 +41,7 @@ def test_swa_of_two_weight_sets_is_their_mean(tmp_path):
     from kclassify.train.averaging import WeightAverage
 
     model = _dense_model()
-    avg = WeightAverage(AverageConfig(kind="swa", start_epoch=0), model, tmp_path)
+    avg = WeightAverage(AverageConfig(kind="swa", start_epoch=0), model)
     first = [np.full(w.shape, 1.0, "float32") for w in model.weights]
     second = [np.full(w.shape, 3.0, "float32") for w in model.weights]
     for epoch, values in enumerate((first, second)):
@@ -51,7 +51,8 @@ def test_swa_of_two_weight_sets_is_their_mean(tmp_path):
     assert avg.apply()
     for w in model.weights:
         np.testing.assert_allclose(w.numpy(), 2.0)
-    resumed = WeightAverage(AverageConfig(kind="swa", start_epoch=0), _dense_model(), tmp_path, epochs_done=2)
+    resumed = WeightAverage(AverageConfig(kind="swa", start_epoch=0), _dense_model())
+    resumed.restore(avg.arrays())  # what a checkpoint keeps
     assert resumed.count == 2 and np.allclose(resumed.shadow[0].numpy(), 2.0)
 
 
@@ -61,7 +62,7 @@ def test_ema_follows_the_decay(tmp_path):
     model = _dense_model()
     for w in model.weights:
         w.assign(np.zeros(w.shape, "float32"))
-    avg = WeightAverage(AverageConfig(kind="ema", momentum=0.5), model, tmp_path)
+    avg = WeightAverage(AverageConfig(kind="ema", momentum=0.5), model)
     for w in model.weights:
         w.assign(np.ones(w.shape, "float32"))
     avg.on_train_batch_end(0)  # decay min(0.5, 2/11) = 2/11
@@ -96,7 +97,7 @@ def test_distillation_and_swa_run_end_to_end(digits_run, tmp_path):
     assert metrics["epochs"] == 2 and metrics["params"] < 100_000  # the student, not student + teacher
     history = json.loads((run / "ckpt" / "state.json").read_text())["history"]
     assert history[1]["lr"] == pytest.approx(0.01)  # SWA's constant rate from its start epoch
-    assert (run / "ckpt" / "average-2.npz").exists()
+    assert list((run / "ckpt").glob("step-*.avg.npz"))
 
 
 def test_swa_cyclic_rate_and_cycle_end_averaging(tmp_path):
@@ -108,7 +109,28 @@ def test_swa_cyclic_rate_and_cycle_end_averaging(tmp_path):
                                                    "cycle_epochs": 2})
     sched = schedule_from(train, steps_per_epoch=5)  # cycles of 10 steps from step 10
     assert [float(sched(s)) for s in (10, 19, 20, 29)] == pytest.approx([0.05, 0.01, 0.05, 0.01])
-    avg = WeightAverage(train.average, _dense_model(), tmp_path)
+    avg = WeightAverage(train.average, _dense_model())
     for epoch in range(8):
         avg.on_epoch_end(epoch)
     assert avg.count == 3  # after epochs 4, 6 and 8
+
+
+def test_lookahead_resets_the_weights_to_the_shadow_with_a_decay_that_ramps_with_progress():
+    from kclassify.train.averaging import WeightAverage
+
+    model = _dense_model()
+    for w in model.weights:
+        w.assign(np.zeros(w.shape, "float32"))
+    progress = {"p": 0.5}
+    avg = WeightAverage(AverageConfig(kind="lookahead", every=5, momentum=0.95, power=3.0), model,
+                        progress=lambda: progress["p"])
+    for step in range(5):
+        for w in model.weights:
+            w.assign(np.full(w.shape, float(step + 1), "float32"))
+        avg.on_train_batch_end(step)
+    decay = 0.95 ** 5 * 0.5 ** 3  # only the 5th step updates
+    expected = decay * 0.0 + (1 - decay) * 5.0
+    for w, shadow in zip(model.weights, avg.shadow):
+        np.testing.assert_allclose(shadow.numpy(), expected, rtol=1e-6)
+        np.testing.assert_allclose(w.numpy(), expected, rtol=1e-6)  # weights reset to the shadow
+    assert avg.count == 1

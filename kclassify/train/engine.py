@@ -197,15 +197,6 @@ class Engine:
 
     # ------------------------------------------------------------------ the loop
 
-    def _segment(self, phase, local):
-        """(mix on, whitening bias trains) at phase step `local`."""
-        a, t = self.recipe.augment, self.recipe.train
-        mixing = a.mixup_alpha > 0 or a.cutmix_alpha > 0
-        total = self.phase_total
-        mix = mixing and local < total - a.mix_off_epochs * self.spe
-        whiten = t.whiten_bias_epochs is None or local < t.whiten_bias_epochs * self.spe
-        return mix, whiten
-
     def _stream(self, global_step, mix):
         from kclassify.data.pipeline import recipe_train_dataset
 
@@ -220,7 +211,7 @@ class Engine:
         epoch_start, new_epoch = time.time(), True  # a resume mid-epoch begins its epoch too
         while s["phase_step"] < self.phase_total:
             local, step = s["phase_step"], s["step"]
-            want = self._segment(phase, local)
+            want = segment_at(self.recipe.augment, self.recipe.train, self.spe, self.phase_total, local)
             if want != segment:
                 if segment is None or want[0] != segment[0]:
                     iterator = self._stream(first_step + local, want[0])
@@ -380,6 +371,14 @@ class Engine:
             path.write_text("step,loss,lr\n")
         with open(path, "a") as f:
             f.write(line)
+
+
+def segment_at(augment, train, steps_per_epoch, total, local):
+    """(MixUp/CutMix on, whitening bias trains) at step `local` of a phase of `total` steps."""
+    mixing = augment.mixup_alpha > 0 or augment.cutmix_alpha > 0
+    mix = mixing and local < total - augment.mix_off_epochs * steps_per_epoch
+    whiten = train.whiten_bias_epochs is None or local < train.whiten_bias_epochs * steps_per_epoch
+    return mix, whiten
 
 
 def set_whitening_bias_trainable(model, trainable):

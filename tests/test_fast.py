@@ -1,0 +1,129 @@
+"""The fast-training stack (issue 11): the patch-whitening stem, Dirac init, frozen-scale BatchNorm
+with a bias learning-rate multiplier, alternating flip, the airbench networks' sizes."""
+import numpy as np
+import pytest
+
+from kclassify.models import build_model
+from kclassify.recipe import validate
+
+
+def test_whitening_filters_whiten_training_patches():
+    """Covariance of the stem's outputs (first half of the filters, no bias) on the training
+    patches is the identity, where the eigenvalues are large against eps."""
+    import keras
+
+    from kclassify.layers.whitening import PatchWhitening, patch_covariance
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(400, 16, 16, 3))
+    images = base + 0.8 * np.roll(base, 1, axis=1) + 0.5 * base[..., ::-1]  # correlated pixels and channels
+    layer = PatchWhitening(2, channels=3, eps=1e-8)
+    layer.build((None, 16, 16, 3))
+    layer.adapt(images)
+    kernel = layer.kernel.numpy()
+    assert kernel.shape == (2, 2, 3, 24)
+    np.testing.assert_allclose(kernel[..., 12:], -kernel[..., :12])  # the negatives
+    out = keras.ops.convert_to_numpy(keras.ops.conv(images.astype("float32"), kernel[..., :12], padding="valid"))
+    flat = out.reshape(-1, 12).astype(np.float64)
+    np.testing.assert_allclose(flat.T @ flat / len(flat), np.eye(12), atol=2e-3)
+    cov = patch_covariance(images, 2)
+    assert cov.shape == (12, 12) and np.allclose(cov, cov.T)
+    assert not layer.kernel.trainable and layer.bias.trainable
+
+
+def test_whitening_stem_is_saved_and_converts_to_one_conv(tmp_path):
+    import keras
+
+    from kclassify.export.convert import convert
+    from kclassify.layers.whitening import init_whitening
+
+    model = build_model("airbench93", 10, (32, 32, 3))
+    images = np.random.default_rng(1).integers(0, 255, (64, 32, 32, 3)).astype(np.uint8)
+    init_whitening(model, images)
+    model.save(tmp_path / "m.keras")
+    again = keras.models.load_model(tmp_path / "m.keras")
+    np.testing.assert_array_equal(again.get_layer("stem_whiten").kernel.numpy(),
+                                  model.get_layer("stem_whiten").kernel.numpy())
+    from ai_edge_litert.interpreter import Interpreter
+
+    (tmp_path / "m.tflite").write_bytes(convert(model, "float32"))
+    ops = [op["op_name"] for op in Interpreter(model_path=str(tmp_path / "m.tflite"))._get_ops_details()]
+    assert ops.count("CONV_2D") == 7 and not any(o.startswith("Flex") for o in ops)
+
+
+def test_dirac_init_is_the_identity_where_shapes_allow():
+    import keras
+
+    from kclassify.models.init import dirac_init
+
+    model = build_model("airbench93", 10, (32, 32, 3))
+    assert dirac_init(model) == 6  # every 3x3 conv of the groups; not the 2x2 whitening stem
+    conv = model.get_layer("stage1_conv1")  # 24 -> 64
+    x = np.random.default_rng(0).normal(size=(2, 8, 8, 24)).astype("float32")
+    y = keras.ops.convert_to_numpy(keras.ops.conv(x, conv.kernel, padding="same"))
+    np.testing.assert_allclose(y[..., :24], x, atol=1e-6)  # the first in_channels filters pass through
+    assert np.abs(y[..., 24:]).sum() > 0
+
+
+def test_bn_frozen_scale_and_bias_learning_rate_multiplier():
+    from kclassify.train.fit import fit_setup
+    from kclassify.train.optim import make_optimizer
+
+    recipe = validate({"train": {"bn_freeze_scale": True, "bn_bias_lr_mult": 64, "lr": 0.1, "momentum": 0.0,
+                                 "weight_decay": 0.0, "schedule": "constant"}})
+    model = build_model("airbench93", 10, (32, 32, 3))
+    mult = fit_setup(model, recipe.train)
+    bn = model.get_layer("stage1_bn1")
+    assert not bn.gamma.trainable and bn.beta.trainable
+    assert all(v.path.split("/")[-1] != "gamma" for v in model.trainable_variables)
+    opt = make_optimizer(recipe.train, 1, model, mult)
+    before = {v.path: v.numpy().copy() for v in model.trainable_variables}
+    opt.apply_gradients([(np.ones(v.shape, "float32"), v) for v in model.trainable_variables])
+    for v in model.trainable_variables:
+        expected = 0.1 * (64.0 if v.path.endswith("beta") else 1.0)
+        np.testing.assert_allclose(before[v.path] - v.numpy(), expected, rtol=1e-4)
+
+
+def test_alternating_flip_mirrors_each_image_in_exactly_one_of_two_consecutive_epochs():
+    from kclassify.data.pipeline import BatchPlan, training_stream
+    from kclassify.data.sources import Split
+
+    n, batch, spe = 64, 16, 4
+    images = np.zeros((n, 1, 2, 1), np.uint8)
+    images[:, 0, 0, 0] = np.arange(n)  # left pixel: the image's index; right pixel 255
+    images[:, 0, 1, 0] = 255
+    split = Split(images, np.zeros(n, np.int32))
+    stream = training_stream(split, 1, BatchPlan(split.labels, batch, spe, seed=5), flip="alternate")
+    mirrored = {}  # epoch -> set of mirrored image indices
+    for step, (x, _) in enumerate(stream.take(4 * spe)):
+        x = x.numpy()[:, 0, :, 0]
+        flipped = x[:, 0] == 255
+        index = np.where(flipped, x[:, 1], x[:, 0]).astype(int)
+        mirrored.setdefault(step // spe, set()).update(index[flipped].tolist())
+    everyone = set(range(n))
+    for epoch in range(3):
+        assert mirrored[epoch] ^ mirrored[epoch + 1] == everyone  # each in exactly one of the two
+        assert not mirrored[epoch] & mirrored[epoch + 1]
+    assert 0.3 < len(mirrored[0]) / n < 0.7  # at random in the first
+
+
+def _conv_params(cin, cout, k=3, bias=False):
+    return k * k * cin * cout + (cout if bias else 0)
+
+
+@pytest.mark.parametrize("name, widths", [("airbench93", (64, 128, 128)), ("airbench94", (64, 256, 256))])
+def test_airbench_parameter_and_mac_counts_are_our_arithmetic(name, widths):
+    from kclassify.profile import profile_model
+
+    model = build_model(name, 10, (32, 32, 3))
+    w1, w2, w3 = widths
+    convs = [(24, w1), (w1, w1), (w1, w2), (w2, w2), (w2, w3), (w3, w3)]
+    params = _conv_params(3, 24, 2, bias=True) + sum(_conv_params(a, b) for a, b in convs) + w3 * 10
+    params += 2 * 2 * (w1 + w1 + w2 + w2 + w3 + w3)  # BN: gamma, beta, moving mean and variance
+    assert model.count_params() == params
+    # 2x2 valid conv 32 -> 31; each group: conv at its input size, pool (floor) 31 -> 15 -> 7 -> 3
+    sizes = [31, 15, 15, 7, 7, 3]
+    macs = 31 * 31 * 12 * 24 + sum(s * s * 9 * a * b for s, (a, b) in zip(sizes, convs)) + w3 * 10
+    assert profile_model(model)["macs"] == macs
+    if name == "airbench94":
+        assert abs(macs - 118e6) / 118e6 < 0.01  # "about 118M MACs per image" (the issue, the paper)
