@@ -354,7 +354,10 @@ def _finish(run, model, data, recipe, echo=print, budget=None, started=None):
     from kclassify.metrics import format_report
     from kclassify.tta import view_count, views_of
 
+    from kclassify.models import as_float32
+
     state = run.state
+    model = as_float32(model)  # mixed precision trains; the saved and exported network is float32
     if run.chief:
         keras.Model(model.input, model.output, name=model.name).save(run.model_path)
     ev = recipe.evaluate

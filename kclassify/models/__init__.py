@@ -42,3 +42,32 @@ def dropblock_hook(keep_prob=0.9, block_size=7):
         return DropBlock2D(keep_prob=keep_prob, block_size=size, name=f"{name}_dropblock")(x)
 
     return hook
+
+
+def as_float32(model):
+    """The same network and weights computing in float32: what a mixed-precision run saves and
+    exports (TFLite converts float32 graphs; bf16/fp16 ops would need Flex)."""
+    import keras
+
+    if all(layer.dtype_policy.name == "float32" for layer in model._flatten_layers()):
+        return model
+    clone = model.__class__.from_config(_float32_config(model.get_config()))
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def _float32_config(config):
+    if isinstance(config, dict):
+        if config.get("class_name") in ("DTypePolicy", "FloatDTypePolicy"):
+            return "float32"
+        return {k: ("float32" if k == "dtype" and isinstance(v, (dict, str)) and _is_policy(v) else _float32_config(v))
+                for k, v in config.items()}
+    if isinstance(config, list):
+        return [_float32_config(v) for v in config]
+    return config
+
+
+def _is_policy(value):
+    if isinstance(value, str):
+        return value.startswith("mixed_")
+    return value.get("class_name") in ("DTypePolicy", "FloatDTypePolicy")
