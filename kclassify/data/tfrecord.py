@@ -165,15 +165,16 @@ class StreamSplit:
 
     # ------------------------------------------------------------ tf.data
     def _records(self, shard_ids, seed=None, interleave=8):
-        """Parsed records of these shards (in a seeded shard order when `seed` is given), only
-        this split's; image bytes still encoded."""
+        """Parsed records of these shards, only this split's, image bytes still encoded: with a
+        `seed`, the shards in a seeded order, `interleave` read at once; without, stored order."""
         import tensorflow as tf
 
         files = tf.constant(self.pack.files(shard_ids))
         if seed is not None and len(shard_ids) > 1:
             files = tf.gather(files, tf.argsort(tf.random.stateless_uniform([len(shard_ids)], tf.stack([seed, 1]))))
         ds = tf.data.Dataset.from_tensor_slices(files).interleave(
-            lambda f: tf.data.TFRecordDataset(f, buffer_size=2**20), cycle_length=min(len(shard_ids), interleave),
+            lambda f: tf.data.TFRecordDataset(f, buffer_size=2**20),
+            cycle_length=min(len(shard_ids), interleave) if seed is not None else 1,
             block_length=1, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         ds = ds.map(_parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         if not self._everything:
