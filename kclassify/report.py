@@ -44,6 +44,7 @@ WRONG_IMAGES = 24
 BINS = 15               # reliability diagram: equal-width bins of the top-1 probability
 THUMB = 96              # thumbnails are at most this many pixels on a side
 PREVIEW_IMAGES = 16
+PREVIEW_WIDTH = 1100   # pixels; the grid's PNG is re-encoded at this width
 LATENCY_RUNS = 50
 
 
@@ -86,7 +87,13 @@ def validation_probs(run, data):
         return probs
     from kclassify.evaluate import predict
 
-    return predict(run.load_model(), data.val.images)
+    return predict(run.load_model(), all_images(data.val))
+
+
+def all_images(split):
+    """A split's uint8 images: the array of an in-memory split, decoded for a streamed one."""
+    images = getattr(split, "images", None)
+    return images if images is not None else split.take(np.arange(len(split)))
 
 
 # ---------------------------------------------------------------------------- the page
@@ -288,17 +295,17 @@ def confusions_section(ctx):
         return "<p>No validation image was misclassified.</p>"
     pred = probs.argmax(1)
     total = int(off.sum())
-    out = [f"<p>The {len(pairs)} most frequent (true &rarr; predicted) pairs of {total} misclassified validation "
-           f"images ({np.count_nonzero(off)} distinct pairs). Each shows up to {PAIR_EXAMPLES} of its images, the "
+    out = [f"<p>The {len(pairs)} most frequent (true &rarr; predicted) pairs of {total:,} misclassified validation "
+           f"images ({np.count_nonzero(off):,} distinct pairs). Each shows up to {PAIR_EXAMPLES} of its images, the "
            f"most confidently wrong first, beside a correctly classified image of the predicted class.</p>"]
     for a, b in pairs:
         idx = np.flatnonzero((val.labels == a) & (pred == b))
         idx = idx[np.argsort(-probs[idx, b], kind="stable")][:PAIR_EXAMPLES]
-        cards = [_card(val.images[i], f"p({_e(names[b])}) {probs[i, b]:.2f}") for i in idx]
+        cards = [_card(image, f"p({_e(names[b])}) {probs[i, b]:.2f}") for i, image in zip(idx, val.take(idx))]
         right = np.flatnonzero((val.labels == b) & (pred == b))
         if len(right):
             best = right[np.argmax(probs[right, b])]
-            cards.append(_card(val.images[best], f"a real {_e(names[b])}", "reference"))
+            cards.append(_card(val.take([best])[0], f"a real {_e(names[b])}", "reference"))
         share = off[a, b] / max(conf[a].sum(), 1)
         out.append(f'<div class="pair"><h3>{_e(names[a])} &rarr; {_e(names[b])}: {off[a, b]} images '
                    f'({share:.0%} of the {_e(names[a])} images)</h3><div class="grid">{"".join(cards)}</div></div>')
@@ -317,9 +324,10 @@ def wrong_section(ctx):
     if not len(wrong):
         return "<p>No validation image was misclassified.</p>"
     top = wrong[np.argsort(-probs[wrong, pred[wrong]], kind="stable")][:WRONG_IMAGES]
-    cards = [_card(val.images[i], f"true {_e(names[val.labels[i]])}<br>predicted {_e(names[pred[i]])} "
-                   f"{probs[i, pred[i]]:.2f}<br>p(true) {probs[i, val.labels[i]]:.2f}") for i in top]
-    return (f"<p>The {len(top)} of {len(wrong)} misclassified validation images with the highest predicted "
+    captions = [f"true {_e(names[val.labels[i]])}<br>predicted {_e(names[pred[i]])} {probs[i, pred[i]]:.2f}<br>"
+                f"p(true) {probs[i, val.labels[i]]:.2f}" for i in top]
+    cards = [_card(image, caption) for image, caption in zip(val.take(top), captions)]
+    return (f"<p>The {len(top)} of {len(wrong):,} misclassified validation images with the highest predicted "
             "probability: label errors, near-duplicate classes and shortcuts show up here first.</p>"
             f'<div class="grid">{"".join(cards)}</div>')
 
@@ -373,6 +381,9 @@ def calibration_section(ctx):
     cal = calibration(ctx["probs"], ctx["data"].val.labels)
     over = cal["confidence"] - cal["accuracy"]
     lean = "over-confident" if over > 0 else "under-confident"
+    smoothing = ctx["recipe"].train.label_smoothing
+    if smoothing:  # it trains the model to put at most 1 - eps on a class: confidence drops by design
+        lean += f" (the recipe trains with label smoothing {smoothing:g}, which lowers confidence by design)"
     rows = "".join(f'<tr><td>{r["lo"]:.2f}-{r["hi"]:.2f}</td><td>{r["count"]}</td>'
                    f'<td>{r["accuracy"]:.3f}</td><td>{r["confidence"]:.3f}</td></tr>'
                    for r in cal["bins"] if r["count"])
@@ -398,7 +409,7 @@ def augment_section(ctx):
     policy = ", ".join(p for p in policy if p) or "none"
     return (f"<p>{PREVIEW_IMAGES} training images as the training pipeline delivers them (policy: {_e(policy)}); "
             "a title with two classes is a mixed label. Look for crops that cut the object away or flips that "
-            "change the class.</p>" + _img(buf.getvalue(), "augmentation preview", "plot"))
+            "change the class.</p>" + _img(_shrunk(buf.getvalue(), PREVIEW_WIDTH), "augmentation preview", "plot"))
 
 
 def exports_section(ctx):
@@ -486,9 +497,29 @@ def _png(image):
     im = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
     if max(im.size) > THUMB:
         im.thumbnail((THUMB, THUMB), Image.BILINEAR)
+    return _encode(im)
+
+
+def _encode(im):
+    """PNG bytes; colour images with an adaptive 256-colour palette (a third of the bytes of
+    RGB for photographs, and no visible loss at thumbnail size)."""
+    from PIL import Image
+
+    if im.mode != "L":
+        im = im.convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE)
     buf = io.BytesIO()
     im.save(buf, format="PNG", optimize=True)
     return buf.getvalue()
+
+
+def _shrunk(blob, width):
+    """A PNG (matplotlib's) at most `width` pixels wide, re-encoded with a palette."""
+    from PIL import Image
+
+    im = Image.open(io.BytesIO(blob))
+    if im.width > width:
+        im = im.resize((width, round(im.height * width / im.width)), Image.LANCZOS)
+    return _encode(im)
 
 
 def _img(blob, alt, cls):
@@ -510,7 +541,8 @@ table{border-collapse:collapse;margin:6px 0}td,th{border-bottom:1px solid #e6e9e
 th{background:#f0f2f4}table.metrics td{font-size:18px;font-weight:600}
 tr.weak td{background:#fff1f0}.badge{background:#d93025;color:#fff;border-radius:3px;padding:0 5px;font-size:11px}
 pre{background:#f6f8fa;padding:8px;overflow:auto;max-height:420px;font-size:12px}
-.grid{display:flex;flex-wrap:wrap;gap:8px}.pairs{display:flex;flex-wrap:wrap;gap:6px 28px}figure{margin:0;width:112px;font-size:11px;text-align:center}
+.grid{display:flex;flex-wrap:wrap;gap:8px}.pairs{display:flex;flex-wrap:wrap;gap:6px 28px}
+figure{margin:0;width:112px;font-size:11px;text-align:center}
 figure.reference{outline:2px solid #2e7d32}
 img.thumb{width:96px;height:96px;object-fit:contain;image-rendering:pixelated;background:#eee;border:1px solid #ccc}
 img.plot{max-width:100%;height:auto}.row{display:flex;flex-wrap:wrap;gap:24px;align-items:flex-start}
