@@ -140,16 +140,16 @@ def decoded_bytes(paths, size):
 def cached_pack(root, cfg):
     """The cache's pack of `root` (written once, then reused while the files are unchanged)."""
     from kclassify.data.pack import pack_folder
-    from kclassify.data.tfrecord import MANIFEST, Pack
+    from kclassify.data.tfrecord import FORMAT_VERSION, MANIFEST, Pack
 
     max_side = cfg.max_side or (2 * cfg.image_size if cfg.image_size else None)
     paths, _, _ = list_files(root)
-    folder = cache_root() / "packed" / f"{root.name}-{_files_key(paths, max_side, cfg.pack_format)}"
+    key = _files_key(paths, max_side, cfg.pack_format, FORMAT_VERSION)
+    folder = cache_root() / "packed" / f"{root.name}-{key}"
     if (folder / MANIFEST).is_file():
         pack = Pack(folder)
     else:
-        pack = pack_folder(root, folder, max_side=max_side, fmt=cfg.pack_format, shard_mb=SHARD_MB,
-                           strict=cfg.strict, overwrite=True)
+        pack = pack_folder(root, folder, max_side=max_side, fmt=cfg.pack_format, shard_mb=SHARD_MB, strict=cfg.strict)
     skipped = [(s["path"], s["reason"]) for s in pack.manifest["source"]["skipped"]]
     check_strict(skipped, cfg.strict)
     return pack

@@ -88,16 +88,17 @@ class _ShardWriter:
 
 
 def pack_folder(folder, out, subdir=None, max_side=None, fmt="jpeg", shard_mb=128, strict=False, seed=0,
-                progress=True, overwrite=False):
+                progress=True):
     """Pack `folder` (class sub-folders, or a .tar.gz of them; `subdir` inside it) into `out`;
-    returns the Pack. The folder is built beside `out` and renamed into place when complete, so
-    an interrupted run leaves no half pack."""
+    returns the Pack. The pack is built beside `out` and renamed into place when complete, so an
+    interrupted run leaves no half pack, and of two processes packing into one `out` (the cache)
+    the second finds the first's pack and drops its own."""
     if fmt not in ("jpeg", "raw"):
         raise DataError(f"unknown pack format {fmt!r}: use jpeg or raw")
     root = resolve_root(folder, subdir)
     paths, labels, classes = list_files(root)
     out = Path(out).expanduser()
-    if out.exists() and any(out.iterdir()) and not overwrite:
+    if out.exists() and any(out.iterdir()):
         raise DataError(f"{out} exists and is not empty: choose another --out or remove it")
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -105,9 +106,13 @@ def pack_folder(folder, out, subdir=None, max_side=None, fmt="jpeg", shard_mb=12
     try:
         manifest = _write(root, paths, labels, classes, tmp, max_side, fmt, shard_mb, strict, seed, progress)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        if out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        try:
+            os.replace(tmp, out)
+        except OSError:
+            if not (out / MANIFEST).is_file():
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return Pack(out)

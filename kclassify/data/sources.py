@@ -60,9 +60,10 @@ class Split:
         if training:
             ds = ds.shuffle(len(self), seed=s)
         ds = ds.skip(skip)
+        if not (training and self.crop):  # already at the size: nothing to do per image
+            return ds.map(lambda x, y, p: (x, y))
         size = self.images.shape[1]
-        crop = self.crop if training else None
-        return ds.map(lambda x, y, p: (crop_or_resize(x, size, "crop", crop, s, p), y),
+        return ds.map(lambda x, y, p: (crop_or_resize(x, size, "crop", self.crop, s, p), y),
                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 

@@ -22,6 +22,7 @@ FORMAT_VERSION = 1
 SHUFFLE_BYTES = 256 * 2**20  # default shuffle buffer: this many bytes of encoded records...
 SHUFFLE_MAX = 10_000  # ...but at most this many examples
 STATS_SAMPLE = 1024  # examples a streamed split measures for channel_stats
+PARSE_BATCH = 256  # records parsed (and filtered) together: half the CPU of one at a time
 
 
 class Pack:
@@ -96,12 +97,18 @@ def crop_or_resize(image, size, policy, crop, seed, position):
     return resize(image, size, policy)
 
 
-def _parse(record):
+def _features():
     import tensorflow as tf
 
     int64 = tf.io.FixedLenFeature([], tf.int64)
-    return tf.io.parse_single_example(record, {"image": tf.io.FixedLenFeature([], tf.string), "height": int64,
-                                               "width": int64, "label": int64, "position": int64})
+    return {"image": tf.io.FixedLenFeature([], tf.string), "height": int64, "width": int64, "label": int64,
+            "position": int64}
+
+
+def _parse(record):
+    import tensorflow as tf
+
+    return tf.io.parse_single_example(record, _features())
 
 
 def _decoder(fmt):
@@ -110,6 +117,17 @@ def _decoder(fmt):
     if fmt == "jpeg":  # ISLOW DCT, as Pillow: the pixels the decoder stored, up to JPEG's own loss
         return lambda r: tf.io.decode_jpeg(r["image"], channels=3, dct_method="INTEGER_ACCURATE")
     return lambda r: tf.reshape(tf.io.decode_raw(r["image"], tf.uint8), tf.stack([r["height"], r["width"], 3]))
+
+
+def _parse_batch(records, keep=None):
+    """A batch of serialized records parsed at once, only those whose position `keep` marks."""
+    import tensorflow as tf
+
+    parsed = tf.io.parse_example(records, _features())
+    if keep is None:
+        return parsed
+    wanted = tf.gather(keep, parsed["position"])
+    return {k: tf.boolean_mask(v, wanted) for k, v in parsed.items()}
 
 
 class StreamSplit:
@@ -164,9 +182,10 @@ class StreamSplit:
         return int(self._per_shard()[self.worker_shards(shard_index, shard_count)].sum())
 
     # ------------------------------------------------------------ tf.data
-    def _records(self, shard_ids, seed=None, interleave=8):
-        """Parsed records of these shards, only this split's, image bytes still encoded: with a
-        `seed`, the shards in a seeded order, `interleave` read at once; without, stored order."""
+    def _records(self, shard_ids, seed=None, interleave=8, keep=None):
+        """Parsed records of these shards, only this split's (or those `keep` marks by position),
+        image bytes still encoded: with a `seed`, the shards in a seeded order, `interleave` read
+        at once; without, in stored order."""
         import tensorflow as tf
 
         files = tf.constant(self.pack.files(shard_ids))
@@ -176,13 +195,12 @@ class StreamSplit:
             lambda f: tf.data.TFRecordDataset(f, buffer_size=2**20),
             cycle_length=min(len(shard_ids), interleave) if seed is not None else 1,
             block_length=1, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        ds = ds.map(_parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        if not self._everything:
-            mask = np.zeros(len(self.pack.labels), bool)
-            mask[self.positions] = True
-            mask = tf.constant(mask)
-            ds = ds.filter(lambda r: tf.gather(mask, r["position"]))
-        return ds
+        if keep is None and not self._everything:
+            keep = np.zeros(len(self.pack.labels), bool)
+            keep[self.positions] = True
+        keep = None if keep is None else tf.constant(keep)
+        return ds.batch(PARSE_BATCH).map(lambda r: _parse_batch(r, keep), num_parallel_calls=tf.data.AUTOTUNE,
+                                         deterministic=True).unbatch()
 
     def _buffer(self):
         if self.shuffle_buffer:
@@ -212,10 +230,11 @@ class StreamSplit:
         decode = _decoder(self.pack.manifest["format"])
         crop = self.crop if training else None
         shape = self.image_shape
+        resize = self.size and (crop is not None or self.pack.shape != shape)  # CIFAR at 32: nothing to do
 
         def fn(record):
             image = decode(record)
-            if self.size:
+            if resize:
                 image = crop_or_resize(image, self.size, self.resize, crop, seed, record["position"])
             return tf.ensure_shape(image, shape), tf.cast(record["label"], tf.int32)
 
@@ -231,9 +250,7 @@ class StreamSplit:
             return np.zeros((0, *self.image_shape), np.uint8)
         need = np.zeros(len(self.pack.labels), bool)
         need[wanted] = True
-        ds = self._records(sorted(set(self.pack.shard_of(wanted).tolist())))
-        mask = tf.constant(need)
-        ds = ds.filter(lambda r: tf.gather(mask, r["position"]))
+        ds = self._records(sorted(set(self.pack.shard_of(wanted).tolist())), keep=need)
         decode = self._decode_fn(False, None)
         ds = ds.map(lambda r: (decode(r)[0], r["position"]), num_parallel_calls=tf.data.AUTOTUNE)
         got = {int(p): image for image, p in ds.as_numpy_iterator()}
