@@ -220,8 +220,7 @@ class StreamSplit:
         ds = self._records(self.worker_shards(shard_index, shard_count), s if training else None)
         if training:
             ds = ds.shuffle(self._buffer(), seed=s)
-        if skip:
-            ds = ds.skip(skip)
+        ds = ds.skip(skip)  # may be a tensor too (e.g. only in the first epoch of a flat_map)
         return ds.map(self._decode_fn(training, s), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
     def _decode_fn(self, training, seed):
