@@ -52,22 +52,141 @@ def load_spec(model_path):
     return spec
 
 
-def load_image(path, spec):
-    """An image file as the uint8 (H, W, C) array the model was trained on: RGB (or gray for
-    1-channel models), resized with PIL bilinear to the input size, exactly as kclassify's
-    data loader does."""
+# ---------------------------------------------------------------- decoding images (THE decoder)
+# kclassify's data sources, its evaluation and export calibration call these same functions
+# (kclassify loads this file), so a device sees exactly the pixels the model was trained on.
+
+RESIZE_POLICIES = ("crop", "squash", "pad")  # shorter side + center crop; stretch; letterbox
+BACKGROUND = 255  # transparent pixels are composited onto white
+PAD_VALUE = 0  # the letterbox bars of `pad` are black
+DECODER_VERSION = 2  # part of kclassify's cache keys: bump it when decoded pixels change
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+_ALPHA = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+class ImageError(KitError):
+    """A file that is not a usable image; `reason` says why in a few words."""
+
+    def __init__(self, path, reason):
+        self.path, self.reason = str(path), reason
+        super().__init__(f"cannot read image {path}: {reason}")
+
+
+def decode_image(path):
+    """An image file as uint8 (H, W, 3) RGB at its stored resolution, as it is meant to be seen:
+    EXIF orientation applied (all eight), the first frame of an animation, 16-bit samples scaled
+    to 8 bits (the high byte, as Pillow does for 16-bit RGB), transparency composited onto
+    BACKGROUND, and every other mode (CMYK, palette, gray, 1-bit, 32-bit int, float) made RGB.
+    Raises ImageError for an empty, truncated or non-image file and for a decompression bomb
+    (more pixels than PIL.Image.MAX_IMAGE_PIXELS)."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise ImageError(path, "empty file (0 bytes)")
+        with Image.open(path) as im:
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit and im.width * im.height > limit:  # Pillow only warns below twice the limit
+                raise ImageError(path, f"decompression bomb ({im.width}x{im.height} pixels, over "
+                                       f"PIL.Image.MAX_IMAGE_PIXELS={limit})")
+            im.seek(0)
+            im.load()
+            return _to_rgb(ImageOps.exif_transpose(im))
+    except Image.DecompressionBombError as exc:
+        raise ImageError(path, f"decompression bomb ({exc})") from None
+    except UnidentifiedImageError:
+        raise ImageError(path, "not an image (no known image format)") from None
+    except OSError as exc:
+        reason = "truncated" if "truncated" in str(exc) else f"unreadable ({exc})"
+        raise ImageError(path, reason) from None
+    except (SyntaxError, ValueError, TypeError, EOFError, IndexError) as exc:  # Pillow's parsers raise these too
+        raise ImageError(path, f"corrupt ({type(exc).__name__}: {exc})") from None
+
+
+def _to_rgb(im):
     from PIL import Image
 
-    height, width, channels = spec["input"]["shape"][1:]
-    try:
-        with Image.open(path) as im:
-            im = im.convert("L" if channels == 1 else "RGB")
-            if im.size != (width, height):
-                im = im.resize((width, height), Image.BILINEAR)
-            array = np.asarray(im, dtype=np.uint8)
-    except Exception as exc:
-        raise KitError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from None
-    return array[..., None] if channels == 1 else array
+    if im.mode in _SIXTEEN_BIT or im.mode in ("I", "F"):
+        im = Image.fromarray(_to_8bit(np.asarray(im), im.mode), "L")
+    if im.mode in _ALPHA or "transparency" in im.info:
+        rgba = np.asarray(im.convert("RGBA"), dtype=np.uint32)
+        alpha = rgba[..., 3:]
+        return ((rgba[..., :3] * alpha + BACKGROUND * (255 - alpha) + 127) // 255).astype(np.uint8)
+    return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def _to_8bit(values, mode):
+    """Gray samples wider than 8 bits to 0..255, scaled (never clipped at 255)."""
+    if mode == "F":  # floats: 0..1 if they fit there, else taken as 0..255
+        scale = 255.0 if np.nanmax(values, initial=0.0) <= 1.0 else 1.0
+        return np.clip(np.nan_to_num(values) * scale + 0.5, 0, 255).astype(np.uint8)
+    values = np.clip(values.astype(np.int64), 0, None)
+    shift = 8 if mode in _SIXTEEN_BIT or values.max(initial=0) <= 0xFFFF else 23  # 16-bit, else 31-bit
+    return (values >> shift).astype(np.uint8)
+
+
+def _target(size):
+    return (size, size) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
+
+
+def _round(x):
+    return int(np.floor(x + 0.5))
+
+
+def resize_image(array, size, resize="crop"):
+    """A uint8 (H, W, C) array brought to `size` (an int for a square, or (height, width)) with
+    PIL bilinear: "crop" scales the shorter side to fit and cuts the center, "squash" stretches
+    to the size (aspect lost), "pad" scales the longer side to fit and letterboxes with PAD_VALUE.
+    An image already at the size is returned unchanged, whatever the policy."""
+    if resize not in RESIZE_POLICIES:
+        raise KitError(f"unknown resize policy {resize!r}: use one of {', '.join(RESIZE_POLICIES)}")
+    if size is None:
+        return array
+    (th, tw), (h, w) = _target(size), array.shape[:2]
+    if (h, w) == (th, tw):
+        return array
+    if resize == "squash":
+        return _pil_resize(array, th, tw)
+    scale = max(th / h, tw / w) if resize == "crop" else min(th / h, tw / w)
+    nh, nw = max(_round(h * scale), 1), max(_round(w * scale), 1)
+    if resize == "crop":
+        nh, nw = max(nh, th), max(nw, tw)
+        top, left = (nh - th) // 2, (nw - tw) // 2
+        return _pil_resize(array, nh, nw)[top:top + th, left:left + tw]
+    nh, nw = min(nh, th), min(nw, tw)
+    top, left = (th - nh) // 2, (tw - nw) // 2
+    out = np.full((th, tw, array.shape[2]), PAD_VALUE, np.uint8)
+    out[top:top + nh, left:left + nw] = _pil_resize(array, nh, nw)
+    return out
+
+
+def _pil_resize(array, height, width):
+    from PIL import Image
+
+    if array.shape[:2] == (height, width):
+        return array
+    gray = array.shape[2] == 1
+    im = Image.fromarray(array[..., 0] if gray else array).resize((width, height), Image.BILINEAR)
+    out = np.asarray(im, dtype=np.uint8)
+    return out[..., None] if gray else out
+
+
+def load_image(path, size=None, resize="crop", channels=3):
+    """An image file as the uint8 (H, W, channels) array a model takes: decode_image, then
+    resize_image to `size` (None keeps the stored size), then gray (ITU-R 601, Pillow's "L")
+    for 1-channel models. `size` may also be a model spec (kitlib.load_spec): its input shape,
+    channels and resize policy are used."""
+    if isinstance(size, dict):
+        height, width, channels = size["input"]["shape"][1:]
+        resize = size["input"].get("resize_policy", "crop")
+        size = (height, width)
+    array = resize_image(decode_image(path), size, resize)
+    if channels == 1:
+        from PIL import Image
+
+        array = np.asarray(Image.fromarray(array).convert("L"), dtype=np.uint8)[..., None]
+    return array
 
 
 def image_folder(root, spec):

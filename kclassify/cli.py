@@ -80,6 +80,19 @@ def launch(recipe, workers, overrides, out, fresh, command):
 
 
 @cli.command()
+@click.argument("run", type=click.Path(file_okay=False))
+@click.option("--out", type=click.Path(dir_okay=False), help="HTML file (default: RUN/report.html).")
+def report(run, out):
+    """One self-contained HTML page about a finished run: metrics, data, curves, weak classes,
+    confused pairs, wrong images, calibration, augmentation and exports."""
+    from kclassify import runtime
+    from kclassify.report import write_report
+
+    runtime.quiet_tensorflow()
+    write_report(run, out or os.path.join(run, "report.html"), echo=click.echo)
+
+
+@cli.command()
 @click.argument("model_or_run")
 @click.option("--tflite", is_flag=True, required=True, help="Export to TFLite (the one format for now).")
 @click.option("--quant", type=click.Choice(list(EXPORT_MODES)), default="float32", show_default=True,
@@ -127,6 +140,32 @@ def _calibration_default(model_or_run):
 
         return load_recipe(recipe_file).output.calibration_images
     return 300
+
+
+@cli.group()
+def data():
+    """Pack image folders into TFRecord shards (for data that does not fit in memory)."""
+
+
+@data.command("pack")
+@click.argument("folder", type=click.Path(exists=True))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the shards and manifest.json.")
+@click.option("--subdir", help="Folder inside FOLDER (or inside the archive) holding the classes.")
+@click.option("--max-side", type=click.IntRange(8), help="Shrink images whose longer side is above N (never enlarges).")
+@click.option("--format", "fmt", type=click.Choice(["jpeg", "raw"]), default="jpeg", show_default=True,
+              help="jpeg (quality 95, 4:4:4) or raw uint8 pixels.")
+@click.option("--shard-mb", type=click.FloatRange(min=0.01), default=128, show_default=True, help="Size of each shard.")
+@click.option("--strict", is_flag=True, help="Fail on the first file that is not an image (default: skip it, listed in the manifest).")
+def data_pack(folder, out, subdir, max_side, fmt, shard_mb, strict):
+    """Decode FOLDER/<class>/<images> once (oriented, 16-bit scaled, alpha composited) into
+    shuffled TFRecord shards; train from them with data.source=tfrecord data.path=OUT."""
+    from kclassify import runtime
+
+    runtime.quiet_tensorflow()
+    from kclassify.data.pack import describe, pack_folder
+
+    click.echo(describe(pack_folder(folder, out, subdir=subdir, max_side=max_side, fmt=fmt, shard_mb=shard_mb,
+                                    strict=strict)))
 
 
 @cli.group()

@@ -30,9 +30,18 @@ class DataConfig(Section):
     data_dir: Optional[str] = None  # tfds data_dir
     manual_dir: Optional[str] = None  # tfds manual_dir (local archives)
     image_size: Optional[int] = Field(None, ge=4)  # square resize; None keeps the source size
+    # How images reach image_size: crop (shorter side to the size, then the center), squash
+    # (stretch, aspect lost) or pad (longer side to the size, letterboxed). Images already at the
+    # size are unchanged by all three.
+    resize: Literal["crop", "squash", "pad"] = "crop"
     strict: bool = False  # corrupt images: error (True) or skip with a count (False)
     limit: Optional[int] = Field(None, ge=1)  # cap on training images (smoke runs)
-    cache_gb: float = Field(4.0, ge=0)  # decoded images up to this size are held in memory
+    # Decoded images up to this size (at image_size) are held in memory; a bigger image_folder is
+    # packed into TFRecord shards in the cache once and streamed (0: always stream).
+    cache_gb: float = Field(4.0, ge=0)
+    max_side: Optional[int] = Field(None, ge=8)  # packed images keep their longer side up to this (default 2 x image_size)
+    pack_format: Literal["jpeg", "raw"] = "jpeg"  # how image_folder packs its cache (jpeg: quality 95)
+    shuffle_buffer: Optional[int] = Field(None, ge=1)  # streamed training: examples in the shuffle buffer (default: 256 MB of them, at most 10,000)
 
 
 class ModelConfig(Section):
@@ -57,6 +66,9 @@ class AugmentConfig(Section):
     mix_switch_prob: float = Field(0.5, ge=0, le=1)  # with both on: chance of CutMix for a batch
     mix_prob: float = Field(1.0, ge=0, le=1)  # chance a batch is mixed at all
     mix_off_epochs: int = Field(0, ge=0)  # no MixUp/CutMix in the last N epochs
+    # Inception/timm random-resized-crop from the stored resolution (data streamed, not shrunk
+    # first): true for scale [0.08, 1] and ratio [3/4, 4/3], or {scale: [lo, hi], ratio: [lo, hi]}.
+    random_resized_crop: Union[bool, dict[Literal["scale", "ratio"], tuple[float, float]]] = False
 
     @model_validator(mode="after")
     def _ops_are_named(self):

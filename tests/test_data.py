@@ -143,3 +143,67 @@ def test_real_cifar10_folder_loads():
     data = load_data(DataConfig(source="image_folder", path=str(archive), subdir="train", val_count=5000))
     assert data.input_shape == (32, 32, 3) and len(data.train) == 45000 and len(data.val) == 5000
     assert np.bincount(data.val.labels).tolist() == [500] * 10
+
+
+def test_resize_policy_of_an_image_folder(tmp_path):
+    """A 2:1 photo with a white left quarter: squash keeps the quarter, crop (the default) cuts
+    it off, pad letterboxes."""
+    from PIL import Image
+
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        image = np.zeros((20, 40, 3), np.uint8)
+        image[:, :10] = 255
+        for i in range(3):
+            Image.fromarray(image).save(tmp_path / c / f"{i}.png")
+    got = {p: load_data(DataConfig(source="image_folder", path=str(tmp_path), image_size=10, val_count=2, resize=p)).train.images[0]
+           for p in ("crop", "squash", "pad")}
+    assert got["squash"][:, :2].min() > 200 and got["crop"][:, 0].max() < 128
+    assert got["pad"][:2].max() == 0 and got["pad"][4:6, :2].min() > 200
+    assert DataConfig().resize == "crop"
+
+
+def test_data_fields_each_source_requires_or_refuses():
+    from kclassify.data import SOURCES
+    from kclassify.data.spec import FIELDS, check_data
+    from kclassify.recipe import AugmentConfig
+
+    assert sorted(FIELDS) == sorted(SOURCES.names())
+    assert check_data(DataConfig(source="image_folder")) == [
+        "data.source image_folder needs data.path (a folder of class sub-folders, or a .tar.gz of one)"]
+    assert check_data(DataConfig(source="tfds")) == ["data.source tfds needs data.name (a TensorFlow Datasets name such as cifar100)"]
+    assert check_data(DataConfig(source="tfrecord", path="x")) == []
+    assert check_data(DataConfig(source="image_folder", path="x", manual_dir="/m")) == [
+        "data.manual_dir is set but data.source image_folder does not use it"]
+    assert "data.val_subdir needs data.val_path" in check_data(DataConfig(source="image_folder", path="x", val_subdir="v"))[0]
+    assert "data.path is set" in check_data(DataConfig(source="digits", path="x"))[0]
+    assert check_data(DataConfig(source="digit"))[0].endswith("(did you mean 'digits'?)")
+    rrc = AugmentConfig(random_resized_crop={"scale": [0.5, 0.2]})
+    assert check_data(DataConfig(source="digits"), rrc) == [
+        "augment.random_resized_crop needs data.image_size (the size of its crops)",
+        "augment.random_resized_crop.scale must satisfy 0 < lo <= hi <= 1, got [0.5, 0.2]"]
+    with pytest.raises(DataError, match="manual_dir"):
+        load_data(DataConfig(source="image_folder", path="x", manual_dir="/m"))
+
+
+def test_data_check_and_import_are_free_of_tensorflow():
+    import subprocess
+    import sys
+
+    code = ("import sys, kclassify.recipe, kclassify.data, kclassify.data.spec as s; "
+            "print(s.check_data(kclassify.recipe.DataConfig(source='tfds'))); "
+            "assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-1000:]
+    assert "needs data.name" in proc.stdout
+
+
+def test_load_image_is_the_package_decoder(tmp_path):
+    from kclassify.data import load_image
+
+    write_image(tmp_path / "x.png", size=(30, 10))
+    assert load_image(tmp_path / "x.png").shape == (10, 30, 3)
+    assert load_image(tmp_path / "x.png", 8).shape == (8, 8, 3)
+    with pytest.raises(DataError, match="empty file"):
+        (tmp_path / "e.jpg").write_bytes(b"")
+        load_image(tmp_path / "e.jpg")

@@ -1,19 +1,24 @@
 """`image_folder`: one sub-folder per class, images of any size and mode (JPEG/PNG/BMP/GIF...).
 
-`data.path` may also be a .tar.gz of such a tree (extracted once into the cache). Decoding runs
-in a thread pool (Pillow releases the GIL) and the decoded arrays are cached on disk, keyed by
-the files' names, sizes and times, so a resumed or repeated run does not decode again.
+`data.path` may also be a .tar.gz of such a tree (extracted once into the cache). Every file goes
+through the one decoder (decode.py). A folder whose decoded size (at data.image_size) fits in
+data.cache_gb is decoded in threads into memory, and cached on disk keyed by the files' names,
+sizes and times, so a repeated run does not decode again. A bigger folder, or one trained with
+augment.random_resized_crop (which crops from the stored resolution), is packed once into
+TFRecord shards in the cache (pack.py, with a progress bar) and streamed (tfrecord.py).
 """
 import hashlib
 import os
 import tarfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
+from kclassify.data.decode import DECODER_VERSION, check_strict, read_images, skipped_note
 from kclassify.data.sources import SOURCES, Dataset, Split, stratified_split
 from kclassify.errors import DataError
+
+SHARD_MB = 128  # shard size of the packs image_folder writes into the cache
 
 
 def cache_root():
@@ -63,39 +68,25 @@ def list_files(root):
     return paths, np.array(labels, dtype=np.int32), classes
 
 
-def decode(path, size):
-    """uint8 HxWx3 array, or None when the file is not a readable image."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if size and im.size != (size, size):
-                im = im.resize((size, size), Image.BILINEAR)
-            return np.asarray(im, dtype=np.uint8)
-    except Exception:
-        return None
-
-
-def decode_folder(root, size, strict):
-    """Decode every image under root; corrupt files are skipped and reported (error if strict)."""
+# ---------------------------------------------------------------- in memory
+def decode_folder(root, size, strict, resize="crop"):
+    """Decode every file under root at `size` by `resize`; (images, labels, classes, skipped)
+    where skipped lists (path, reason) of the files that are not images (error if strict)."""
     paths, labels, classes = list_files(root)
-    cache = _cache_file(paths, size)
+    cache = _cache_file(paths, size, resize)
     if cache.exists():
         with np.load(cache) as z:
-            images, labels, bad = z["images"], z["labels"], [str(s) for s in z["skipped"]]
+            images, labels = z["images"], z["labels"]
+            skipped = [tuple(s.split("\t", 1)) for s in z["skipped"]]
     else:
-        images, labels, bad = _decode_all(root, paths, labels, size)
-        _save_cache(cache, images, labels, bad)
-    if bad and strict:
-        raise DataError(f"{len(bad)} unreadable image file(s), first: {bad[0]} (data.strict is true)")
-    return images, labels, classes, bad
+        images, labels, skipped = _decode_all(root, paths, labels, size, resize)
+        _save_cache(cache, images, labels, ["\t".join(s) for s in skipped])
+    check_strict(skipped, strict)
+    return images, labels, classes, skipped
 
 
-def _decode_all(root, paths, labels, size):
-    with ThreadPoolExecutor(max_workers=2 * (os.cpu_count() or 2)) as pool:
-        arrays = list(pool.map(lambda p: decode(p, size), paths, chunksize=64))
-    bad = [str(p) for p, a in zip(paths, arrays) if a is None]
+def _decode_all(root, paths, labels, size, resize):
+    arrays, skipped = read_images(paths, size, resize)
     good = [i for i, a in enumerate(arrays) if a is not None]
     if not good:
         raise DataError(f"{root}: none of the {len(paths)} files is a readable image")
@@ -103,15 +94,19 @@ def _decode_all(root, paths, labels, size):
     if len(shapes) > 1:
         raise DataError(f"{root}: images differ in size ({len(shapes)} sizes, e.g. {sorted(shapes)[:2]}); "
                         "set data.image_size to resize them")
-    return np.stack([arrays[i] for i in good]), labels[good], bad
+    return np.stack([arrays[i] for i in good]), labels[good], skipped
 
 
-def _cache_file(paths, size):
-    h = hashlib.sha1(str(size).encode())
+def _files_key(paths, *settings):
+    h = hashlib.sha1("|".join(map(str, (DECODER_VERSION, *settings))).encode())
     for p in paths:
         st = p.stat()
         h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}".encode())
-    return cache_root() / "decoded" / f"{h.hexdigest()[:20]}.npz"
+    return h.hexdigest()[:20]
+
+
+def _cache_file(paths, size, resize):
+    return cache_root() / "decoded" / f"{_files_key(paths, size, resize)}.npz"
 
 
 def _save_cache(path, images, labels, skipped):
@@ -124,20 +119,93 @@ def _save_cache(path, images, labels, skipped):
         pass  # a read-only cache only costs decoding time
 
 
+# ---------------------------------------------------------------- streamed
+def decoded_bytes(paths, size):
+    """What holding these files decoded at `size` would take (None: the first image's size)."""
+    if not paths:
+        return 0
+    if size:
+        return len(paths) * size * size * 3
+    from PIL import Image
+
+    for p in paths[:20]:
+        try:
+            with Image.open(p) as im:
+                return len(paths) * im.width * im.height * 3
+        except Exception:
+            continue
+    return 0
+
+
+def cached_pack(root, cfg):
+    """The cache's pack of `root` (written once, then reused while the files are unchanged)."""
+    from kclassify.data.pack import pack_folder
+    from kclassify.data.tfrecord import FORMAT_VERSION, MANIFEST, Pack
+
+    max_side = cfg.max_side or (2 * cfg.image_size if cfg.image_size else None)
+    paths, _, _ = list_files(root)
+    key = _files_key(paths, max_side, cfg.pack_format, FORMAT_VERSION)
+    folder = cache_root() / "packed" / f"{root.name}-{key}"
+    if (folder / MANIFEST).is_file():
+        pack = Pack(folder)
+    else:
+        pack = pack_folder(root, folder, max_side=max_side, fmt=cfg.pack_format, shard_mb=SHARD_MB, strict=cfg.strict)
+    skipped = [(s["path"], s["reason"]) for s in pack.manifest["source"]["skipped"]]
+    check_strict(skipped, cfg.strict)
+    return pack
+
+
+def _streamed(root, cfg, crop=None):
+    from kclassify.data.tfrecord import StreamSplit, skipped_of
+
+    pack = cached_pack(root, cfg)
+    return StreamSplit(pack, size=cfg.image_size, resize=cfg.resize, crop=crop, shuffle_buffer=cfg.shuffle_buffer), \
+        skipped_of(pack), pack.classes
+
+
 @SOURCES.register("image_folder")
-def image_folder_source(cfg, seed):
+def image_folder_source(cfg, seed, augment=None):
     """Class sub-folders under data.path; validation from data.val_path or a stratified split."""
+    from kclassify.data.spec import crop_ranges
+
     if not cfg.path:
         raise DataError("data.source image_folder needs data.path (a folder of class sub-folders)")
-    images, labels, classes, bad = decode_folder(resolve_root(cfg.path, cfg.subdir), cfg.image_size, cfg.strict)
-    notes = [f"skipped {len(bad)} unreadable file(s): {', '.join(bad[:5])}"] if bad else []
-    if cfg.val_path:
-        vimages, vlabels, vclasses, vbad = decode_folder(resolve_root(cfg.val_path, cfg.val_subdir), cfg.image_size, cfg.strict)
-        if vclasses != classes:
-            raise DataError(f"validation classes {vclasses} differ from training classes {classes}")
-        if images.shape[1:] != vimages.shape[1:]:
-            raise DataError("training and validation images differ in size; set data.image_size")
-        notes += [f"skipped {len(vbad)} unreadable validation file(s)"] if vbad else []
-        return Dataset(Split(images, labels), Split(vimages, vlabels), classes, notes)
-    train, val = stratified_split(images, labels, cfg, seed)
-    return Dataset(train, val, classes, notes)
+    root = resolve_root(cfg.path, cfg.subdir)
+    vroot = resolve_root(cfg.val_path, cfg.val_subdir) if cfg.val_path else None
+    paths, _, classes = list_files(root)
+    vpaths = list_files(vroot)[0] if vroot else []
+    crop = crop_ranges(augment.random_resized_crop) if augment is not None else None
+    budget = cfg.cache_gb * 1e9
+    if crop is None and decoded_bytes(paths, cfg.image_size) + decoded_bytes(vpaths, cfg.image_size) <= budget:
+        return _in_memory(root, vroot, cfg, seed)
+    from kclassify.data.tfrecord import in_memory_if_fits
+
+    train, notes, classes = _streamed(root, cfg, crop)
+    if vroot is None:
+        train, val = stratified_split(train, cfg, seed)
+        return Dataset(train, in_memory_if_fits(val, cfg.cache_gb), classes, notes)
+    if decoded_bytes(vpaths, cfg.image_size) <= budget:
+        vimages, vlabels, vclasses, vbad = decode_folder(vroot, cfg.image_size, cfg.strict, cfg.resize)
+        val, vnotes = Split(vimages, vlabels), [skipped_note(vbad, "validation file")] if vbad else []
+    else:
+        val, vnotes, vclasses = _streamed(vroot, cfg)
+    if vclasses != classes:
+        raise DataError(f"validation classes {vclasses} differ from training classes {classes}")
+    if tuple(val.image_shape) != tuple(train.image_shape):
+        raise DataError("training and validation images differ in size; set data.image_size")
+    return Dataset(train, val, classes, notes + [n for n in vnotes if n])
+
+
+def _in_memory(root, vroot, cfg, seed):
+    images, labels, classes, bad = decode_folder(root, cfg.image_size, cfg.strict, cfg.resize)
+    notes = [skipped_note(bad)] if bad else []
+    if vroot is None:
+        train, val = stratified_split(Split(images, labels), cfg, seed)
+        return Dataset(train, val, classes, notes)
+    vimages, vlabels, vclasses, vbad = decode_folder(vroot, cfg.image_size, cfg.strict, cfg.resize)
+    if vclasses != classes:
+        raise DataError(f"validation classes {vclasses} differ from training classes {classes}")
+    if images.shape[1:] != vimages.shape[1:]:
+        raise DataError("training and validation images differ in size; set data.image_size")
+    notes += [skipped_note(vbad, "validation file")] if vbad else []
+    return Dataset(Split(images, labels), Split(vimages, vlabels), classes, notes)

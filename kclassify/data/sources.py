@@ -1,9 +1,18 @@
-"""Data sources. Each returns a `Dataset` of uint8 NHWC arrays: decoded once, held in memory
-(CIFAR-10 is 150 MB), so epochs cost no decoding. Nothing here imports TensorFlow except tfds."""
+"""Data sources and the two kinds of split they return.
+
+A `Split` holds fixed-size uint8 NHWC arrays in memory (CIFAR-10 is 150 MB: epochs cost no
+decoding). A `StreamSplit` (tfrecord.py) streams packed shards for data bigger than
+data.cache_gb, or kept above the training size for random-resized-crop. Both offer `labels`,
+`len()`, `image_shape`, `take(indices)`, `subset(indices)` and `examples(...)` (an unbatched
+tf.data.Dataset of one epoch), so callers use one API. Nothing here imports TensorFlow at import
+time. The plug-in sources register themselves when kclassify.data imports them.
+"""
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 
+from kclassify.data.decode import resize_image
 from kclassify.errors import DataError
 from kclassify.registry import Registry
 
@@ -14,80 +23,122 @@ SOURCES = Registry("data source")
 class Split:
     images: np.ndarray  # uint8, (N, H, W, C)
     labels: np.ndarray  # int32, (N,)
+    crop: Optional[dict] = field(default=None, repr=False)  # random-resized-crop ranges for examples(training=True)
 
     def __len__(self):
         return len(self.labels)
 
+    @property
+    def image_shape(self):
+        return tuple(self.images.shape[1:])
+
+    def take(self, indices):
+        """uint8 array of the examples at `indices` (positions in this split)."""
+        return self.images[np.asarray(indices, dtype=np.int64)]
+
+    def subset(self, indices):
+        idx = np.asarray(indices, dtype=np.int64)
+        return Split(self.images[idx], self.labels[idx], self.crop)
+
+    def channel_stats(self):
+        x = self.images.reshape(-1, self.images.shape[-1]).astype(np.float64)
+        return x.mean(0).tolist(), np.maximum(x.std(0), 1e-3).tolist()
+
+    def examples(self, seed=0, epoch=0, skip=0, shard_index=0, shard_count=1, training=False):
+        """One epoch as an unbatched tf.data.Dataset of (uint8 image, int32 label): for training
+        shuffled from (seed, epoch) and random-resized-cropped if `crop` is set; every
+        `shard_count`-th example from `shard_index`; the first `skip` dropped."""
+        import tensorflow as tf
+
+        from kclassify.data.tfrecord import crop_or_resize, epoch_seed
+
+        positions = np.arange(len(self), dtype=np.int64)
+        ds = tf.data.Dataset.from_tensor_slices((self.images, self.labels, positions))
+        if shard_count > 1:
+            ds = ds.shard(shard_count, shard_index)
+        s = epoch_seed(seed, epoch)
+        if training:
+            ds = ds.shuffle(len(self), seed=s)
+        ds = ds.skip(skip)
+        if not (training and self.crop):  # already at the size: nothing to do per image
+            return ds.map(lambda x, y, p: (x, y))
+        size = self.images.shape[1]
+        return ds.map(lambda x, y, p: (crop_or_resize(x, size, "crop", self.crop, s, p), y),
+                      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
 
 @dataclass
 class Dataset:
-    train: Split
-    val: Split
+    train: object  # Split or StreamSplit
+    val: object
     class_names: list
     notes: list = field(default_factory=list)  # e.g. skipped corrupt files
 
     @property
     def input_shape(self):
-        return tuple(self.train.images.shape[1:])
+        return tuple(self.train.image_shape)
 
     def channel_stats(self):
-        """Per-channel mean and std of the training pixels (0..255), for the model's normalizer."""
-        x = self.train.images.reshape(-1, self.train.images.shape[-1]).astype(np.float64)
-        return x.mean(0).tolist(), np.maximum(x.std(0), 1e-3).tolist()
+        """Per-channel mean and std of the training pixels (0..255), for the model's normalizer
+        (a streamed split measures a sample of its stored order, which packing shuffled)."""
+        return self.train.channel_stats()
 
 
-def load_data(cfg, seed=0):
-    """Load the source named in a DataConfig; returns a Dataset with train and val splits."""
-    data = SOURCES.get(cfg.source)(cfg, seed)
+def load_data(cfg, seed=0, augment=None):
+    """Load the source named in a DataConfig; returns a Dataset with train and val splits.
+    `augment` (the recipe's AugmentConfig) matters for random_resized_crop: training images are
+    then kept above the training size (streamed) and cropped from their stored resolution."""
+    from kclassify.data.spec import check_data
+
+    errors = check_data(cfg, augment)
+    if errors:
+        raise DataError("; ".join(errors))
+    data = SOURCES.get(cfg.source)(cfg, seed, augment=augment)
     if cfg.limit and len(data.train) > cfg.limit:
         keep = np.random.default_rng(seed).permutation(len(data.train))[: cfg.limit]
-        data.train = Split(data.train.images[keep], data.train.labels[keep])
+        data.train = data.train.subset(keep)
     if len(data.val) == 0:
         raise DataError("the validation split is empty: set data.val_fraction, data.val_count or data.val_path")
     return data
 
 
-def stratified_split(images, labels, cfg, seed):
-    """Hold out a stratified validation split: data.val_count images, else data.val_fraction."""
+def stratified_split(split, cfg, seed):
+    """Hold out a stratified validation split of a Split or StreamSplit: data.val_count
+    examples, else data.val_fraction of them."""
     from sklearn.model_selection import train_test_split
 
     size = cfg.val_count or cfg.val_fraction
+    everything = np.arange(len(split))
     if not size:
-        return Split(images, labels), Split(images[:0], labels[:0])
+        return split, split.subset(everything[:0])
     try:
-        tr, va = train_test_split(np.arange(len(labels)), test_size=size, stratify=labels, random_state=seed)
+        tr, va = train_test_split(everything, test_size=size, stratify=split.labels, random_state=seed)
     except ValueError as exc:
         raise DataError(f"cannot make a stratified validation split: {exc}") from None
-    return Split(images[tr], labels[tr]), Split(images[va], labels[va])
+    return split.subset(tr), split.subset(va)  # a StreamSplit keeps its stored order
 
 
-def resize_all(images, size):
-    """Resize a uint8 batch to size x size with PIL bilinear (the export kit does the same)."""
-    from PIL import Image
-
+def resize_all(images, size, resize="crop"):
+    """A uint8 batch brought to size x size with the decoder's resize (PIL bilinear, as the kit)."""
     if size is None or images.shape[1:3] == (size, size):
         return images
-    squeeze = images.shape[-1] == 1
-    out = [np.asarray(Image.fromarray(im[..., 0] if squeeze else im).resize((size, size), Image.BILINEAR))
-           for im in images]
-    out = np.stack(out)
-    return out[..., None] if squeeze else out
+    return np.stack([resize_image(im, size, resize) for im in images])
 
 
 @SOURCES.register("digits")
-def digits_source(cfg, seed):
+def digits_source(cfg, seed, augment=None):
     """scikit-learn's bundled handwritten digits (1,797 real 8x8 scans): the offline default."""
     from sklearn.datasets import load_digits
 
     d = load_digits()
     images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
-    images = resize_all(images, cfg.image_size)
-    train, val = stratified_split(images, d.target.astype(np.int32), cfg, seed)
+    images = resize_all(images, cfg.image_size, cfg.resize)
+    train, val = stratified_split(Split(images, d.target.astype(np.int32)), cfg, seed)
     return Dataset(train, val, [str(i) for i in range(10)])
 
 
 @SOURCES.register("npz")
-def npz_source(cfg, seed):
+def npz_source(cfg, seed, augment=None):
     """Arrays in a .npz: x_train/y_train with x_val/y_val (or x_test/y_test), or x/y to split."""
     from pathlib import Path
 
@@ -106,21 +157,18 @@ def npz_source(cfg, seed):
             x = x[..., None]
         if x.ndim != 4 or x.dtype != np.uint8:
             raise DataError(f"{path}: images must be uint8 (N,H,W[,C]), got {x.dtype} {x.shape}")
-        return resize_all(x, cfg.image_size), np.asarray(y).reshape(-1).astype(np.int32)
+        return Split(resize_all(x, cfg.image_size, cfg.resize), np.asarray(y).reshape(-1).astype(np.int32))
 
     if {"x_train", "y_train"} <= keys:
-        train = Split(*prep(arrays["x_train"], arrays["y_train"]))
+        train = prep(arrays["x_train"], arrays["y_train"])
         vk = next((k for k in ("val", "test") if {f"x_{k}", f"y_{k}"} <= keys), None)
-        val = Split(*prep(arrays[f"x_{vk}"], arrays[f"y_{vk}"])) if vk else None
+        val = prep(arrays[f"x_{vk}"], arrays[f"y_{vk}"]) if vk else None
         if val is None:
-            train, val = stratified_split(train.images, train.labels, cfg, seed)
+            train, val = stratified_split(train, cfg, seed)
     elif {"x", "y"} <= keys:
-        train, val = stratified_split(*prep(arrays["x"], arrays["y"]), cfg, seed)
+        train, val = stratified_split(prep(arrays["x"], arrays["y"]), cfg, seed)
     else:
         raise DataError(f"{path}: expected arrays x_train/y_train or x/y, found {sorted(keys)}")
     n = int(max(train.labels.max(), val.labels.max())) + 1
     names = [str(c) for c in arrays["class_names"]] if "class_names" in keys else [str(i) for i in range(n)]
     return Dataset(train, val, names)
-
-
-from kclassify.data import image_folder, tfds_source  # noqa: E402,F401  (registration)

@@ -54,7 +54,7 @@ def _prepare(builder, cfg):
         raise DataError(f"tfds could not prepare {cfg.name!r}: {str(exc).splitlines()[0]}") from None
 
 
-def _split_arrays(builder, split, size):
+def _split_arrays(builder, split, size, resize):
     import tensorflow_datasets as tfds
 
     ds = builder.as_dataset(split=split, as_supervised=True)
@@ -63,22 +63,22 @@ def _split_arrays(builder, split, size):
     if images.ndim == 3:
         images = images[..., None]
     labels = np.array([p[1] for p in pairs], dtype=np.int32)
-    return Split(resize_all(images, size), labels)
+    return Split(resize_all(images, size, resize), labels)
 
 
 @SOURCES.register("tfds")
-def tfds_source(cfg, seed):
+def tfds_source(cfg, seed, augment=None):
     """Train from the 'train' split; validate on data.val_path (a split name such as 'test'),
     else on a stratified hold-out of 'train'."""
     builder = _builder(cfg)
     try:
-        train = _split_arrays(builder, "train", cfg.image_size)
+        train = _split_arrays(builder, "train", cfg.image_size, cfg.resize)
     except AssertionError:  # "could not find data": not prepared yet
         _prepare(builder, cfg)
-        train = _split_arrays(builder, "train", cfg.image_size)
+        train = _split_arrays(builder, "train", cfg.image_size, cfg.resize)
     if cfg.val_path:
-        val = _split_arrays(builder, cfg.val_path, cfg.image_size)
+        val = _split_arrays(builder, cfg.val_path, cfg.image_size, cfg.resize)
     else:
-        train, val = stratified_split(train.images, train.labels, cfg, seed)
+        train, val = stratified_split(train, cfg, seed)
     label = builder.info.features["label"]
     return Dataset(train, val, list(label.names))

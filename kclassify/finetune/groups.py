@@ -40,12 +40,27 @@ def check_group(group):
     raise RecipeError(f"unknown unfreeze group {group!r}: use head, all, topN (e.g. top2) or re:REGEX")
 
 
+def units(backbone, pattern):
+    """The layers that freeze and train as one: the backbone's own layers, except that a layer
+    holding the blocks inside it (a KerasHub transformer's encoder) is opened down to them."""
+    rx = re.compile(pattern)
+
+    def opened(layer):
+        children = layer._layers  # Keras 3 keeps a layer's direct sublayers here (no public API)
+        inside = [sub for sub in layer._flatten_layers(include_self=False) if rx.search(sub.name)]
+        if rx.search(layer.name) or not inside:
+            return [layer]
+        return [unit for child in children for unit in opened(child)]
+
+    return [unit for layer in backbone.layers for unit in opened(layer)]
+
+
 def backbone_blocks(backbone, pattern):
     """Ordered {block id: [layers]}; layers after the last block (top convs) join the last block,
     layers before the first (the stem) form block 'stem', which only 'all' unfreezes."""
     blocks, current = {}, "stem"
     rx = re.compile(pattern)
-    for layer in backbone.layers:
+    for layer in units(backbone, pattern):
         if not layer.weights:
             continue
         m = rx.search(layer.name)
@@ -64,22 +79,26 @@ def apply_phase(model, group, pattern, train_bn=False):
     backbone = model.get_layer("backbone")
     backbone.trainable = True  # containers first, then each layer on its own
     unfrozen = select(backbone, group, pattern)
-    for layer in backbone.layers:
+    layers = units(backbone, pattern)
+    for layer in layers:
         layer.trainable = layer in unfrozen and (train_bn or not is_bn(layer))
+        if not train_bn:  # BatchNorm inside a block layer (KerasHub MobileNet) stays frozen too
+            for sub in filter(is_bn, layer._flatten_layers(include_self=False)):
+                sub.trainable = False
     for layer in model.layers:
         if layer is not backbone:
             layer.trainable = layer.name.startswith("head_") and bool(layer.weights)
-    return [layer for layer in backbone.layers if layer in unfrozen and layer.trainable and layer.weights]
+    return [layer for layer in layers if layer in unfrozen and layer.trainable and layer.weights]
 
 
 def select(backbone, group, pattern):
     if group == "head":
         return set()
     if group == "all":
-        return set(backbone.layers)
+        return set(units(backbone, pattern))
     if group.startswith("re:"):
         rx = re.compile(group[3:])
-        return {layer for layer in backbone.layers if rx.search(layer.name)}
+        return {layer for layer in units(backbone, pattern) if rx.search(layer.name)}
     n = int(group[3:])
     blocks = [b for b in backbone_blocks(backbone, pattern).items() if b[0] != "stem"]
     return {layer for _, layers in blocks[-n:] for layer in layers} if n else set()

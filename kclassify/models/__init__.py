@@ -6,6 +6,7 @@ from kclassify.models import (  # noqa: F401  (registration)
     airbench, densenet, googlenet, mobilenet_v3, preact_resnet, resnet9, resnet_cifar, resnet_imagenet, resnext, squeezenet, vgg,
     wide_resnet)
 from kclassify.models import applications  # noqa: F401,E402  (Keras Applications backbones, for finetune)
+from kclassify.models import keras_hub  # noqa: F401,E402  (KerasHub presets; keras-hub imported only when built)
 from kclassify.models.registry import MODELS
 from kclassify.registry import suggest
 

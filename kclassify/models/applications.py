@@ -101,16 +101,22 @@ def backbone_model(family, num_classes, input_shape, mean=None, std=None, bn_mom
         x = layers.Resizing(size, size, interpolation="bilinear", name="upscale")(x)
     if family != "kclassify":
         x = preprocessing(x, FAMILIES[family][1])
-    x = backbone(x)
-    pool = {"avg": layers.GlobalAveragePooling2D, "max": layers.GlobalMaxPooling2D}[pooling]
-    x = pool(name="head_pool")(x)
+    outputs = classification_head(backbone(x), num_classes, pooling, dropout, l2_normalize)
+    return keras.Model(inputs, outputs, name=f"{family}_finetune")
+
+
+def classification_head(x, num_classes, pooling="avg", dropout=0.0, l2_normalize=False):
+    """head_pool (global "avg" or "max" over a feature map; None: x is pooled already) /
+    head_l2norm / head_dropout / head_dense, then the softmax."""
+    if pooling is not None:
+        pool = {"avg": layers.GlobalAveragePooling2D, "max": layers.GlobalMaxPooling2D}[pooling]
+        x = pool(name="head_pool")(x)
     if l2_normalize:
         x = layers.UnitNormalization(name="head_l2norm")(x)
     if dropout:
         x = layers.Dropout(dropout, name="head_dropout")(x)
     x = layers.Dense(num_classes, name="head_dense")(x)
-    outputs = layers.Activation("softmax", dtype="float32", name="predictions")(x)
-    return keras.Model(inputs, outputs, name=f"{family}_finetune")
+    return layers.Activation("softmax", dtype="float32", name="predictions")(x)
 
 
 def _weights_arg(weights):
@@ -123,6 +129,10 @@ def _weights_arg(weights):
 
 
 def block_regex(family):
+    if family == "keras_hub":
+        from kclassify.models.keras_hub import BLOCKS
+
+        return BLOCKS
     return KCLASSIFY_BLOCKS if family == "kclassify" else FAMILIES[family][2]
 
 

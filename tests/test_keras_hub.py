@@ -1,0 +1,237 @@
+"""KerasHub backbones as `model.name: keras_hub`: two families (a ResNet CNN and a ViT) built
+small, saved as local presets with random weights, then checked: parameter counts against
+KerasHub's own and against the architecture's formula, blocks for topN, which weights move in a
+phase, the .keras round trip in a fresh process, builtins-only export, QAT's clear refusal, and
+the errors a user meets (no keras-hub, a missing folder, a hub handle offline)."""
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+keras_hub = pytest.importorskip("keras_hub", reason="keras-hub is not installed (pip install -e '.[hub]')")
+
+from conftest import ROOT  # noqa: E402
+from kclassify.errors import ModelFileError, RecipeError  # noqa: E402
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+RESNET = dict(input_conv_filters=[64], input_conv_kernel_sizes=[3], stackwise_num_filters=[64, 32],
+              stackwise_num_blocks=[1, 2], stackwise_num_strides=[1, 2], block_type="basic_block")
+VIT = dict(image_shape=(32, 32, 3), patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64)
+# family: (unfreeze group "top1" -> backbone layers that train, with frozen BatchNorm)
+TOP1 = {"resnet": {"stack1_block1_1_conv", "stack1_block1_2_conv"}, "vit": {"transformer_block_2", "ln"}}
+
+
+def resnet_formula(cfg, channels=3):
+    """Parameters of a KerasHub basic-block ResNet (convs without bias, BatchNorm with 4 per
+    channel; a 1x1 projection opens every stack after the first)."""
+    stem = cfg["input_conv_filters"][0]
+    k = cfg["input_conv_kernel_sizes"][0]
+    total, c = k * k * channels * stem + 4 * stem, stem
+    for s, (f, n) in enumerate(zip(cfg["stackwise_num_filters"], cfg["stackwise_num_blocks"])):
+        for b in range(n):
+            total += 9 * c * f + 4 * f + 9 * f * f + 4 * f + ((c * f + 4 * f) if b == 0 and s > 0 else 0)
+            c = f
+    return total
+
+
+def vit_formula(cfg):
+    """Parameters of a ViT: patch embedding, class token, position embedding, per layer two
+    LayerNorms, attention (q, k, v, out with biases) and the MLP, then the final LayerNorm."""
+    d, m, p = cfg["hidden_dim"], cfg["mlp_dim"], cfg["patch_size"]
+    h, w, c = cfg["image_shape"]
+    tokens = (h // p) * (w // p) + 1
+    layer = 4 * d + 4 * (d * d + d) + (d * m + m + m * d + d)
+    return p * p * c * d + d + d + tokens * d + cfg["num_layers"] * layer + 2 * d
+
+
+@pytest.fixture(scope="module")
+def presets(tmp_path_factory):
+    """{family: (preset folder, KerasHub's own parameter count, the formula's count)}."""
+    root = tmp_path_factory.mktemp("presets")
+    made = {}
+    for family, backbone, converter, formula in (
+            ("resnet", keras_hub.models.ResNetBackbone(**RESNET),
+             keras_hub.layers.ResNetImageConverter(image_size=(32, 32), scale=[1 / (255 * s) for s in IMAGENET_STD],
+                                                   offset=[-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)]),
+             resnet_formula(RESNET)),
+            ("vit", keras_hub.models.ViTBackbone(**VIT),
+             keras_hub.layers.ViTImageConverter(image_size=(32, 32), scale=1 / 127.5, offset=-1.0), vit_formula(VIT))):
+        folder = root / family
+        backbone.save_to_preset(str(folder))
+        converter.save_to_preset(str(folder))
+        made[family] = (folder, backbone.count_params(), formula)
+    return made
+
+
+@pytest.fixture(scope="module")
+def tiny_npz(tmp_path_factory):
+    """90 RGB 32x32 images of 3 classes that differ by colour."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 30)
+    images = rng.integers(0, 80, (90, 32, 32, 3)).astype(np.uint8)
+    for c in range(3):
+        images[labels == c, :, :, c] += 150
+    path = tmp_path_factory.mktemp("data") / "tiny.npz"
+    np.savez(path, x=images, y=labels, class_names=np.array(["r", "g", "b"]))
+    return path
+
+
+def hub_recipe(tmp_path, npz, preset, phases):
+    from kclassify.recipe import validate
+
+    return validate({
+        "name": "hub", "data": {"source": "npz", "path": str(npz), "val_fraction": 0.2},
+        "model": {"name": "keras_hub", "params": {"preset": str(preset)}},
+        "train": {"batch_size": 16, "optimizer": "adamw", "lr": 3e-3, "weight_decay": 0.0},
+        "finetune": {"phases": phases},
+        "runtime": {"verbose": 0}, "output": {"dir": str(tmp_path / "run"), "tensorboard": False, "plots": False}})
+
+
+@pytest.mark.parametrize("family", ["resnet", "vit"])
+def test_parameter_counts(presets, family):
+    from kclassify.models import build_model
+
+    folder, library, formula = presets[family]
+    model = build_model("keras_hub", 3, (32, 32, 3), preset=str(folder))
+    backbone = model.get_layer("backbone").count_params()
+    print(f"{family}: kclassify backbone {backbone:,}, KerasHub {library:,}, formula {formula:,}, "
+          f"with the 3-class head {model.count_params():,}")
+    assert backbone == library == formula
+    assert model.count_params() == backbone + model.get_layer("head_dense").count_params()
+    assert model.get_layer("preprocess").__class__.__name__ == "Rescaling"  # preprocessing inside the graph
+
+
+def test_preprocessing_is_the_converters(presets):
+    """The Rescaling layer computes what the preset's own ImageConverter computes."""
+    from kclassify.models import build_model
+
+    folder = presets["resnet"][0]
+    model = build_model("keras_hub", 3, (32, 32, 3), preset=str(folder))
+    pixels = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3)).astype("float32")
+    ours = model.get_layer("preprocess")(pixels)
+    theirs = keras_hub.layers.ImageConverter.from_preset(str(folder))(pixels)
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), atol=1e-5)
+
+
+@pytest.mark.parametrize("family,blocks", [("resnet", ["stack0_block0", "stack1_block0", "stack1_block1"]),
+                                           ("vit", ["transformer_block_1", "transformer_block_2"])])
+def test_blocks_are_the_backbones_own(presets, family, blocks):
+    from kclassify.finetune.groups import backbone_blocks
+    from kclassify.models import build_model
+    from kclassify.models.applications import block_regex
+
+    model = build_model("keras_hub", 3, (32, 32, 3), preset=str(presets[family][0]))
+    found = backbone_blocks(model.get_layer("backbone"), block_regex("keras_hub"))
+    assert [b for b in found if b != "stem"] == blocks
+
+
+@pytest.mark.parametrize("family", ["resnet", "vit"])
+def test_phase_round_trip_and_export(tmp_path, presets, tiny_npz, family):
+    """top1 trains exactly its block (BatchNorm statistics included stay put), the model saves and
+    loads in a fresh process, and exports to a builtins-only .tflite that agrees with Keras."""
+    import keras
+
+    from kclassify import runtime
+    from kclassify.data.pipeline import train_dataset
+    from kclassify.export import export_tflite
+    from kclassify.finetune.groups import apply_phase
+    from kclassify.finetune.run import _compile_phase, _data_and_model, block_pattern, resolve_phases
+
+    recipe = resolve_phases(hub_recipe(tmp_path, tiny_npz, presets[family][0], [{"unfreeze": "top1", "epochs": 1}]))
+    strategy = runtime.setup(recipe.runtime)
+    data, model = _data_and_model(recipe, strategy, tmp_path, write=False, echo=lambda *a: None)
+    unfrozen = apply_phase(model, "top1", block_pattern(recipe))
+    assert {layer.name for layer in unfrozen} == TOP1[family]
+    _compile_phase(model, recipe, recipe.finetune.phases[0], 4, unfrozen, strategy, resume=None, mid_phase=False)
+    before = snapshot(model)
+    model.fit(train_dataset(data.train, 3, 16), epochs=1, verbose=0)
+    after = snapshot(model)
+    changed = {p for p in before if not np.array_equal(before[p], after[p])}
+    assert changed == {w.path for w in model.trainable_weights}
+    assert not any("_bn/" in p for p in changed)
+
+    run = tmp_path / "saved"
+    run.mkdir()
+    keras.Model(model.input, model.output, name=model.name).save(run / "model.keras")  # as fit saves it: no optimizer
+    probs = model.predict(data.val.images.astype("float32"), verbose=0)
+    np.save(run / "expected.npy", probs)
+    np.save(run / "images.npy", data.val.images)
+    code = ("import sys, numpy as np, keras; d = sys.argv[1]; m = keras.models.load_model(d + '/model.keras'); "
+            "p = m.predict(np.load(d + '/images.npy').astype('float32'), verbose=0); "
+            "print(float(np.abs(p - np.load(d + '/expected.npy')).max()), type(m.get_layer('backbone')).__name__)")
+    out = subprocess.run([sys.executable, "-c", code, str(run)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    diff, cls = out.stdout.split()[-2:]
+    assert float(diff) < 1e-5 and cls.endswith("Backbone")  # plain Keras finds KerasHub's classes itself
+
+    rep = export_tflite(run / "model.keras", "float32", model=keras.models.load_model(run / "model.keras"),
+                        data=data, echo=lambda *a: None)
+    assert rep["builtins_only"] and rep["agreement"] == 1.0 and rep["max_prob_diff"] < 1e-4
+
+
+def snapshot(model):
+    return {w.path: np.array(w.numpy()) for w in model.weights}
+
+
+def test_qat_refuses_with_the_layer_named(presets):
+    from kclassify.models import build_model
+    from kclassify.qat import QATError
+    from kclassify.qat.graph import describe
+
+    model = build_model("keras_hub", 3, (32, 32, 3), preset=str(presets["resnet"][0]))
+    with pytest.raises(QATError, match="'backbone' of type ResNetBackbone"):
+        describe(model)
+
+
+def test_user_errors(tmp_path, presets, monkeypatch):
+    from kclassify.data.tfds_source import online
+    from kclassify.models import build_model
+
+    with pytest.raises(ModelFileError, match="preset folder not found"):
+        build_model("keras_hub", 3, (32, 32, 3), preset=str(tmp_path / "nothing"))
+    with pytest.raises(RecipeError, match="needs model.params.preset"):
+        build_model("keras_hub", 3, (32, 32, 3))
+    with pytest.raises(RecipeError, match="takes 32x32 images only"):
+        build_model("keras_hub", 3, (32, 32, 3), preset=str(presets["vit"][0]), input_size=64)
+    with pytest.raises(RecipeError, match="3-channel"):
+        build_model("keras_hub", 3, (32, 32, 1), preset=str(presets["resnet"][0]))
+    if not online():  # a handle that exists nowhere: offline it must fail in seconds, with the way out
+        t0 = time.time()
+        with pytest.raises(ModelFileError, match="set model.params.preset=DIR"):
+            build_model("keras_hub", 3, (32, 32, 3), preset="kaggle://nobody/none/keras/none")  # offline-ok: skipped online
+        assert time.time() - t0 < 30
+    monkeypatch.setitem(sys.modules, "keras_hub", None)  # as if keras-hub were not installed
+    with pytest.raises(RecipeError, match=r"pip install \"kclassify\[hub\]\""):
+        build_model("keras_hub", 3, (32, 32, 3), preset=str(presets["resnet"][0]))
+
+
+def test_core_never_imports_keras_hub():
+    code = ("import sys, kclassify, kclassify.models, kclassify.finetune.groups; "
+            "print('keras_hub' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0 and out.stdout.split()[-1] == "False", out.stderr[-1000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["resnet", "vit"])
+def test_finetune_cli_int8_and_report(tmp_path, presets, tiny_npz, family):
+    """The whole path through the CLI: three phases, an int8 export, and the run's report."""
+    from conftest import run_cli
+
+    recipe = tmp_path / "hub.yaml"
+    recipe.write_text(f"data: {{source: npz, path: {tiny_npz}, val_fraction: 0.2}}\n"
+                      f"model: {{name: keras_hub, params: {{preset: {presets[family][0]}}}}}\n"
+                      "train: {batch_size: 16, optimizer: adamw, lr: 3.0e-3, weight_decay: 0.0}\n"
+                      "output: {export: [int8], tensorboard: false}\n")
+    run = tmp_path / "run"
+    out = run_cli("finetune", recipe, "--unfreeze-schedule", "head:1,top1:1,all:2", "--out", run)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "phase 2: unfreeze top1" in out.stdout
+    rep = json.loads((run / "model_int8.json").read_text())
+    assert rep["builtins_only"] and rep["input"]["dtype"] == "uint8" and rep["agreement"] >= 0.9
+    out = run_cli("report", run)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "model_int8.tflite" in (run / "report.html").read_text()
