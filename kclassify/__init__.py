@@ -12,12 +12,32 @@ import sys
 
 __version__ = "0.1.0"
 
-# The modules kclassify.evaluate and kclassify.export are loaded first, so that the API functions of
-# the same names, bound after them, are what `kclassify.evaluate` and `kclassify.export` mean (a
-# submodule binds itself on its package only when it is first imported). Neither imports TensorFlow.
-import kclassify.evaluate  # noqa: E402,F401
-import kclassify.export  # noqa: E402,F401
-from kclassify.api import build_model, evaluate, export, finetune, fit  # noqa: E402,F401
+API = ("fit", "finetune", "evaluate", "export", "build_model")
+
+
+def _api_function(name):
+    def get(module):
+        import kclassify.api
+
+        return getattr(kclassify.api, name)
+
+    def ignore(module, value):
+        """Importing the submodule kclassify.evaluate (or .export) binds it on its package; the
+        API function of the same name stays what `kclassify.evaluate` means (the submodule is
+        in sys.modules, where `from kclassify.evaluate import ...` finds it)."""
+
+    return property(get, ignore)
+
+
+class _Package(type(sys)):
+    """The kclassify module, with the public API as lazy attributes (kclassify.api is imported
+    on first use, so processes that only need part of the package, such as the QAT worker, do
+    not load it)."""
+
+
+for _name in API:
+    setattr(_Package, _name, _api_function(_name))
+sys.modules[__name__].__class__ = _Package
 
 
 def register_custom_objects():

@@ -99,7 +99,8 @@ def test_only_the_phase_layers_change(tmp_path, tiny_npz, group, expect_backbone
     assert {layer.name for layer in unfrozen} == expect_backbone
     phase = engine_phases(recipe, block_pattern(recipe), echo=lambda *a: None)[0]
     multipliers = phase.setup(model)
-    model.compile(make_optimizer(phase.train, 4, model, multipliers), make_loss(phase.train), make_metrics(3))
+    model.compile(optimizer=make_optimizer(phase.train, 4, model, multipliers), loss=make_loss(phase.train),
+                  metrics=make_metrics(3))
     before = snapshot(model)
     model.fit(train_dataset(data.train, 3, 16), epochs=1, verbose=0)
     after = snapshot(model)

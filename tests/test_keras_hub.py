@@ -138,14 +138,18 @@ def test_phase_round_trip_and_export(tmp_path, presets, tiny_npz, family):
     from kclassify.data.pipeline import train_dataset
     from kclassify.export import export_tflite
     from kclassify.finetune.groups import apply_phase
-    from kclassify.finetune.run import _compile_phase, _data_and_model, block_pattern, resolve_phases
+    from kclassify.finetune.run import _data_and_model, block_pattern, engine_phases, resolve_phases
+    from kclassify.train.optim import make_loss, make_metrics, make_optimizer
 
     recipe = resolve_phases(hub_recipe(tmp_path, tiny_npz, presets[family][0], [{"unfreeze": "top1", "epochs": 1}]))
     strategy = runtime.setup(recipe.runtime)
-    data, model = _data_and_model(recipe, strategy, tmp_path, write=False, echo=lambda *a: None)
+    data, model = _data_and_model(recipe, strategy)
     unfrozen = apply_phase(model, "top1", block_pattern(recipe))
     assert {layer.name for layer in unfrozen} == TOP1[family]
-    _compile_phase(model, recipe, recipe.finetune.phases[0], 4, unfrozen, strategy, resume=None, mid_phase=False)
+    phase = engine_phases(recipe, block_pattern(recipe), echo=lambda *a: None)[0]
+    multipliers = phase.setup(model)  # the engine's own phase set-up: layers, backbone lr multiplier
+    model.compile(optimizer=make_optimizer(phase.train, 4, model, multipliers), loss=make_loss(phase.train),
+                  metrics=make_metrics(3))
     before = snapshot(model)
     model.fit(train_dataset(data.train, 3, 16), epochs=1, verbose=0)
     after = snapshot(model)

@@ -27,10 +27,16 @@ def _group(x, width, name, bn_momentum, act):
 
 
 def airbench(num_classes, input_shape, mean=None, std=None, bn_momentum=0.6, widths=(64, 256, 256),
-             whiten_kernel=2, act="gelu", logit_scale=1.0 / 9.0, name="airbench"):
-    """Airbench network with group `widths`; `act` gelu as published (relu is faster on CPUs)."""
+             whiten_kernel=2, act="gelu", logit_scale=1.0 / 9.0, whiten=True, name="airbench"):
+    """Airbench network with group `widths`; `act` gelu as published (relu is faster on CPUs).
+    whiten=False makes the stem an ordinary trainable conv of the same shape (the ablation)."""
     inputs, x = model_input(input_shape, mean, std)
-    x = PatchWhitening(whiten_kernel, channels=input_shape[-1], name="stem_whiten")(x)
+    channels = input_shape[-1]
+    if whiten:
+        x = PatchWhitening(whiten_kernel, channels=channels, name="stem_whiten")(x)
+    else:
+        x = layers.Conv2D(2 * channels * whiten_kernel ** 2, whiten_kernel, kernel_initializer=TORCH_INIT,
+                          name="stem_conv")(x)
     x = layers.Activation(act, name=f"stem_{act}")(x)
     for stage, width in enumerate(widths, start=1):
         x = _group(x, int(width), f"stage{stage}", bn_momentum, act)
@@ -43,9 +49,9 @@ def airbench(num_classes, input_shape, mean=None, std=None, bn_momentum=0.6, wid
 
 def _variant(name, widths):
     def build(num_classes, input_shape, mean=None, std=None, bn_momentum=0.6, widths=widths, act="gelu",
-              logit_scale=1.0 / 9.0):
+              logit_scale=1.0 / 9.0, whiten=True):
         return airbench(num_classes, input_shape, mean, std, bn_momentum, widths, act=act,
-                        logit_scale=logit_scale, name=name)
+                        logit_scale=logit_scale, whiten=whiten, name=name)
 
     build.__doc__ = f"{name}: airbench with group widths {'/'.join(map(str, widths))}."
     MODELS.add(name, build, family="airbench")

@@ -1,0 +1,57 @@
+"""Ablation of `recipes/cifar10_fast.yaml` at its time budget: the whole recipe, then each technique
+off in turn, one `kclassify fit` after another on the same machine (run nothing else beside it).
+Test-time augmentation needs no run of its own: the full recipe's plain validation figure is it.
+
+    python benchmarks/cifar10_fast_ablation.py [--budget-minutes 30] [--only NAME ...]
+
+Prints JSON: validation top-1 (with and without TTA), epochs trained and wall seconds per variant.
+"""
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = {
+    "full recipe": [],
+    "no patch whitening (plain trainable 2x2 stem)": ["model.params.whiten=false", "train.whiten_bias_epochs="],
+    "no identity (Dirac) init": ["model.init=default"],
+    "no frozen BN scale / BN bias lr x64": ["train.bn_freeze_scale=false", "train.bn_bias_lr_mult=1"],
+    "no lookahead": ["train.average="],
+    "random flip instead of alternating": ["augment.flip=true"],
+}
+
+
+def run_variant(name, sets, budget, out):
+    args = [item for s in [f"train.budget_minutes={budget}", "output.export=[]", "output.report=false",
+                           "runtime.verbose=2", *sets] for item in ("--set", s)]
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, "-m", "kclassify", "fit", "cifar10_fast", "--fresh", "--out", str(out), *args],
+                          cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode:
+        return {"error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
+    m = json.loads((out / "metrics.json").read_text())
+    return {"val_top1": round(m["val"]["top1"], 4), "val_top1_tta": round(m.get("val_tta", m["val"])["top1"], 4),
+            "epochs": round(m["steps"] / (45000 // 512), 2), "wall_seconds": round(time.time() - t0, 1)}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--budget-minutes", type=float, default=30)
+    parser.add_argument("--only", nargs="*", help="variant names (default: all)")
+    parser.add_argument("--out", default="/tmp/kc-fast-ablation")
+    args = parser.parse_args()
+    results = {}
+    for i, (name, sets) in enumerate(VARIANTS.items()):
+        if args.only and name not in args.only:
+            continue
+        results[name] = run_variant(name, sets, args.budget_minutes, Path(args.out) / str(i))
+        print(name, results[name], file=sys.stderr, flush=True)
+    print(json.dumps({"recipe": "cifar10_fast", "budget_minutes": args.budget_minutes,
+                      "data": "CIFAR-10 JPEGs, 45,000 train / 5,000 val", "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
