@@ -148,9 +148,6 @@ def data():
 def data_pack(folder, out, subdir, max_side, fmt, shard_mb, strict):
     """Decode FOLDER/<class>/<images> once (oriented, 16-bit scaled, alpha composited) into
     shuffled TFRecord shards; train from them with data.source=tfrecord data.path=OUT."""
-    from kclassify import runtime
-
-    runtime.quiet_tensorflow()
     from kclassify.data.pack import describe, pack_folder
 
     click.echo(describe(pack_folder(folder, out, subdir=subdir, max_side=max_side, fmt=fmt, shard_mb=shard_mb,
