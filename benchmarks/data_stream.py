@@ -94,6 +94,7 @@ def main():
     parser.add_argument("--out", default="/tmp/kc-stream")
     parser.add_argument("--epochs", type=int, default=2, help="Fit epochs; the last one is timed.")
     parser.add_argument("--val-count", type=int, default=1000)
+    parser.add_argument("--steps", type=int, help="Steps per fit epoch for every configuration (default: 150 at 32, 40 at 224).")
     parser.add_argument("--stream-only", action="store_true", help="Time one epoch of examples() only, no training.")
     parser.add_argument("--batches", type=int, default=0, help="--stream-only: stop after N batches (0: the whole epoch).")
     parser.add_argument("--with-224-in-memory", action="store_true", help="Also fit in memory at 224 (needs ~16 GB).")
@@ -111,6 +112,7 @@ def main():
                              if code == 0 else {"error": err.strip().splitlines()[-3:]})
     else:
         for name, (size, cache_gb, batch, steps) in {**FITS, **(IN_MEMORY_224 if args.with_224_in_memory else {})}.items():
+            steps = args.steps or steps
             cmd, run = fit_command(name, size, cache_gb, batch, steps, args)
             code, rss, wall, out, err = run_child(cmd, env, Path(args.out) / "logs" / run.name)
             results[name] = ({**fit_figures(run, batch, steps), "peak_rss_mb": round(rss), "wall_seconds": round(wall, 1)}

@@ -100,21 +100,25 @@ def report(run, out):
 @click.option("--compare", is_flag=True, help="Export every mode and write one table (compare.md/.json).")
 @click.option("--out", type=click.Path(), help="Output .tflite (default: beside the model); with --compare, a folder.")
 @click.option("--data", "spec", help="Calibration/evaluation data for a bare .keras file (as in evaluate).")
-@click.option("--calibration-images", type=int, help="Unaugmented training images for calibration (default: the recipe's output.calibration_images, else 300).")
+@click.option("--calibration-images", type=click.IntRange(1), help="Unaugmented training images for calibration (default: the recipe's output.calibration_images, auto: 32 a class, 300 to 1000).")
+@click.option("--max-drop", type=click.FloatRange(min=0, min_open=True), metavar="POINTS",
+              help="Accuracy budget (default: the recipe's output.max_drop): keep the worst layers in float until "
+                   "top-1 on held-out training images is within POINTS of float.")
+@click.option("--max-float-layers", type=click.IntRange(1), help="With --max-drop: try at most the N worst layers in float (default 10).")
 @click.option("--debug-quant", is_flag=True, help="Run the TFLite quantization debugger; print the layers with the largest error.")
 @click.option("--float-layers", metavar="REGEX", help="Keep ops whose (Keras layer) names match REGEX in float.")
 @click.option("--allow-flex", is_flag=True, help="Allow TensorFlow (Flex) ops; the device runtime must link the Flex delegate.")
 @click.option("--input-size", type=click.IntRange(8, 4096), help="Take N x N frames and resize to the network's size inside the graph.")
 @click.option("--kit", "kit_dir", type=click.Path(file_okay=False), help="Also copy the on-device kit (evaluate/benchmark/predict) into this folder.")
-def export(model_or_run, tflite, quant, compare, out, spec, calibration_images, debug_quant, float_layers, allow_flex,
-           input_size, kit_dir):
+def export(model_or_run, tflite, quant, compare, out, spec, calibration_images, max_drop, max_float_layers, debug_quant,
+           float_layers, allow_flex, input_size, kit_dir):
     """Export a run (or .keras file) to a builtins-only .tflite and measure it with LiteRT."""
     from kclassify import runtime
     from kclassify.export import ExportJob, copy_kit
+    from kclassify.export.report import RECIPE
 
     runtime.quiet_tensorflow()
-    job = ExportJob(model_or_run, data_spec=spec, calibration_count=calibration_images or _calibration_default(model_or_run),
-                    input_size=input_size)
+    job = ExportJob(model_or_run, data_spec=spec, calibration_count=calibration_images, input_size=input_size)
     if debug_quant:
         job.debug("int8" if quant in ("float32", "float16", "dynamic") else quant, click.echo)
     if compare:
@@ -122,24 +126,14 @@ def export(model_or_run, tflite, quant, compare, out, spec, calibration_images, 
 
         compare_modes(job, folder=out, echo=click.echo)
     else:
-        rep = job.export(quant, out, allow_flex=allow_flex, float_layers=float_layers)
+        rep = job.export(quant, out, allow_flex=allow_flex, float_layers=float_layers,
+                         max_drop=RECIPE if max_drop is None else max_drop, max_float=max_float_layers, echo=click.echo)
         measured = (f"top-1 {rep['tflite']['top1']:.4f} (Keras {rep['keras']['top1']:.4f}), agreement {rep['agreement']:.4f}"
                     if "tflite" in rep else rep["note"])
         click.echo(f"{rep['file']}: {rep['size_bytes']:,} bytes, {quant}, input {rep['input']['dtype']} "
                    f"{rep['input']['shape']}; {measured}")
     if kit_dir:
         click.echo(f"kit copied to {copy_kit(kit_dir)}")
-
-
-def _calibration_default(model_or_run):
-    from pathlib import Path
-
-    recipe_file = Path(model_or_run) / "recipe.yaml"
-    if recipe_file.is_file():
-        from kclassify.recipe import load_recipe
-
-        return load_recipe(recipe_file).output.calibration_images
-    return 300
 
 
 @cli.group()
@@ -159,9 +153,6 @@ def data():
 def data_pack(folder, out, subdir, max_side, fmt, shard_mb, strict):
     """Decode FOLDER/<class>/<images> once (oriented, 16-bit scaled, alpha composited) into
     shuffled TFRecord shards; train from them with data.source=tfrecord data.path=OUT."""
-    from kclassify import runtime
-
-    runtime.quiet_tensorflow()
     from kclassify.data.pack import describe, pack_folder
 
     click.echo(describe(pack_folder(folder, out, subdir=subdir, max_side=max_side, fmt=fmt, shard_mb=shard_mb,
@@ -273,14 +264,17 @@ def profile(name_or_file, input_size, num_classes, json_out):
 
 @cli.command()
 @click.argument("run")
-@click.option("--epochs", type=int, help="Fine-tuning epochs (default: the recipe's qat.epochs, 2; 0 only calibrates).")
-@click.option("--lr", type=float, help="Learning rate, SGD momentum 0.9, cosine to 0 (default: qat.lr, 1e-3).")
+@click.option("--epochs", type=int, help="Fine-tuning epochs (0 only calibrates; default: --steps).")
+@click.option("--steps", type=int, help="Fine-tuning steps (default: qat.settle_steps, enough for the activation ranges to settle).")
+@click.option("--lr", type=float, help="Peak learning rate, the run's optimizer, cosine to 0 (default: qat.lr_fraction x the run's last peak rate).")
+@click.option("--keep", type=click.Choice(["better", "qat"]), help="Ship the better of QAT and post-training int8 (default), or the QAT file always.")
 @click.option("--batch-size", type=int, help="Default: qat.batch_size, else train.batch_size.")
 @click.option("--steps-per-epoch", type=int, help="Cap the steps of each epoch (smoke runs).")
 @click.option("--out", type=click.Path(dir_okay=False), help="Output .tflite (default: RUN/model_qat_int8.tflite).")
-def qat(run, epochs, lr, batch_size, steps_per_epoch, out):
+def qat(run, epochs, steps, lr, keep, batch_size, steps_per_epoch, out):
     """Quantization-aware fine-tuning of a run (tfmot, in a tf_keras child process) to an int8
-    .tflite with uint8 input, measured with LiteRT like `export`. Needs kclassify[qat]."""
+    .tflite with uint8 input, measured with LiteRT like `export` beside the post-training int8
+    file; ships the better one. Needs kclassify[qat]."""
     from kclassify.qat import require_tfmot
 
     require_tfmot()
@@ -289,15 +283,16 @@ def qat(run, epochs, lr, batch_size, steps_per_epoch, out):
     runtime.quiet_tensorflow()
     from kclassify.qat.run import qat as run_qat
 
-    run_qat(run, epochs=epochs, lr=lr, batch_size=batch_size, steps_per_epoch=steps_per_epoch, out=out, echo=click.echo)
+    run_qat(run, epochs=epochs, lr=lr, batch_size=batch_size, steps_per_epoch=steps_per_epoch, steps=steps, keep=keep,
+            out=out, echo=click.echo)
 
 
 @cli.command()
 @click.argument("run")
 @click.option("--sparsity", type=float, help="Fraction of each prunable kernel set to zero (default: qat.sparsity, 0.5).")
 @click.option("--schedule", type=click.Choice(["polynomial", "constant"]), help="Sparsity schedule (default: polynomial).")
-@click.option("--epochs", type=int, help="Fine-tuning epochs (default: qat.epochs, 2).")
-@click.option("--lr", type=float, help="Learning rate (default: qat.lr, 1e-3).")
+@click.option("--epochs", type=int, help="Fine-tuning epochs (default: qat.prune_epochs, 2).")
+@click.option("--lr", type=float, help="Learning rate, SGD momentum (default: qat.prune_lr, 1e-3).")
 @click.option("--batch-size", type=int, help="Default: qat.batch_size, else train.batch_size.")
 @click.option("--steps-per-epoch", type=int, help="Cap the steps of each epoch (smoke runs).")
 @click.option("--int8", is_flag=True, default=None, help="Also write an int8 copy (post-training quantized, uint8 input).")

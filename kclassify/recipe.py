@@ -195,11 +195,19 @@ class OutputConfig(Section):
     tensorboard: bool = True
     plots: bool = True
     export: list[Literal[tuple(EXPORT_MODES)]] = Field(default_factory=list)  # names in the modes table
-    calibration_images: int = Field(300, ge=1)
+    # int8 exports: "auto" = calibration.auto_count (32 a class, 300 to 1000, capped by the data), or a number
+    calibration_images: Union[Literal["auto"], int] = "auto"
+    max_drop: Optional[float] = Field(None, gt=0)  # int8 exports: accuracy budget, top-1 points (export --max-drop)
     checkpoint_every_steps: Optional[int] = Field(None, ge=1)  # also checkpoint mid-epoch
     keep_checkpoints: int = Field(2, ge=1)  # the newest N; an older one is the fallback for a corrupt newest
     log_every_steps: int = Field(0, ge=0)  # append loss and lr to steps.csv every N steps (0: off)
     report: bool = True  # write report.html at the end of fit and finetune
+
+    @model_validator(mode="after")
+    def _calibration_count(self):
+        if self.calibration_images != "auto" and self.calibration_images < 1:
+            raise ValueError(f"calibration_images must be 'auto' or at least 1, got {self.calibration_images}")
+        return self
 
 
 class EvaluateConfig(Section):
@@ -216,9 +224,18 @@ class EvaluateConfig(Section):
 
 class QATConfig(Section):
     """`kclassify qat` / `kclassify prune`: fine-tuning through tensorflow-model-optimization."""
-    epochs: int = Field(2, ge=0)  # fine-tuning epochs (qat: 0 = only calibrate the fake-quant ranges)
-    lr: float = Field(1e-3, gt=0)  # SGD with momentum, cosine to 0, plain cross-entropy
-    momentum: float = Field(0.9, ge=0, lt=1)
+    # qat: steps = epochs x one pass (0 = only calibrate the fake-quant ranges); default: `steps`
+    epochs: Optional[int] = Field(None, ge=0)
+    steps: Optional[int] = Field(None, ge=1)  # qat: total steps when epochs is not given; default settle_steps
+    settle_steps: int = Field(400, ge=1)  # qat: enough for the activation ranges to settle (benchmarks/int8_budget.py --qat-sweep)
+    # qat: peak rate, cosine to 0, with the run's optimizer; default lr_fraction x the run's last peak rate
+    lr: Optional[float] = Field(None, gt=0)
+    lr_fraction: float = Field(0.1, gt=0, le=1)  # measured with benchmarks/int8_budget.py --qat-sweep
+    momentum: Optional[float] = Field(None, ge=0, lt=1)  # SGD momentum; default: train.momentum
+    keep: Literal["better", "qat"] = "better"  # qat: ship the better of QAT and post-training int8, or QAT always
+    range_log_every: int = Field(25, ge=0)  # qat: steps between snapshots of the activation ranges (0: off)
+    prune_epochs: int = Field(2, ge=1)  # prune: fine-tuning epochs
+    prune_lr: float = Field(1e-3, gt=0)  # prune: SGD with momentum, cosine to 0, plain cross-entropy
     batch_size: Optional[int] = Field(None, ge=1)  # default: train.batch_size
     steps_per_epoch: Optional[int] = Field(None, ge=1)  # cap (smoke runs); default: one pass over train
     freeze_bn: bool = True  # qat: BatchNorm keeps its moving statistics (what TFLite folds) while fine-tuning

@@ -407,9 +407,11 @@ def augment_section(ctx):
     policy = [f"pad-crop {a.crop_pad} ({a.pad_mode})" if a.crop_pad else None, "flip" if a.flip else None, *ops,
               f"MixUp {a.mixup_alpha}" if a.mixup_alpha else None, f"CutMix {a.cutmix_alpha}" if a.cutmix_alpha else None]
     policy = ", ".join(p for p in policy if p) or "none"
+    smoothing = recipe.train.label_smoothing
+    soft = f", a single probability below 1 is label smoothing {smoothing:g}" if smoothing else ""
     return (f"<p>{PREVIEW_IMAGES} training images as the training pipeline delivers them (policy: {_e(policy)}); "
-            "a title with two classes is a mixed label. Look for crops that cut the object away or flips that "
-            "change the class.</p>" + _img(_shrunk(buf.getvalue(), PREVIEW_WIDTH), "augmentation preview", "plot"))
+            f"a title with two classes is a mixed label{soft}. Look for crops that cut the object away or flips "
+            "that change the class.</p>" + _img(_shrunk(buf.getvalue(), PREVIEW_WIDTH), "augmentation preview", "plot"))
 
 
 def exports_section(ctx):

@@ -37,14 +37,16 @@ def test_int8_accuracy_within_one_point_and_small(exports):
 
 
 def test_report_beside_the_file(exports, digits_run):
+    from kclassify.export.calibration import auto_count
+
     rep = json.loads((digits_run / "model_int8.json").read_text())
-    assert rep["class_names"] == [str(i) for i in range(10)] and rep["calibration_images"] == 300
+    assert rep["class_names"] == [str(i) for i in range(10)] and rep["calibration_images"] == auto_count(10, 1000)
     assert (digits_run / "labels.txt").read_text().split() == rep["class_names"]
 
 
 def test_calibration_is_stratified_and_pins_input_range():
     from kclassify.data.sources import Split
-    from kclassify.export.convert import calibration_images
+    from kclassify.export.calibration import calibration_images
 
     labels = np.repeat(np.arange(5), [100, 10, 10, 10, 70])
     images = np.full((200, 4, 4, 3), 128, np.uint8)
@@ -52,6 +54,105 @@ def test_calibration_is_stratified_and_pins_input_range():
     calib = calibration_images(Split(images, labels), 50)
     assert len(calib) == 50 and calib.min() == 0 and calib.max() == 255
     assert np.bincount(calib[1:, 0, 0, 0], minlength=5).min() >= 9
+    # small classes give all they have, the big ones fill the count
+    calib = calibration_images(Split(images, labels), 100)
+    assert len(calib) == 100 and list(np.bincount(calib[1:, 0, 0, 0], minlength=5)[1:4]) == [10, 10, 10]
+
+
+class Streamed:
+    """A split without .images: labels, len() and take(indices), as streamed splits offer."""
+
+    def __init__(self, images, labels):
+        self._images, self.labels, self.taken = images, labels, []
+
+    def __len__(self):
+        return len(self.labels)
+
+    def take(self, idx):
+        self.taken.append(len(idx))
+        return self._images[idx]
+
+
+def test_calibration_and_search_read_only_what_they_pick():
+    from kclassify.export.calibration import auto_count, calibration_images, search_indices
+
+    labels = np.repeat(np.arange(10), 300)
+    split = Streamed(np.zeros((3000, 2, 2, 3), np.uint8), labels)
+    search = search_indices(labels)
+    calib = calibration_images(split, auto_count(10, len(labels) - len(search)), exclude=search)
+    assert len(calib) == 320 and split.taken == [320]
+    assert 400 <= len(search) <= 500 and set(np.bincount(labels[search])) == {45}
+    assert auto_count(10, 5000) == 320 and auto_count(2, 5000) == 300 and auto_count(100, 5000) == 1000
+    assert auto_count(10, 120) == 120
+
+
+def badly_quantized(model, spoil=("stem_conv", "head_dense")):
+    """`model` with layers that int8 cannot represent and the same float outputs: each Conv2D or
+    Dense in `spoil` also gets as many inputs that are always zero (its input times 0), with
+    weights 1000x its largest. Its int8 weight scales are stretched 1000x, so its real weights
+    round to zero; in float the huge weights multiply zeros."""
+    import keras
+
+    tensors = {id(model.input): model.input}
+    for layer in model.layers[1:]:
+        x = [tensors[id(t)] for t in layer.input] if isinstance(layer.input, list) else tensors[id(layer.input)]
+        if layer.name in spoil:
+            kernel, *rest = layer.get_weights()
+            zeros = keras.layers.Rescaling(0.0, name=f"{layer.name}_zeros")(x)
+            wide = keras.layers.Concatenate(name=f"{layer.name}_wide")([x, zeros])
+            twin = type(layer).from_config(layer.get_config())
+            y = twin(wide)
+            twin.set_weights([np.concatenate([kernel, np.full_like(kernel, 1000 * np.abs(kernel).max())], axis=-2),
+                              *rest])
+        else:
+            y = layer(x)
+        tensors[id(layer.output)] = y
+    return keras.Model(model.input, y, name="spoiled")
+
+
+@pytest.fixture(scope="module")
+def broken_job(digits_run):
+    from kclassify.evaluate import load_model
+    from kclassify.export import ExportJob
+
+    return ExportJob(digits_run, model=badly_quantized(load_model(digits_run)[0]))
+
+
+def test_budget_search_stops_at_the_first_float_set_that_meets_it(broken_job, tmp_path):
+    lines = []
+    rep = broken_job.export("int8", tmp_path / "budget.tflite", max_drop=1.0, echo=lines.append)
+    budget = rep["budget"]
+    attempts = budget["attempts"]
+    assert attempts[0]["note"] == "plain" and attempts[0]["drop_points"] > 50  # the spoiled layers ruin int8
+    assert budget["met"] and budget["chosen_attempt"] == len(attempts)  # stopped at the first set within budget
+    assert not any(a["within_budget"] for a in attempts[:-1])
+    assert sorted(n[:5] for n in budget["float_layers"]) == ["head_", "stem_"]  # the spoiled ones (stem: its fused op)
+    assert rep["float_layers"] == budget["float_layers"] and rep["input"]["dtype"] == "uint8"
+    assert budget["size_bytes"] > budget["plain_size_bytes"] and budget["latency_ms_1t"]["ratio"] > 0
+    assert budget["search_images"] < 300 and rep["tflite"]["count"] == 360  # searched on training images
+    assert budget["eval_drop_points"] == round((rep["keras"]["top1"] - rep["tflite"]["top1"]) * 100, 3)
+    assert budget["eval_drop_points"] <= 2 and any("budget met by attempt" in line for line in lines)
+    saved = json.loads((tmp_path / "budget.json").read_text())
+    assert saved["budget"]["eval_drop_points"] == budget["eval_drop_points"]
+
+
+def test_budget_not_met_within_the_limit_ships_the_best_and_says_so(broken_job, tmp_path):
+    rep = broken_job.export("int8", tmp_path / "b.tflite", max_drop=1.0, max_float=1, echo=lambda *a: None)
+    budget = rep["budget"]
+    assert not budget["met"] and "budget NOT met" in budget["message"] and "limit" in budget["message"]
+    assert len(budget["float_layers"]) == 1  # one of the two spoiled layers: the other still ruins int8
+    best = min(a["drop_points"] for a in budget["attempts"])
+    assert budget["drop_points_search"] == best and best > 1.0
+
+
+def test_budget_needs_training_data_apart_from_the_evaluation_split(digits_run, tmp_path):
+    from kclassify.export import ExportJob
+
+    job = ExportJob(digits_run / "model.keras", data_spec="digits")
+    with pytest.raises(ExportError, match="--max-drop needs a run folder"):
+        job.export("int8", tmp_path / "x.tflite", max_drop=0.5)
+    with pytest.raises(ExportError, match="calibrated modes"):
+        ExportJob(digits_run).export("float16", tmp_path / "y.tflite", max_drop=0.5)
 
 
 @pytest.fixture(scope="module")

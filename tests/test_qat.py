@@ -22,8 +22,10 @@ def realistic(model, seed=0):
     something (a random-init deep net otherwise outputs one-hot probabilities)."""
     import keras
 
+    from kclassify.qat.graph import all_layers
+
     rng = np.random.default_rng(seed)
-    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    bns = [layer for layer in all_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
     for layer in bns:
         layer.gamma.assign(rng.uniform(0.5, 1.5, layer.gamma.shape).astype("float32"))
         layer.beta.assign(rng.normal(0, 0.2, layer.beta.shape).astype("float32"))
@@ -85,6 +87,54 @@ def odd_layers():
     return keras.Model(inputs, layers.Softmax(name="probs")(x), name="odd_layers")
 
 
+def nested_kclassify():
+    """keras_kclassify: a kclassify ResNet-20 (option-A shortcuts, its own normalization) cut at
+    its pooling layer and nested as the backbone of a fine-tuning model."""
+    import tempfile
+
+    from kclassify.models import build_model
+
+    base = realistic(build_model("resnet20", 10, (32, 32, 3), width=0.5), seed=5)
+    path = tempfile.mkdtemp(prefix="kc-base-") + "/base.keras"
+    base.save(path)
+    return build_model("keras_kclassify", 10, (32, 32, 3), weights=path)
+
+
+def twice_nested():
+    """A functional model inside a functional model inside the outer one, with layer names that
+    collide across levels (the inner ones get their model's prefix) and a frozen inner layer."""
+    import keras
+    from keras import layers
+
+    inp = keras.Input((16, 16, 3))
+    core = keras.Model(inp, layers.Conv2D(8, 3, padding="same", activation="relu", name="conv")(inp), name="core")
+    mid_in = keras.Input((16, 16, 3))
+    x = layers.Rescaling(1 / 255.0, name="scale")(mid_in)
+    x = core(x)
+    x = layers.BatchNormalization(name="bn")(layers.Conv2D(8, 1, name="conv")(x))
+    mid = keras.Model(mid_in, x, name="mid")
+    outer_in = keras.Input((16, 16, 3), name="pixels")
+    y = mid(outer_in)
+    y = layers.Conv2D(4, 1, name="conv")(y)
+    y = layers.GlobalAveragePooling2D(name="pool")(y)
+    core.get_layer("conv").trainable = False
+    return keras.Model(outer_in, layers.Softmax(name="probs")(layers.Dense(10, name="dense")(y)), name="twice_nested")
+
+
+def inner_activations():
+    """Activations tfmot takes only as layers of their own, inside a Conv2D / DepthwiseConv2D /
+    Dense (hard_silu, relu6, sigmoid, silu): graph.py used to accept them and the child to refuse."""
+    import keras
+    from keras import layers
+
+    inp = keras.Input((16, 16, 3))
+    x = layers.Conv2D(8, 3, activation="hard_silu", name="c1")(layers.Rescaling(1 / 255.0)(inp))
+    x = layers.DepthwiseConv2D(3, activation="relu6", name="dw")(x)
+    x = layers.Conv2D(8, 1, activation="silu", name="c2")(x)
+    x = layers.Dense(8, activation="sigmoid", name="d1")(layers.GlobalAveragePooling2D()(x))
+    return keras.Model(inp, layers.Dense(10, activation="softmax", name="d2")(x), name="inner_activations")
+
+
 def _build(name, **params):
     from kclassify.models import build_model
 
@@ -120,6 +170,11 @@ GROUPS = {
                ("odd_layers", odd_layers, True)],
     "imagenet": [("googlenet", lambda: _build("googlenet"), True),
                  ("squeezenet1_0", lambda: _build("squeezenet1_0"), True)],
+    "nested": [("mobilenet_finetune", lambda: _build("keras_mobilenet", alpha=0.25, dropout=0.2), True),
+               ("mobilenet_v2_finetune", lambda: _build("keras_mobilenet_v2", alpha=0.35, input_size=48), True),
+               ("kclassify_finetune", lambda: nested_kclassify(), True),
+               ("twice_nested", twice_nested, True),
+               ("inner_activations", inner_activations, True)],
 }
 GROUP_OF = {name: group for group, rows in GROUPS.items() for name, _, _ in rows}
 
@@ -184,7 +239,8 @@ def test_parent_never_legacy_keras_child_always(checked):
     assert keras.__version__.startswith("3.") and "tensorflow_model_optimization" not in sys.modules
     assert "tf_keras" not in sys.modules
     assert env["TF_USE_LEGACY_KERAS"] == "1" and env["keras_imported"] is False
-    assert set(env["kclassify_modules"]) <= {"kclassify", "kclassify.errors", "kclassify.qat", "kclassify.qat.translate"}
+    assert set(env["kclassify_modules"]) <= {"kclassify", "kclassify.errors", "kclassify.qat", "kclassify.qat.job",
+                                             "kclassify.qat.table", "kclassify.qat.translate"}
 
 
 @needs_tfmot
@@ -192,6 +248,7 @@ def test_mismatch_fails_loudly(tmp_path):
     import keras
 
     from kclassify.qat.graph import write_model
+    from kclassify.qat.job import Job, ModelFiles
     from kclassify.qat.run import run_worker
 
     inputs = keras.Input((8, 8, 1))
@@ -199,9 +256,28 @@ def test_mismatch_fails_loudly(tmp_path):
     entry = write_model(model, tmp_path / "m", np.random.default_rng(0).integers(0, 256, (4, 8, 8, 1)))
     samples = dict(np.load(entry["samples"]))
     np.savez(entry["samples"], images=samples["images"], outputs=samples["outputs"] + 1e-3)
-    job = {"task": "check", "models": [entry], "result": str(tmp_path / "result.json")}
+    job = Job(task="check", result=str(tmp_path / "result.json"), tolerance=1e-5,
+              models=[ModelFiles(name="tiny", quantize=False, **entry)])
     (row,) = run_worker(job, tmp_path, echo=lambda *a: None)["models"]
     assert "differs from the Keras 3 model" in row["error"] and "0.001" in row["error"]
+
+
+def test_job_file_is_typed_and_complete(tmp_path):
+    """The child refuses a job with a missing or unknown setting (exit 2, one line), so no
+    default is guessed on its side: recipe.QATConfig states them once."""
+    from kclassify.qat.job import Job, ModelFiles
+    from kclassify.qat.run import run_worker
+
+    job = Job(task="qat", result=str(tmp_path / "result.json"), tolerance=1e-5,
+              model=ModelFiles(graph="g", weights="w", samples="s", name="m", quantize=True))
+    with pytest.raises(QATError, match="a qat job needs data, train, out"):
+        run_worker(job, tmp_path, echo=lambda *a: None)
+    raw = {"task": "check", "result": str(tmp_path / "result.json"), "tolerance": 1e-5, "models": [], "lr": 0.1}
+    (tmp_path / "job.json").write_text(json.dumps(raw))
+    from kclassify.qat.job import JobError
+
+    with pytest.raises(JobError, match="unknown field.*lr"):
+        Job.read(tmp_path / "job.json")
 
 
 def test_unsupported_layer_named_with_its_type():
@@ -216,10 +292,13 @@ def test_unsupported_layer_named_with_its_type():
     x = keras.layers.LayerNormalization(name="ln")(inputs)
     with pytest.raises(QATError, match=r"layer 'ln' of type LayerNormalization"):
         describe(keras.Model(inputs, x))
-    inner = keras.Model(inputs, keras.layers.Conv2D(4, 1)(inputs), name="backbone")
+    inner = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 1)], name="backbone")
     outer_in = keras.Input((8, 8, 3))
-    with pytest.raises(QATError, match=r"'backbone' of type Functional.*nested model"):
+    with pytest.raises(QATError, match=r"'backbone' of type Sequential.*nested Sequential"):
         describe(keras.Model(outer_in, inner(outer_in)))
+    x = keras.layers.Conv2D(4, 1, activation="gelu", name="conv_gelu")(inputs)
+    with pytest.raises(QATError, match=r"'conv_gelu'.*'gelu'"):  # refused here, not in the child
+        describe(keras.Model(inputs, x))
     x = keras.layers.Activation("gelu", name="act")(inputs)
     with pytest.raises(QATError, match=r"'act'.*'gelu'"):
         describe(keras.Model(inputs, x))
@@ -246,9 +325,15 @@ def test_qat_gives_measured_int8_with_uint8_input(digits_run):
 
     from kclassify.qat.run import qat
 
-    rep = qat(digits_run, epochs=1, echo=lambda *a: None)
+    lines = []
+    rep = qat(digits_run, epochs=1, keep="qat", echo=lines.append)
     path = digits_run / "model_qat_int8.tflite"
-    assert rep["file"] == str(path) and path.is_file()
+    assert rep["file"] == str(path) and path.is_file() and rep["kind"] == "qat-int8"
+    # the run's own optimizer at a fraction of its peak rate, and post-training int8 beside it
+    assert rep["optimizer"] == "sgd" and rep["lr"] == pytest.approx(0.1 * 0.05)
+    both = rep["comparison"]
+    assert both["post_training"]["tflite"]["count"] == both["qat"]["tflite"]["count"] == 360
+    assert "QAT int8 (qat.keep=qat)" in rep["kept"] and any("post-training int8" in line for line in lines)
     assert rep["input"]["dtype"] == "uint8" and rep["input"]["scale"] == 1.0 and rep["input"]["zero_point"] == 0
     assert rep["output"]["dtype"] == "float32" and rep["builtins_only"]
     ops = {op["op_name"] for op in Interpreter(model_path=str(path))._get_ops_details()}
@@ -259,6 +344,97 @@ def test_qat_gives_measured_int8_with_uint8_input(digits_run):
     assert abs(rep["tflite"]["top1"] - rep["worker"]["fake_quant_top1"]) <= 0.02  # the file does what QAT simulated
     saved = json.loads(path.with_suffix(".json").read_text())
     assert saved["class_names"] == [str(i) for i in range(10)] and saved["tflite"]["top1"] == rep["tflite"]["top1"]
+
+
+@needs_tfmot
+def test_qat_keeps_the_better_file(digits_run, tmp_path):
+    """With too high a learning rate QAT ruins the net; by default the post-training int8 file is
+    shipped instead, and the report says why; the QAT file is kept beside it."""
+    from kclassify.qat.run import qat
+
+    rep = qat(digits_run, epochs=1, lr=5.0, out=tmp_path / "q.tflite", echo=lambda *a: None)
+    both = rep["comparison"]
+    assert both["qat"]["tflite"]["top1"] < both["post_training"]["tflite"]["top1"]
+    assert rep["kind"] == "post-training-int8" and rep["kept"].startswith("post-training int8")
+    assert rep["tflite"] == both["post_training"]["tflite"] and (tmp_path / "q_rejected.tflite").is_file()
+    saved = json.loads((tmp_path / "q.json").read_text())
+    assert saved["kept"] == rep["kept"] and saved["qat_run"]["lr"] == 5.0
+
+
+def test_nested_models_flatten_into_one_graph():
+    from kclassify.qat.graph import describe
+
+    graph, weights = describe(twice_nested())
+    names = [layer["name"] for layer in graph["layers"]]
+    assert names == ["pixels", "scale", "mid_core_conv", "mid_conv", "bn", "conv", "pool", "dense", "probs"]
+    by = {layer["name"]: layer for layer in graph["layers"]}
+    assert by["mid_core_conv"]["path"] == "mid/core/conv" and by["mid_core_conv"]["inbound"] == ["scale"]
+    assert by["scale"]["inbound"] == ["pixels"] and by["conv"]["inbound"] == ["bn"]
+    assert not by["mid_core_conv"]["trainable"] and by["mid_conv"]["trainable"]
+    assert "mid_core_conv::kernel" in weights and graph["inputs"] == ["pixels"] and graph["outputs"] == ["probs"]
+    assert not any(layer["class_name"] == "Functional" for layer in graph["layers"])
+
+
+def test_one_table_of_layers_for_both_sides():
+    """graph.py describes and translate.py builds the same layer types: table.py's."""
+    import subprocess
+
+    from kclassify.qat.graph import COMPUTED
+    from kclassify.qat.table import LAYERS
+
+    assert set(COMPUTED) == {name for name, kind in LAYERS.items() if kind.computed}
+    code = ("import json; from kclassify.qat.translate import builders; print(json.dumps(sorted(builders())))")
+    from kclassify.qat.run import child_environment
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=child_environment())
+    assert out.returncode == 0, out.stderr[-1000:]
+    assert json.loads(out.stdout) == sorted(name for name, kind in LAYERS.items() if not kind.dropped)
+
+
+@needs_tfmot
+def test_nested_translation_keeps_frozen_layers_and_splits_inner_activations(checked):
+    rows = checked("nested")[0]
+    assert "mid_core_conv" in rows["twice_nested"]["frozen"] and "mid_conv" not in rows["twice_nested"]["frozen"]
+    split = rows["inner_activations"]["replaced"]["output"]
+    assert "c1_act" in split and "dw_act" not in split  # hard-swish: output quantized; relu6: a ReLU layer
+    assert "backbone" not in str(rows["mobilenet_finetune"]["replaced"])  # no nested model left
+
+
+@needs_tfmot
+def test_qat_of_a_fine_tuned_mobilenet(tmp_path):
+    """The pretrained MobileNet (a nested Keras Applications backbone) fine-tuned in two phases on
+    a few coloured images, then QAT: exact translation, only the last phase's layers train."""
+    from conftest import shared_file
+    from kclassify.finetune.run import finetune
+    from kclassify.qat.graph import describe
+    from kclassify.qat.run import Prepared, qat
+    from kclassify.recipe import validate
+
+    weights = shared_file("weights/mobilenet_2_5_224_tf_no_top.h5")
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 30)
+    images = rng.integers(0, 80, (90, 32, 32, 3)).astype(np.uint8)
+    for c in range(3):
+        images[labels == c, :, :, c] += 150
+    np.savez(tmp_path / "tiny.npz", x=images, y=labels, class_names=np.array(["r", "g", "b"]))
+    recipe = validate({
+        "name": "ft", "data": {"source": "npz", "path": str(tmp_path / "tiny.npz"), "val_fraction": 0.2},
+        "model": {"name": "keras_mobilenet", "params": {"alpha": 0.25, "weights": str(weights)}},
+        "train": {"batch_size": 16, "optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-4},
+        "finetune": {"phases": [{"unfreeze": "head", "epochs": 1}, {"unfreeze": "top2", "epochs": 1}]},
+        "runtime": {"verbose": 0}, "output": {"dir": str(tmp_path / "run"), "tensorboard": False, "plots": False,
+                                              "report": False}})
+    run = finetune(recipe, echo=lambda *a: None)
+    prep = Prepared(run, {}, "qat", echo=lambda *a: None)
+    graph, _ = describe(prep.model)
+    trains = {layer["name"] for layer in graph["layers"] if layer["trainable"] and layer["weights"]}
+    assert trains == {"conv_dw_12", "conv_pw_12", "conv_dw_13", "conv_pw_13", "head_dense"}
+    rep = qat(run, steps=4, keep="qat", echo=lambda *a: None)
+    worker = rep["worker"]
+    assert worker["translation_max_abs_diff"] < 1e-5 and worker["steps"] == 4
+    assert rep["optimizer"] == "adamw" and "unfreeze top2" in rep["trainable"]
+    assert rep["builtins_only"] and rep["input"]["dtype"] == "uint8" and rep["tflite"]["count"] == 18
+    assert rep["comparison"]["post_training"]["tflite"]["count"] == 18
 
 
 @needs_tfmot

@@ -119,6 +119,9 @@ def pack_folder(folder, out, subdir=None, max_side=None, fmt="jpeg", shard_mb=12
 
 
 def _write(root, paths, labels, classes, tmp, max_side, fmt, shard_mb, strict, seed, progress):
+    from kclassify import runtime
+
+    runtime.quiet_tensorflow()  # TFRecordWriter; imported only now, so bad arguments fail fast
     order = np.random.default_rng(seed).permutation(len(paths))
     writer = _ShardWriter(tmp, int(shard_mb * 2**20), len(classes))
     stored_labels, skipped, shapes, position = [], [], set(), 0

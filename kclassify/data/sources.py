@@ -50,7 +50,7 @@ class Split:
         `shard_count`-th example from `shard_index`; the first `skip` dropped."""
         import tensorflow as tf
 
-        from kclassify.data.tfrecord import crop_or_resize, epoch_seed
+        from kclassify.data.tfrecord import block_shuffle, crop_or_resize, epoch_seed
 
         positions = np.arange(len(self), dtype=np.int64)
         ds = tf.data.Dataset.from_tensor_slices((self.images, self.labels, positions))
@@ -58,7 +58,7 @@ class Split:
             ds = ds.shard(shard_count, shard_index)
         s = epoch_seed(seed, epoch)
         if training:
-            ds = ds.shuffle(len(self), seed=s)
+            ds = block_shuffle(ds, len(self), s)  # one window: the order may be sorted by class
         ds = ds.skip(skip)
         if not (training and self.crop):  # already at the size: nothing to do per image
             return ds.map(lambda x, y, p: (x, y))

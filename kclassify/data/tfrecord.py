@@ -84,6 +84,21 @@ def epoch_seed(seed, epoch):
     return tf.cast(seed, tf.int64) * 1_000_003 + tf.cast(epoch, tf.int64)
 
 
+def block_shuffle(ds, window, seed):
+    """Shuffle `ds` within consecutive windows of `window` elements, each by a stateless
+    permutation of (seed, window index). Not Dataset.shuffle: with a tensor seed (an epoch inside
+    flat_map) it fails whenever the global seed is 0 (TF compares the seed pair to (0, 0) in Python)."""
+    import tensorflow as tf
+
+    def permute(i, block):
+        n = tf.shape(tf.nest.flatten(block)[0])[0]
+        order = tf.argsort(tf.random.stateless_uniform([n], tf.stack([seed, tf.cast(i, tf.int64) + 2])))
+        return tf.nest.map_structure(lambda t: tf.gather(t, order), block)
+
+    return ds.batch(window).enumerate().map(permute, num_parallel_calls=tf.data.AUTOTUNE,
+                                            deterministic=True).unbatch()
+
+
 def crop_or_resize(image, size, policy, crop, seed, position):
     """Random-resized-crop (seeded by the epoch seed and the example's position, so a resumed
     epoch draws the same crops) when `crop` holds its ranges, else the resize policy."""
@@ -210,8 +225,8 @@ class StreamSplit:
 
     def examples(self, seed=0, epoch=0, skip=0, shard_index=0, shard_count=1, training=False):
         """One epoch as an unbatched tf.data.Dataset of (uint8 (S, S, 3) image, int32 label).
-        training=True: shard order and a shuffle buffer seeded from (seed, epoch) (either may be
-        a tensor), random-resized-crop if `crop` is set, else the resize policy; training=False:
+        training=True: shard order and a shuffle (within windows of data.shuffle_buffer) seeded
+        from (seed, epoch) (either may be a tensor), random-resized-crop if `crop` is set, else the resize policy; training=False:
         stored order, the resize policy. `skip` drops the epoch's first examples before they are
         decoded (resuming mid-epoch); shard_count > 1 reads only worker shard_index's shards."""
         import tensorflow as tf
@@ -219,7 +234,7 @@ class StreamSplit:
         s = epoch_seed(seed, epoch)
         ds = self._records(self.worker_shards(shard_index, shard_count), s if training else None)
         if training:
-            ds = ds.shuffle(self._buffer(), seed=s)
+            ds = block_shuffle(ds, self._buffer(), s)
         ds = ds.skip(skip)  # may be a tensor too (e.g. only in the first epoch of a flat_map)
         return ds.map(self._decode_fn(training, s), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 

@@ -1,5 +1,9 @@
 """Keras -> .tflite in any mode of the table (modes.py). Builtins only unless Flex is allowed.
-The file takes raw pixels: normalization (and any upscaling) is inside the model."""
+The file takes raw pixels: normalization (and any upscaling) is inside the model.
+
+`configure` is the one converter set-up (also used by the QAT worker on its tf_keras model);
+`Quantizer` calibrates a model once and then quantizes it with any set of ops kept in float
+(`--float-layers`, the int8-xnnpack mode and the accuracy-budget search all go through it)."""
 import re
 
 import numpy as np
@@ -8,35 +12,29 @@ from kclassify.errors import ExportError
 from kclassify.export.modes import MODES, get_mode  # noqa: F401 (MODES re-exported)
 
 
-def calibration_images(split, count, seed=0):
-    """Up to `count` unaugmented training images, stratified across classes."""
-    rng = np.random.default_rng(seed)
-    classes = np.unique(split.labels)
-    per = max(count // len(classes), 1)
-    idx = np.concatenate([rng.permutation(np.flatnonzero(split.labels == c))[:per] for c in classes])
-    images = split.images[rng.permutation(idx)[:count]].copy()
-    # One black and one white pixel pin the input range to exactly 0..255, so the uint8 input
-    # gets scale 1 and zero point 0: raw camera pixels go in unchanged.
-    images[0, 0, 0, :] = 0
-    images[0, 0, -1, :] = 255
-    return images
-
-
 def make_converter(model, mode, calibration=None, allow_flex=False):
     """A TFLiteConverter set up for `mode` (a name from the modes table)."""
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-    mode = get_mode(mode)
+    from kclassify.runtime import quiet_conversion
+
     spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32, name="pixels")
     fn = tf.function(lambda x: model(x, training=False), input_signature=[spec])
     # Freeze variables into constants: calibration of a function that reads resource
     # variables fails inside the converter (READ_VARIABLE "variable != nullptr").
     frozen = convert_variables_to_constants_v2(fn.get_concrete_function())
-    from kclassify.runtime import quiet_conversion
-
     with quiet_conversion():
         converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
+    return configure(converter, mode, calibration, allow_flex)
+
+
+def configure(converter, mode, calibration=None, allow_flex=False):
+    """Set `converter` up for `mode`: op set, optimizations, weight types, per-channel scales,
+    calibration images and the file's input/output types. Returns the converter."""
+    import tensorflow as tf
+
+    mode = get_mode(mode)
     ops = {"builtins": tf.lite.OpsSet.TFLITE_BUILTINS, "int8": tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
            "16x8": tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8}
     converter.target_spec.supported_ops = [ops[mode.ops]]
@@ -59,6 +57,7 @@ def make_converter(model, mode, calibration=None, allow_flex=False):
 
 
 def representative(images):
+    """The converter's representative dataset: each image as a float32 batch of one."""
     def gen():
         for image in images:
             yield [image[None].astype(np.float32)]
@@ -68,21 +67,84 @@ def representative(images):
 def convert(model, mode, calibration=None, allow_flex=False, float_layers=None):
     """Convert `model` in quantization `mode`; returns the .tflite bytes. `float_layers` (a
     regex on the converted graph's tensor names, which carry the Keras layer names) keeps the
-    matching ops in float; see debug.py."""
+    matching ops in float."""
     from kclassify.runtime import quiet_conversion
 
-    converter = make_converter(model, mode, calibration, allow_flex)
     try:
         if float_layers or get_mode(mode).float_ops:
-            from kclassify.export.debug import selective_model
-
-            return selective_model(converter, calibration, float_layers, get_mode(mode))
+            quantizer = Quantizer(model, mode, calibration)
+            return quantizer.quantize(quantizer.matching(float_layers) if float_layers else ())
         with quiet_conversion():
-            return converter.convert()
+            return make_converter(model, mode, calibration, allow_flex).convert()
     except ExportError:
         raise
     except Exception as exc:
         raise ExportError(describe_failure(str(exc))) from None
+
+
+class Quantizer:
+    """A model calibrated once (TFLite's quantization debugger holds the calibrated model), then
+    quantized as often as needed with chosen ops left in float: each `quantize` call costs a
+    fraction of a second, where a fresh conversion re-runs the calibration."""
+
+    def __init__(self, model, mode, calibration):
+        import tensorflow as tf
+
+        from kclassify.runtime import quiet_conversion
+
+        self.mode = get_mode(mode)
+        if not self.mode.calibrate:
+            raise ExportError(f"keeping layers in float applies to calibrated modes (int8, 16x8...), not {mode}")
+        self.calibration = calibration
+        with quiet_conversion():
+            self.debugger = tf.lite.experimental.QuantizationDebugger(
+                converter=make_converter(model, mode, calibration), debug_dataset=representative(calibration))
+
+    @property
+    def nodes(self):
+        """The quantized ops' output tensor names (the names the converter's denylist takes)."""
+        details = self.debugger._get_numeric_verify_tensor_details()
+        return [re.sub(r"^NumericVerify/|:\d+$", "", d["name"]) for d in details]
+
+    def matching(self, pattern):
+        """The quantized ops whose names match the regex `pattern`; ExportError if none does."""
+        regex = re.compile(pattern)
+        names = self.nodes
+        chosen = [n for n in names if regex.search(n)]
+        if not chosen:
+            sample = ", ".join(sorted({layer_label(n) for n in names})[:8])
+            raise ExportError(f"--float-layers {pattern!r} matches no quantized layer (some layers: {sample})")
+        return chosen
+
+    def quantize(self, float_nodes=()):
+        """The .tflite bytes with `float_nodes` (and every op of a type in the mode's float_ops)
+        left in float (dequantize before, quantize after). Input/output take the mode's types
+        where the graph's ends are quantized, else stay float32."""
+        import tensorflow as tf
+
+        from kclassify.runtime import quiet_conversion
+
+        options = tf.lite.experimental.QuantizationDebugOptions(
+            denylisted_nodes=list(float_nodes) or None, denylisted_ops=list(self.mode.float_ops) or None)
+        with quiet_conversion():
+            self.debugger._debug_options = options  # the setter would rebuild the debug model: not needed
+            blob = self.debugger.get_nondebug_quantized_model()
+        try:
+            from tensorflow.lite.python.util import modify_model_io_type
+
+            return bytes(modify_model_io_type(blob, getattr(tf, self.mode.input_type),
+                                              getattr(tf, self.mode.output_type)))
+        except Exception:  # an end of the graph left in float: the file keeps float32 there
+            return bytes(blob)
+
+
+def layer_label(tensor):
+    """The Keras layer in a converted tensor's name: the innermost scope Keras suffixed with _1
+    when tracing ('model_1/backbone_1/conv_pw_13_relu_1/Relu6' -> 'conv_pw_13_relu',
+    'resnet20_1/stage1_conv_1/convolution' -> 'stage1_conv')."""
+    parts = tensor.split(";")[0].split("/")
+    scopes = [p[:-2] for p in parts[:-1] if p.endswith("_1")]
+    return scopes[-1] if scopes else parts[0]
 
 
 def describe_failure(message):

@@ -10,24 +10,50 @@ import numpy as np
 
 from kclassify.errors import DataError, ExportError
 
+RECIPE = "recipe"  # export(max_drop=RECIPE): the run's output.max_drop
+
 
 class ExportJob:
-    """One model and its data, shared by the exports of several modes."""
+    """One model and its data, shared by the exports of several modes.
 
-    def __init__(self, path, model=None, data=None, data_spec=None, calibration_count=300, input_size=None):
-        from kclassify.evaluate import load_model
+    A run folder (or a .keras file inside one) is opened through kclassify.run.Run: its recipe
+    gives the data (training split: calibration and the budget search; validation split: the
+    figures) and the calibration default. A bare .keras file needs `data_spec`."""
 
-        self.run_dir = Path(path) if Path(path).is_dir() else None
+    def __init__(self, path, model=None, data=None, data_spec=None, calibration_count=None, input_size=None):
+        from kclassify.run import Run
+
         self.source = Path(path)
-        self.model = model
         if model is None:
-            self.model, self.run_dir = load_model(path)
-        self.calib_split, self.val, self.names = _splits(self.run_dir, self.model, data, data_spec)
+            from kclassify.evaluate import load_model
+
+            model_file, self.run = Run.resolve(path)
+            model = load_model(model_file)[0]
+        else:
+            self.run = Run.load(path) if self.source.is_dir() and (self.source / "recipe.yaml").is_file() else None
+        self.model = model
+        self.run_dir = self.run.dir if self.run else None
+        self.calib_split, self.val, self.names, self.held_out = self._splits(data, data_spec)
+        self.seed = self.run.recipe.runtime.seed if self.run else 0
         self.calibration_count = calibration_count
-        self.resize_note = None
-        self._calib = self._keras_probs = None
+        self.resize_note = self.resize_to = None
+        self._calib = self._keras_probs = self._val_images = self._search = None
         if input_size and input_size != self.model.input_shape[1]:
             self._resize_in_graph(input_size)
+
+    def _splits(self, data, data_spec):
+        """(calibration split, evaluation split, class names, whether the calibration split is
+        training data kept apart from the evaluation split)."""
+        from kclassify.evaluate import evaluation_split
+
+        if data is None and self.run is not None and not data_spec:
+            data = self.run.data()
+        if data is not None:
+            return data.train, data.val, data.class_names, True
+        if not data_spec:
+            raise DataError("exporting a bare model file needs --data SPEC for calibration and evaluation")
+        split, names = evaluation_split(None, data_spec, self.model)
+        return split, split, names, False
 
     def _resize_in_graph(self, size):
         """Let the file take size x size frames: a bilinear Resizing layer in front of the network.
@@ -35,30 +61,64 @@ class ExportJob:
         does), so the figures measure the file as a device will feed it."""
         import keras
 
-        from kclassify.data.sources import Split, resize_all
-
         height, width, channels = self.model.input_shape[1:]
         pixels = keras.Input((size, size, channels), name="pixels")
         resized = keras.layers.Resizing(height, width, interpolation="bilinear", name="resize_in_graph")(pixels)
         self.model = keras.Model(pixels, self.model(resized), name=f"{self.model.name}_at{size}")
-        self.calib_split = Split(resize_all(self.calib_split.images, size), self.calib_split.labels)
-        self.val = Split(resize_all(self.val.images, size), self.val.labels)
+        self.resize_to = size
         self.resize_note = f"resized in the graph (bilinear) from {size}x{size} to {height}x{width}"
+
+    def images(self, split, idx):
+        """uint8 images of a split at `idx`, at the size the exported file takes."""
+        from kclassify.data.sources import resize_all
+        from kclassify.export.calibration import take
+
+        images = take(split, idx)
+        return resize_all(images, self.resize_to) if self.resize_to else images
+
+    @property
+    def search(self):
+        """(indices, images, labels) of the training images the accuracy-budget search measures
+        on; calibration never uses them."""
+        from kclassify.export.calibration import search_indices
+
+        if self._search is None:
+            if not self.held_out:
+                raise ExportError("--max-drop needs a run folder: the search measures on held-out training "
+                                  "images, never on the evaluation data (--data) it reports")
+            idx = search_indices(self.calib_split.labels, self.seed)
+            self._search = idx, self.images(self.calib_split, idx), np.asarray(self.calib_split.labels)[idx]
+        return self._search
+
+    def calibration_for(self, count=None):
+        """`count` calibration images (None: the recipe's output.calibration_images, "auto" without
+        a recipe), balanced across classes, never from the search's held-out images."""
+        from kclassify.export.calibration import calibration_images, resolve_count
+
+        exclude = self.search[0] if self.held_out else None
+        available = len(self.calib_split) - (0 if exclude is None else len(exclude))
+        setting = count or (self.run.recipe.output.calibration_images if self.run else "auto")
+        count = resolve_count(setting, len(self.names), available)
+        return calibration_images(self.calib_split, count, self.seed, exclude, load=self.images)
 
     @property
     def calibration(self):
-        from kclassify.export.convert import calibration_images
-
         if self._calib is None:
-            self._calib = calibration_images(self.calib_split, self.calibration_count)
+            self._calib = self.calibration_for(self.calibration_count)
         return self._calib
+
+    @property
+    def val_images(self):
+        if self._val_images is None:
+            self._val_images = self.images(self.val, np.arange(len(self.val)))
+        return self._val_images
 
     @property
     def keras_probs(self):
         from kclassify.evaluate import predict
 
         if self._keras_probs is None:
-            self._keras_probs = predict(self.model, self.val.images)
+            self._keras_probs = predict(self.model, self.val_images)
         return self._keras_probs
 
     def default_out(self, quant, folder=None):
@@ -67,34 +127,57 @@ class ExportJob:
 
     def debug(self, quant, echo=print, top=15):
         """Rank the layers by quantization error (TFLite quantization debugger)."""
-        from kclassify.export.convert import make_converter
+        from kclassify.export.convert import Quantizer
         from kclassify.export.debug import format_errors, layer_errors
         from kclassify.export.modes import get_mode
 
         if not get_mode(quant).calibrate:
             raise ExportError(f"--debug-quant needs a calibrated mode (int8, 16x8...), not {quant}")
-        rows = layer_errors(make_converter(self.model, quant, self.calibration), self.calibration)
+        rows = layer_errors(Quantizer(self.model, quant, self.calibration))
         echo(f"quantization error per layer ({quant}, {len(self.calibration)} calibration images; "
              "rmse/scale 0.29 = rounding only):")
         echo(format_errors(rows, top))
         return rows
 
-    def export(self, quant, out=None, allow_flex=False, float_layers=None):
-        """Convert, embed the spec, evaluate with LiteRT; returns the report (also written as JSON)."""
+    def export(self, quant, out=None, allow_flex=False, float_layers=None, max_drop=RECIPE, max_float=None, echo=None):
+        """Convert, embed the spec, evaluate with LiteRT; returns the report (also written as JSON).
+        With `max_drop` (points of top-1; by default the recipe's output.max_drop for calibrated
+        modes, None for none), the accuracy-budget search (budget.py) picks the layers kept in
+        float; the evaluation split is measured once, on the file it chose."""
         from kclassify.export.convert import convert
         from kclassify.export.modes import get_mode
 
         mode = get_mode(quant)
-        calib = self.calibration if mode.calibrate else None
-        if float_layers and not mode.calibrate:
-            raise ExportError(f"--float-layers applies to calibrated modes (int8, 16x8...), not {quant}")
-        blob = convert(self.model, quant, calib, allow_flex=allow_flex, float_layers=float_layers)
+        if max_drop == RECIPE:
+            max_drop = self.run.recipe.output.max_drop if (self.run and mode.calibrate and not float_layers) else None
+        if (float_layers or max_drop is not None) and not mode.calibrate:
+            option = "--float-layers" if float_layers else "--max-drop"
+            raise ExportError(f"{option} applies to calibrated modes (int8, 16x8...), not {quant}")
+        if float_layers and max_drop is not None:
+            raise ExportError("give --max-drop (the search picks the float layers) or --float-layers, not both")
         out = Path(out) if out else self.default_out(quant)
+        budget = None
+        if max_drop is not None:
+            from kclassify.export.budget import search
+
+            blob, budget = search(self, quant, max_drop, max_float, echo or (lambda *a: None))
+            calib_count = budget["calibration_images"]
+        else:
+            calib = self.calibration if mode.calibrate else None
+            blob = convert(self.model, quant, calib, allow_flex=allow_flex, float_layers=float_layers)
+            calib_count = 0 if calib is None else len(calib)
         out.parent.mkdir(parents=True, exist_ok=True)
         report = {"file": str(out), "quant": quant, "mode": mode.summary, "class_names": self.names,
-                  "calibration_images": 0 if calib is None else len(calib),
-                  "float_layers": float_layers, "source": str(self.source)}
-        return self.finish(out, blob, report)
+                  "calibration_images": calib_count, "float_layers": budget["float_layers"] if budget else float_layers,
+                  "source": str(self.source)}
+        if budget:
+            report["budget"] = budget
+        report = self.finish(out, blob, report)
+        if budget and "tflite" in report:  # the evaluation split, measured once, after the search
+            drop = (report["keras"]["top1"] - report["tflite"]["top1"]) * 100
+            budget.update(eval_drop_points=round(drop, 3), eval_within_budget=bool(drop <= max_drop))
+            out.with_suffix(".json").write_text(json.dumps(report, indent=1))
+        return report
 
     def finish(self, out, blob, report):
         """Describe the file's input/output, embed that spec, measure it with LiteRT, and write
@@ -127,7 +210,7 @@ class ExportJob:
         from kclassify.kit import kitlib
 
         kit = kitlib()
-        lite_probs = kit.Classifier(path).predict(self.val.images)
+        lite_probs = kit.Classifier(path).predict(self.val_images)
         keras_probs = self.keras_probs
         rep = kit.classification_report(lite_probs, self.val.labels, self.names)
         return {"tflite": {k: rep[k] for k in ("top1", "top5", "count")},
@@ -169,13 +252,15 @@ def flex_ops(blob):
     return sorted(n.decode() for n in names if n and n.decode().startswith("Flex"))
 
 
-def export_tflite(path, quant="float32", out=None, model=None, data=None, data_spec=None, calibration_count=300,
-                  echo=print, allow_flex=False, float_layers=None, debug_quant=False, input_size=None):
+def export_tflite(path, quant="float32", out=None, model=None, data=None, data_spec=None, calibration_count=None,
+                  echo=print, allow_flex=False, float_layers=None, debug_quant=False, input_size=None, max_drop=RECIPE,
+                  max_float=None):
     """Export a run folder (or .keras file with `data_spec`) to TFLite and measure it."""
     job = ExportJob(path, model, data, data_spec, calibration_count, input_size)
     if debug_quant:
         job.debug(quant, echo)
-    return job.export(quant, out, allow_flex=allow_flex, float_layers=float_layers)
+    return job.export(quant, out, allow_flex=allow_flex, float_layers=float_layers, max_drop=max_drop,
+                      max_float=max_float, echo=echo)
 
 
 def copy_kit(dest):
@@ -188,21 +273,3 @@ def copy_kit(dest):
         shutil.copy2(kit_dir() / name, dest / name)
     return dest
 
-
-def _splits(run_dir, model, data, data_spec):
-    """(calibration split, evaluation split, class names)."""
-    from kclassify.evaluate import evaluation_split
-
-    if data is not None:
-        return data.train, data.val, data.class_names
-    if run_dir is not None and not data_spec:
-        from kclassify.data import load_data
-        from kclassify.recipe import load_recipe
-
-        recipe = load_recipe(run_dir / "recipe.yaml")
-        data = load_data(recipe.data, recipe.runtime.seed)
-        return data.train, data.val, data.class_names
-    if not data_spec:
-        raise DataError("exporting a bare model file needs --data SPEC for calibration and evaluation")
-    split, names = evaluation_split(None, data_spec, model)
-    return split, split, names

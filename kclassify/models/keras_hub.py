@@ -5,7 +5,9 @@ Built like the Keras Applications wrappers (applications.py), so fine-tuning, ex
 folder treat it the same: raw 0..255 pixels in; an optional Resizing ("upscale") and the preset's
 own image preprocessing as a built-in Rescaling layer ("preprocess": the converter's per-channel
 scale and offset), so the exported file needs no KerasHub; the preset's backbone, cut at its
-feature output, as the nested model "backbone"; then the shared head (head_pool ... head_dense).
+feature output, as the nested functional model "backbone"; then the shared head (head_pool ...
+head_dense). `qat` takes the backbones made of Keras layers only (ResNet) and refuses the others
+(ViT, MobileNet: KerasHub's own layers) by name.
 A transformer's token sequence is pooled by its class token (or averaged). `finetune`'s topN
 counts the backbone's own blocks (BLOCKS below, one pattern per family).
 
@@ -90,12 +92,12 @@ def keras_hub_model(num_classes, input_shape, mean=None, std=None, bn_momentum=0
         raise RecipeError("model 'keras_hub' needs model.params.preset: a KerasHub preset folder or hub handle")
     if pooling not in (None, *POOLING):
         raise RecipeError(f"model.params.pooling {pooling!r}: use one of {', '.join(POOLING)}")
-    backbone, converter = load_preset(str(preset), load_weights)
-    family = type(backbone).__name__
+    hub_backbone, converter = load_preset(str(preset), load_weights)
+    family = type(hub_backbone).__name__
     if family not in FAMILY_BLOCKS:
         raise RecipeError(f"KerasHub backbone {family} is not an image backbone kclassify knows; "
                           f"known: {', '.join(FAMILY_BLOCKS)}")
-    backbone.name = "backbone"
+    backbone = as_backbone(hub_backbone)
     _, height, width, channels = backbone.input_shape
     if channels != input_shape[-1]:
         raise RecipeError(f"the {family} preset takes {channels}-channel images but the data has {input_shape[-1]}")
@@ -112,6 +114,16 @@ def keras_hub_model(num_classes, input_shape, mean=None, std=None, bn_momentum=0
     x, pooled = pool_tokens(features, pooling) if len(features.shape) == 3 else (features, pooling or "avg")
     outputs = classification_head(x, num_classes, pooled, dropout, l2_normalize)
     return keras.Model(inputs, outputs, name=f"keras_hub_{family.removesuffix('Backbone').lower()}_finetune")
+
+
+def as_backbone(hub_backbone):
+    """The nested model "backbone": a plain functional model over the preset's layers when they
+    are all Keras' own (the QAT bridge flattens it; the saved file loads without KerasHub), else
+    the KerasHub model itself (a ViT's layers rebuild only through the backbone's own config)."""
+    if all(type(layer).__module__.startswith("keras.") for layer in hub_backbone.layers):
+        return keras.Model(hub_backbone.input, hub_backbone.output, name="backbone")
+    hub_backbone.name = "backbone"
+    return hub_backbone
 
 
 def preprocessing(x, converter):

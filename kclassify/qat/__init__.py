@@ -4,17 +4,23 @@ tfmot 0.8.1 only works on tf_keras (Keras 2) models, and importing it sets TF_US
 for its whole process; kclassify models are Keras 3. So every tfmot step runs in a child
 process and the two sides share only files:
 
+- table.py (pure data, both sides): the one table of layer types the bridge takes, their
+  structural fields and activations.
 - graph.py (Keras 3, this process): a functional model as plain JSON (layer class, structural
-  config, inbound layer names) + an .npz of its weights, with sample images and the Keras 3
-  outputs on them. Training-only layers (DropBlock2D, StochasticDepth) are wired through; a layer
-  outside the supported table fails here, naming the layer and its type.
+  config, inbound layer names, trainable flag) + an .npz of its weights, with sample images and
+  the Keras 3 outputs on them. Nested functional models (Keras Applications and kclassify .keras
+  backbones) are flattened into the one graph; training-only layers (DropBlock2D,
+  StochasticDepth) are wired through; a layer outside the table fails here, naming the layer and
+  its type.
 - translate.py (child: numpy, tensorflow, tf_keras only): rebuilds that description in tf_keras,
   copies the weights and checks the outputs match the Keras 3 ones.
+- job.py (both sides, standard library): the typed job file the parent writes and the child reads.
 - worker.py (child: + tfmot): `python -m kclassify.qat.worker JOB.json` fine-tunes with
-  fake quantization (or magnitude pruning) and converts to .tflite.
-- run.py (Keras 3, this process): loads the run, writes the job, launches the child with
-  TF_USE_LEGACY_KERAS=1 in the child's environment only, and measures the .tflite exactly as
-  `kclassify export` does.
+  fake quantization (or magnitude pruning) and converts to .tflite with export.convert's set-up.
+- run.py (Keras 3, this process): opens the run, marks the layers the fine-tuning's last phase
+  trained, writes the job, launches the child with TF_USE_LEGACY_KERAS=1 in the child's
+  environment only, and measures the .tflite exactly as `kclassify export` does, beside the
+  post-training int8 file.
 """
 import importlib.util
 

@@ -3,14 +3,20 @@
     {"name": ..., "inputs": [layer names], "outputs": [layer names],
      "layers": [{"name", "class_name", "config": {structural fields only},
                  "inbound": [names of the layers feeding it, in call order],
-                 "weights": {"kernel": "<npz key>", ...}}, ...]}
+                 "weights": {"kernel": "<npz key>", ...}, "trainable": bool,
+                 "path": "backbone/conv1" (where it sits in the Keras model)}, ...]}
 
 Layers come in topological order. Only the fields that change the computation are kept
 (no initializers, regularizers or dtype policies); every weight is stored under
-"<layer>::<variable>" (BatchNorm moving statistics included). The training-only layers
-kclassify inserts (DropBlock2D, StochasticDepth: the identity at inference) are left out and
-their consumers wired to their input. Anything outside SUPPORTED raises QATError naming the
-layer and its type, before a child process is started.
+"<layer>::<variable>" (BatchNorm moving statistics included). Nested functional models (a Keras
+Applications backbone, a kclassify .keras backbone) are flattened: their layers join the one
+graph, their input layers are wired to what feeds the nested model, and whatever consumed the
+nested model reads its output layer; a layer keeps its own name unless an outer one took it
+(then "<model>_<name>"). The training-only layers kclassify inserts (DropBlock2D,
+StochasticDepth: the identity at inference) are left out and their consumers wired to their
+input. The layer types, their fields and their activations come from table.py, which the child
+also reads; anything outside it raises QATError naming the layer and its type, before a child
+process is started. "trainable" is the layer's own flag and every enclosing model's.
 """
 import json
 from pathlib import Path
@@ -18,15 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from kclassify.qat import QATError
-
-# Activation names (Keras 3 serialization) the child can rebuild exactly.
-ACTIVATIONS = ("linear", "relu", "relu6", "softmax", "sigmoid", "tanh", "silu", "swish", "hard_silu",
-               "hard_swish", "hard_sigmoid")
-DROPPED = ("DropBlock2D", "StochasticDepth")  # kclassify layers that are the identity at inference
-
-
-def _fields(*names):
-    return lambda layer, cfg: {k: cfg[k] for k in names}
+from kclassify.qat.table import ACTIVATIONS, LAYERS, NESTED
 
 
 def _activation(layer, cfg):
@@ -37,12 +35,8 @@ def _activation(layer, cfg):
     return {"activation": act}
 
 
-def _with_activation(*names):
-    def extract(layer, cfg):
-        out = {k: cfg[k] for k in names}
-        out.update(_activation(layer, cfg))
-        return out
-    return extract
+def _input(layer, cfg):
+    return {"shape": list(cfg["batch_shape"][1:])}
 
 
 def _normalization(layer, cfg):
@@ -65,67 +59,64 @@ def _rescaling(layer, cfg):
     return {"scale": as_channels(cfg["scale"]), "offset": as_channels(cfg["offset"])}
 
 
+def _resizing(layer, cfg):
+    if cfg.get("crop_to_aspect_ratio") or cfg.get("pad_to_aspect_ratio") or cfg["interpolation"] != "bilinear":
+        raise QATError(f"layer {layer.name!r} (Resizing): only a plain bilinear resize is translated")
+    return {}
+
+
 def _batch_norm(layer, cfg):
     axis = cfg["axis"]
     if axis not in (-1, len(layer.input.shape) - 1):
         raise QATError(f"layer {layer.name!r} (BatchNormalization) normalizes axis {axis}; only the channel axis is supported")
-    return {k: cfg[k] for k in ("epsilon", "momentum", "center", "scale")}
+    return {}
 
 
 def _pad_shortcut(layer, cfg):
     return {"filters": int(layer.filters), "stride": int(layer.stride)}
 
 
-# class name -> structural config extractor. Keras layers must come from keras itself (a subclass
-# of Conv2D with its own call() is not a Conv2D); kclassify layers from kclassify.layers.
-SUPPORTED = {
-    "InputLayer": lambda layer, cfg: {"shape": list(cfg["batch_shape"][1:])},
-    "Normalization": _normalization,
-    "Rescaling": _rescaling,
-    "Conv2D": _with_activation("filters", "kernel_size", "strides", "padding", "dilation_rate", "groups", "use_bias"),
-    "DepthwiseConv2D": _with_activation("kernel_size", "strides", "padding", "depth_multiplier", "dilation_rate",
-                                        "use_bias"),
-    "Dense": _with_activation("units", "use_bias"),
-    "BatchNormalization": _batch_norm,
-    "Activation": _activation,
-    "ReLU": _fields("max_value", "negative_slope", "threshold"),
-    "Softmax": _fields("axis"),
-    "Add": _fields(),
-    "Multiply": _fields(),
-    "Concatenate": _fields("axis"),
-    "GlobalAveragePooling2D": _fields("keepdims"),
-    "GlobalMaxPooling2D": _fields("keepdims"),
-    "AveragePooling2D": _fields("pool_size", "strides", "padding"),
-    "MaxPooling2D": _fields("pool_size", "strides", "padding"),
-    "ZeroPadding2D": _fields("padding"),
-    "Flatten": _fields(),
-    "Reshape": _fields("target_shape"),
-    "Dropout": _fields("rate"),
-    "PadShortcut": _pad_shortcut,
-}
-KCLASSIFY_LAYERS = ("PadShortcut",) + DROPPED
+# The table's computed fields, by class name (table.LAYERS says which classes have them).
+COMPUTED = {"InputLayer": _input, "Normalization": _normalization, "Rescaling": _rescaling, "Resizing": _resizing,
+            "BatchNormalization": _batch_norm, "PadShortcut": _pad_shortcut}
+
+
+def structural_config(layer, kind_name, cfg):
+    """The fields of one layer that graph.json carries (table.py: which ones)."""
+    kind = LAYERS[kind_name]
+    out = {k: cfg[k] for k in kind.fields}
+    if kind.activation:
+        out.update(_activation(layer, cfg))
+    if kind.computed:
+        out.update(COMPUTED[kind_name](layer, cfg))
+    return out
 
 
 def _kind(layer):
-    """The table key of a live layer, or None when it is not one the bridge knows."""
+    """The table key of a live layer, or None when it is not one the bridge knows. Keras layers
+    must come from keras itself (a subclass of Conv2D with its own call() is not a Conv2D)."""
     cls = type(layer)
-    name, module = cls.__name__, cls.__module__
-    if name in KCLASSIFY_LAYERS:
-        return name if module.startswith("kclassify.") else None
-    if name in SUPPORTED and module.startswith("keras."):
-        return name
-    return None
+    kind = LAYERS.get(cls.__name__)
+    if kind is None:
+        return None
+    return cls.__name__ if cls.__module__.startswith(f"{kind.origin}.") else None
+
+
+def _is_nested(layer):
+    import keras
+
+    return type(layer).__name__ in NESTED and isinstance(layer, keras.Model)
 
 
 def unsupported(layer, why=None):
     cls = type(layer).__name__
-    if why is None and cls in ("Functional", "Sequential", "Model"):
-        why = "a nested model (e.g. a Keras Applications backbone); only flat kclassify architectures are supported"
+    if why is None and cls in ("Sequential", "Model"):
+        why = "a nested Sequential or subclassed model; only nested functional models are flattened"
     if why is None:
         why = "no tf_keras translation for this layer type"
-    known = ", ".join(sorted(set(SUPPORTED) | set(DROPPED)))
+    known = ", ".join(sorted(LAYERS))
     return QATError(f"layer {layer.name!r} of type {cls} is not supported by the QAT bridge: {why}. "
-                    f"Supported types: {known}")
+                    f"Supported types: {known} (and nested functional models)")
 
 
 def _inbound(node):
@@ -148,8 +139,14 @@ def _inbound(node):
     return found
 
 
-def describe(model):
-    """(graph dict, {npz key: array}) for a Keras 3 functional model."""
+def _io_names(entries):
+    """Layer names of a config's input_layers/output_layers ([name, node, index] or a list of them)."""
+    if entries and isinstance(entries[0], str):
+        entries = [entries]
+    return [e[0] for e in entries]
+
+
+def _functional_config(model):
     import keras
 
     try:
@@ -158,40 +155,95 @@ def describe(model):
         cfg = None
     if not cfg or "layers" not in cfg or "input_layers" not in cfg:  # subclassed or Sequential
         raise QATError(f"the QAT bridge needs a functional Keras model, got {type(model).__name__}")
-    alias = {}  # dropped layer -> the layer its output really is
-    layers, weights = [], {}
-    for entry in cfg["layers"]:
-        layer = model.get_layer(entry["name"])
+    return cfg
+
+
+class Flattener:
+    """Walks a functional model and the functional models nested in it into one layer list."""
+
+    def __init__(self):
+        self.layers, self.weights = [], {}
+        self.alias = {}  # scoped key ("backbone/conv1") -> the emitted layer name it stands for
+        self.taken, self.reserved = set(), set()
+
+    def walk(self, model, scope="", feeds=None, trainable=True):
+        cfg = _functional_config(model)
+        inputs = _io_names(cfg["input_layers"])
+        for entry in cfg["layers"]:
+            layer = model.get_layer(entry["name"])
+            key = scope + layer.name
+            nodes = entry.get("inbound_nodes", [])
+            if len(nodes) > 1:
+                raise unsupported(layer, "it is called more than once (a shared layer)")
+            inbound = [self.alias[scope + n] for n in (_inbound(nodes[0]) if nodes else [])]
+            if feeds is not None and layer.name in inputs:  # a nested model's input: what feeds it
+                self.alias[key] = feeds[inputs.index(layer.name)]
+                continue
+            if _is_nested(layer):
+                self.nested(layer, key, inbound, trainable and layer.trainable)
+                continue
+            self.layer(layer, entry, key, inbound, trainable and layer.trainable)
+        return [self.alias[scope + n] for n in inputs], [self.alias[scope + n] for n in _io_names(cfg["output_layers"])]
+
+    def nested(self, model, key, inbound, trainable):
+        _, outputs = self.walk(model, key + "/", inbound, trainable)
+        if len(outputs) != 1:
+            raise unsupported(model, "a nested model with more than one output")
+        self.alias[key] = outputs[0]
+
+    def layer(self, layer, entry, key, inbound, trainable):
+        import keras
+
         kind = _kind(layer)
         if kind is None:
             raise unsupported(layer)
-        nodes = entry.get("inbound_nodes", [])
-        if len(nodes) > 1:
-            raise unsupported(layer, "it is called more than once (a shared layer)")
         data_format = entry["config"].get("data_format")
         if data_format not in (None, "channels_last"):
             raise unsupported(layer, f"data_format={data_format!r}; only channels_last is supported")
-        inbound = [alias.get(n, n) for n in (_inbound(nodes[0]) if nodes else [])]
-        if kind in DROPPED:
+        if LAYERS[kind].dropped:
             if len(inbound) != 1:
                 raise unsupported(layer, "a training-only layer with more than one input")
-            alias[layer.name] = inbound[0]
-            continue
-        record = {"name": layer.name, "class_name": kind, "config": SUPPORTED[kind](layer, entry["config"]),
-                  "inbound": inbound, "weights": {}}
+            self.alias[key] = inbound[0]
+            return
+        name = self.unique(layer.name, key)
+        record = {"name": name, "class_name": kind, "config": structural_config(layer, kind, entry["config"]),
+                  "inbound": inbound, "weights": {}, "trainable": bool(trainable), "path": key}
         if kind == "PadShortcut":  # its fixed 0/1 kernel is an attribute, not a variable
-            key = f"{layer.name}::kernel"
-            weights[key] = np.asarray(layer.kernel, np.float32)
-            record["weights"]["kernel"] = key
+            self.weights[f"{name}::kernel"] = np.asarray(layer.kernel, np.float32)
+            record["weights"]["kernel"] = f"{name}::kernel"
         for var in layer.weights:
-            key = f"{layer.name}::{var.name}"
-            weights[key] = np.asarray(keras.ops.convert_to_numpy(var), np.float32)
-            record["weights"][var.name] = key
-        layers.append(record)
-    io_name = lambda t: alias.get(t._keras_history.operation.name, t._keras_history.operation.name)
-    graph = {"name": model.name, "inputs": [io_name(t) for t in model.inputs],
-             "outputs": [io_name(t) for t in model.outputs], "layers": layers}
-    return graph, weights
+            npz_key = f"{name}::{var.name}"
+            self.weights[npz_key] = np.asarray(keras.ops.convert_to_numpy(var), np.float32)
+            record["weights"][var.name] = npz_key
+        self.layers.append(record)
+        self.alias[key] = name
+
+    def unique(self, name, key):
+        """The outer model's layers keep their names; an inner layer named like any other gets its
+        models' names as a prefix ("mid_core_conv")."""
+        if "/" in key and (name in self.taken or name in self.reserved):
+            name = key.replace("/", "_")
+        if name in self.taken:
+            raise QATError(f"two layers would both be named {name!r} in the flattened QAT graph")
+        self.taken.add(name)
+        return name
+
+
+def describe(model):
+    """(graph dict, {npz key: array}) for a Keras 3 functional model, nested models flattened."""
+    flat = Flattener()
+    flat.reserved = {layer.name for layer in model.layers}
+    inputs, outputs = flat.walk(model)
+    graph = {"name": model.name, "inputs": inputs, "outputs": outputs, "layers": flat.layers}
+    return graph, flat.weights
+
+
+def all_layers(model):
+    """Every layer, those of nested models included (depth first)."""
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from all_layers(layer)
 
 
 def float32_model(model):
@@ -199,12 +251,21 @@ def float32_model(model):
     mixed-precision run is compared and translated in float32: the tf_keras side is float32)."""
     import keras
 
-    if all(getattr(layer.dtype_policy, "compute_dtype", "float32") == "float32" for layer in model.layers):
+    if all(getattr(layer.dtype_policy, "compute_dtype", "float32") == "float32" for layer in all_layers(model)):
         return model
     cfg = model.get_config()
-    for entry in cfg["layers"]:
-        if "dtype" in entry["config"]:
-            entry["config"]["dtype"] = "float32"
+
+    def to_float32(node):
+        if isinstance(node, dict):
+            if isinstance(node.get("config"), dict) and "dtype" in node["config"]:
+                node["config"]["dtype"] = "float32"
+            for value in node.values():
+                to_float32(value)
+        elif isinstance(node, list):
+            for value in node:
+                to_float32(value)
+
+    to_float32(cfg["layers"])
     copy = keras.Model.from_config(cfg)
     copy.set_weights(model.get_weights())
     return copy

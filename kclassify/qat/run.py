@@ -1,14 +1,20 @@
-"""Keras 3 side of `kclassify qat` and `kclassify prune`: load the run, describe its model, write
-the job (model description, uint8 training/validation/calibration images), run the tfmot worker
-in a child process, then measure the .tflite exactly as `kclassify export` does (LiteRT top-1 on
-the validation split, agreement and max probability difference against the Keras model).
+"""Keras 3 side of `kclassify qat` and `kclassify prune`: open the run (kclassify.run.Run), mark
+which layers train as the fine-tuning's last phase had them, describe the model, write the job
+(job.Job: every setting resolved here, from the recipe's qat section), run the tfmot worker in a
+child process, then measure the .tflite exactly as `kclassify export` does (LiteRT top-1 on the
+validation split, agreement and max probability difference against the Keras model).
+
+`kclassify qat` also measures the post-training int8 file (model_int8.tflite, the export with the
+same calibration images) on the same split and, by default, ships the better of the two.
 
 This process never imports tfmot or tf_keras and never sets TF_USE_LEGACY_KERAS: only the child's
 environment carries it.
 """
 import gzip
 import json
+import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -18,31 +24,33 @@ from pathlib import Path
 import numpy as np
 
 from kclassify.qat import QATError, require_tfmot
+from kclassify.qat.job import Augment, DataFiles, Job, ModelFiles, Pruning, Training
 
 
 def _echo_default(*args):
     print(*args, flush=True)
 
 
-class Job:
-    """One run folder prepared for the worker: settings, model, recipe, data."""
+class Prepared:
+    """One run folder prepared for the worker: its recipe, settings, model (trainable flags as
+    the fine-tuning's last phase set them), data and the export job that measures the files."""
 
-    def __init__(self, run_dir, overrides, echo=_echo_default):
+    def __init__(self, run_dir, overrides, task, echo=_echo_default):
         require_tfmot()
-        from kclassify.evaluate import load_model, resolve_model_path
-        from kclassify.recipe import load_recipe
+        from kclassify.run import Run
 
-        _, self.run_dir = resolve_model_path(run_dir)
-        if self.run_dir is None or not (self.run_dir / "recipe.yaml").is_file():
+        _, run = Run.resolve(run_dir)
+        if run is None:
             raise QATError(f"{run_dir}: qat and prune need a run folder (model.keras with its recipe.yaml)")
-        self.recipe = load_recipe(self.run_dir / "recipe.yaml")
+        self.run, self.run_dir, self.task, self.echo = run, run.dir, task, echo
+        self.recipe = run.recipe
         self.cfg = self.settings(overrides)  # bad options fail before TensorFlow loads anything
-        from kclassify.data import load_data
+        from kclassify.export import ExportJob
 
-        self.model, _ = load_model(self.run_dir)
-        self.data = load_data(self.recipe.data, self.recipe.runtime.seed)
-        self.echo = echo
-        self._export_job = None
+        self.model = run.load_model()
+        self.data = run.data()
+        self.phase = respect_last_phase(self.model, self.recipe)
+        self.export_job = ExportJob(self.run_dir, model=self.model, data=self.data)  # Keras predicts once
 
     def settings(self, overrides):
         """The recipe's qat section with command-line overrides (None keeps the recipe's value)."""
@@ -51,58 +59,115 @@ class Job:
         from kclassify.errors import RecipeError
         from kclassify.recipe import QATConfig, explain
 
-        merged = {**self.recipe.qat.model_dump(), **{k: v for k, v in overrides.items() if v is not None}}
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if "steps" in given or "epochs" in given:  # the command line's length wins over the recipe's
+            given = {"steps": None, "epochs": None, **given}
+        merged = {**self.recipe.qat.model_dump(), **given}
         try:
             return QATConfig.model_validate(merged)
         except ValidationError as exc:
             lines = ("  qat." + line.strip() for line in explain(exc).splitlines())
             raise RecipeError("invalid qat/prune option\n" + "\n".join(lines)) from None
 
-    def write(self, folder, cfg):
-        """The files every task needs; returns the common part of the job dict."""
-        from kclassify.export.convert import calibration_images
+    def training(self):
+        """The worker's training settings (job.Training) and a line saying where each came from."""
+        cfg, t = self.cfg, self.recipe.train
+        batch = cfg.batch_size or t.batch_size
+        one_pass = max(1, math.ceil(len(self.data.train) / batch))
+        if self.task == "prune":
+            epochs, steps_per_epoch = cfg.epochs if cfg.epochs is not None else cfg.prune_epochs, cfg.steps_per_epoch
+            lr, optimizer, lr_why = cfg.lr or cfg.prune_lr, "sgd", "qat.prune_lr" if cfg.lr is None else "set"
+        else:
+            epochs, steps_per_epoch = qat_steps(cfg, one_pass)
+            optimizer = t.optimizer
+            peak = last_peak_lr(self.recipe)
+            lr = cfg.lr or cfg.lr_fraction * peak
+            lr_why = "set" if cfg.lr else f"{cfg.lr_fraction:g} x the run's last peak rate {peak:g}"
+        steps = epochs * (steps_per_epoch or one_pass)
+        aug = self.recipe.augment
+        training = Training(epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch, optimizer=optimizer,
+                            lr=float(lr), momentum=cfg.momentum if cfg.momentum is not None else t.momentum,
+                            weight_decay=t.weight_decay if optimizer == "adamw" else 0.0,
+                            freeze_bn=cfg.prune_freeze_bn if self.task == "prune" else cfg.freeze_bn,
+                            calibration_batches=cfg.calibration_batches, range_log_every=cfg.range_log_every,
+                            seed=self.recipe.runtime.seed,
+                            augment=Augment(crop_pad=aug.crop_pad, pad_mode=aug.pad_mode, flip=bool(aug.flip)))
+        why = f"{steps} steps ({epochs} x {steps_per_epoch or one_pass}), {optimizer} lr {lr:g} ({lr_why})"
+        return training, why
+
+    def write(self, folder):
+        """The model description and data files every task needs: (ModelFiles, DataFiles)."""
         from kclassify.qat.graph import write_model
 
         folder = Path(folder)
-        val = self.data.val
-        check = val.images[:cfg.check_images]
-        model_files = write_model(self.model, folder / "model", check)
-        np.savez(folder / "train.npz", images=self.data.train.images, labels=self.data.train.labels)
-        np.savez(folder / "val.npz", images=val.images, labels=val.labels)
-        calib = calibration_images(self.data.train, self.recipe.output.calibration_images)
-        np.savez(folder / "calibration.npz", images=calib)
-        aug = self.recipe.augment
-        return {"model": model_files, "train": str(folder / "train.npz"), "val": str(folder / "val.npz"),
-                "calibration": str(folder / "calibration.npz"), "result": str(folder / "result.json"),
-                "epochs": cfg.epochs, "lr": cfg.lr, "momentum": cfg.momentum,
-                "batch_size": cfg.batch_size or self.recipe.train.batch_size, "steps_per_epoch": cfg.steps_per_epoch,
-                "freeze_bn": cfg.freeze_bn, "calibration_batches": cfg.calibration_batches,
-                "tolerance": cfg.tolerance, "seed": self.recipe.runtime.seed,
-                "augment": {"crop_pad": aug.crop_pad, "pad_mode": aug.pad_mode, "flip": aug.flip}}
+        export = self.export_job
+        check = export.val_images[:self.cfg.check_images]
+        files = write_model(self.model, folder / "model", check)
+        train, val = self.data.train, self.data.val
+        from kclassify.export.calibration import take
+
+        np.savez(folder / "train.npz", images=take(train, np.arange(len(train))), labels=np.asarray(train.labels))
+        np.savez(folder / "val.npz", images=export.val_images, labels=np.asarray(val.labels))
+        np.savez(folder / "calibration.npz", images=export.calibration)  # the post-training export's own
+        return (ModelFiles(name=self.model.name, quantize=True, **files),
+                DataFiles(train=str(folder / "train.npz"), val=str(folder / "val.npz"),
+                          calibration=str(folder / "calibration.npz")))
 
     def measure(self, path, kind, worker, extra=None):
         """Embed the spec, measure with LiteRT, write <file>.json beside it (as `export` does);
         returns the report."""
-        from kclassify.export import ExportJob
-
-        if self._export_job is None:  # one job: the Keras predictions are made once per command
-            self._export_job = ExportJob(self.run_dir, model=self.model, data=self.data)
         report = {"file": str(path), "kind": kind, "quant": kind, "class_names": self.data.class_names,
                   "source": str(self.run_dir), **(extra or {}), "worker": worker}
-        return self._export_job.finish(path, Path(path).read_bytes(), report)
+        return self.export_job.finish(path, Path(path).read_bytes(), report)
+
+
+def respect_last_phase(model, recipe):
+    """Set `trainable` as the fine-tuning's last phase had it (kclassify.finetune.groups.apply_phase,
+    the fine-tuning's own rule); returns a line saying so, or None for a `fit` run (all layers
+    train, as they did)."""
+    from kclassify.models import MODELS
+
+    if recipe.model.name not in MODELS or MODELS.info(recipe.model.name).get("backbone") is None:
+        return None
+    from kclassify.finetune.groups import apply_phase
+    from kclassify.finetune.run import block_pattern
+
+    ft = recipe.finetune
+    if ft.mode == "knn":
+        raise QATError("a knn fine-tuning run has no trained classifier to quantize-aware train")
+    group = ft.phases[-1].unfreeze if ft.mode == "phases" and ft.phases else "head"
+    unfrozen = apply_phase(model, group, block_pattern(recipe), ft.train_bn)
+    return f"layers trained as in the fine-tuning's last phase (unfreeze {group}: {len(unfrozen)} backbone layers)"
+
+
+def last_peak_lr(recipe):
+    """The peak learning rate of the run's last phase (fine-tuning) or of its schedule (fit)."""
+    ft = recipe.finetune
+    if ft.mode == "phases" and ft.phases and ft.phases[-1].lr:
+        return ft.phases[-1].lr
+    return recipe.train.effective_lr()
+
+
+def qat_steps(cfg, one_pass):
+    """(epochs, steps per epoch or None) for QAT: --epochs as given, else qat.steps (default
+    qat.settle_steps, enough for the activation ranges to settle) cut into passes."""
+    if cfg.epochs is not None:
+        return cfg.epochs, cfg.steps_per_epoch
+    total = cfg.steps or cfg.settle_steps
+    epochs = max(1, math.ceil(total / one_pass))
+    return epochs, math.ceil(total / epochs)
 
 
 def run_worker(job, folder, echo=_echo_default, timeout=None):
-    """Run `python -m kclassify.qat.worker` on `job` (a dict, written into `folder`); stream its
+    """Run `python -m kclassify.qat.worker` on `job` (a job.Job, written into `folder`); stream its
     progress lines to `echo`; return its result dict or raise QATError with its error."""
     folder = Path(folder)
     job_file = folder / "job.json"
-    job_file.write_text(json.dumps(job, indent=1))
-    env = child_environment()
+    job.write(job_file)
     log = folder / "worker.log"
     start = time.time()
     with open(log, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "kclassify.qat.worker", str(job_file)], env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "kclassify.qat.worker", str(job_file)], env=child_environment(),
                                 stdout=subprocess.PIPE, stderr=err, text=True, cwd=folder)
         try:
             for line in proc.stdout:
@@ -112,7 +177,7 @@ def run_worker(job, folder, echo=_echo_default, timeout=None):
             proc.kill()
             proc.wait()
             raise
-    result_file = Path(job["result"])
+    result_file = Path(job.result)
     result = json.loads(result_file.read_text()) if result_file.is_file() else {}
     result.setdefault("seconds", round(time.time() - start, 1))
     if code != 0 or "error" in result:
@@ -135,74 +200,112 @@ def child_environment():
             "PYTHONPATH": root + (os.pathsep + path if path else "")}
 
 
-def _previous_int8(run_dir):
-    """top-1 of the post-training int8 export, when `kclassify export --quant int8` wrote one."""
-    rep = Path(run_dir) / "model_int8.json"
-    try:
-        return json.loads(rep.read_text())["tflite"]["top1"]
-    except Exception:
-        return None
-
-
-def qat(run_dir, epochs=None, lr=None, batch_size=None, steps_per_epoch=None, out=None, echo=_echo_default):
-    """Quantization-aware fine-tuning of a run's model; writes model_qat_int8.tflite (uint8 input,
-    float32 probabilities) and model_qat_int8.json beside it. Returns the report."""
-    job = Job(run_dir, dict(epochs=epochs, lr=lr, batch_size=batch_size, steps_per_epoch=steps_per_epoch), echo)
-    cfg = job.cfg
-    out = Path(out) if out else job.run_dir / "model_qat_int8.tflite"
+def qat(run_dir, epochs=None, lr=None, batch_size=None, steps_per_epoch=None, steps=None, keep=None, out=None,
+        echo=_echo_default):
+    """Quantization-aware fine-tuning of a run's model to an int8 .tflite (uint8 input, float32
+    probabilities), compared with the post-training int8 export on the validation split. Writes
+    `out` (default RUN/model_qat_int8.tflite) and its .json: the QAT file, or with keep="better"
+    (the default) the post-training one where that scored higher (the QAT file then goes to
+    <out>_rejected.tflite). Returns the report."""
+    prep = Prepared(run_dir, dict(epochs=epochs, lr=lr, batch_size=batch_size, steps_per_epoch=steps_per_epoch,
+                                  steps=steps, keep=keep), "qat", echo)
+    training, why = prep.training()
+    out = Path(out) if out else prep.run_dir / "model_qat_int8.tflite"
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="kclassify-qat-") as folder:
-        spec = job.write(folder, cfg)
-        spec.update(task="qat", out=str(Path(folder) / out.name))
-        echo(f"QAT of {job.run_dir}: {cfg.epochs} epoch(s) at lr {cfg.lr:g} in a tf_keras worker process")
-        worker = run_worker(spec, folder, echo)
-        out.write_bytes(Path(spec["out"]).read_bytes())
+        model_files, data_files = prep.write(folder)
+        job = Job(task="qat", result=str(Path(folder) / "result.json"), tolerance=prep.cfg.tolerance,
+                  model=model_files, data=data_files, train=training, out=str(Path(folder) / out.name))
+        echo(f"QAT of {prep.run_dir} in a tf_keras worker process: {why}")
+        if prep.phase:
+            echo(f"  {prep.phase}")
+        worker = run_worker(job, folder, echo)
+        out.write_bytes(Path(job.out).read_bytes())
     worker.pop("file", None)
-    extra = {"epochs": cfg.epochs, "lr": cfg.lr, "ptq_int8_top1": _previous_int8(job.run_dir)}
-    report = job.measure(out, "qat-int8", worker, extra)
-    echo(f"{out}: {report['size_bytes']:,} bytes, input {report['input']['dtype']} (scale "
-         f"{report['input']['scale']:g}, zero point {report['input']['zero_point']}); top-1 "
-         f"{report['tflite']['top1']:.4f} (Keras float {report['keras']['top1']:.4f}), agreement {report['agreement']:.4f}")
-    return report
+    settled = settle_step(worker.get("range_log", []))
+    extra = {"epochs": training.epochs, "steps": worker["steps"], "lr": training.lr, "optimizer": training.optimizer,
+             "settings": why, "trainable": prep.phase or "every layer (a fit run)", "ranges_settled_at_step": settled}
+    report = prep.measure(out, "qat-int8", worker, extra)
+    return choose(prep, out, report, echo)
+
+
+def choose(prep, out, report, echo):
+    """Measure the post-training int8 export on the same split and keep the better file (the QAT
+    one on a tie), unless qat.keep is "qat". Rewrites <out>.json with both figures."""
+    ptq_file = prep.run_dir / "model_int8.tflite"
+    ptq = prep.export_job.export("int8", ptq_file, max_drop=None)
+    qat_top1, ptq_top1 = report["tflite"]["top1"], ptq["tflite"]["top1"]
+    figures = lambda r: {k: r[k] for k in ("file", "size_bytes", "tflite", "agreement", "max_prob_diff")}
+    both = {"qat": figures(report), "post_training": {**figures(ptq), "calibration_images": ptq["calibration_images"]},
+            "float_top1": report["keras"]["top1"], "split": f"validation ({report['tflite']['count']} images)"}
+    echo(f"on the validation split ({report['tflite']['count']} images): float {report['keras']['top1']:.4f}, "
+         f"post-training int8 {ptq_top1:.4f}, QAT int8 {qat_top1:.4f}")
+    if prep.cfg.keep == "better" and ptq_top1 > qat_top1:
+        rejected = out.with_name(out.stem + "_rejected.tflite")
+        shutil.move(str(out), rejected)
+        shutil.move(str(out.with_suffix(".json")), rejected.with_suffix(".json"))
+        both["qat"]["file"] = str(rejected)
+        shutil.copyfile(ptq_file, out)
+        kept = {**ptq, "file": str(out), "kind": "post-training-int8", "qat_run": {k: report[k] for k in
+                                                                                   ("worker", "settings", "steps", "lr")}}
+        kept["kept"] = (f"post-training int8: it scored {ptq_top1:.4f} against QAT's {qat_top1:.4f} on the validation "
+                        f"split; the QAT file is kept as {rejected.name} (qat.keep=qat ships it)")
+    else:
+        kept = dict(report)
+        kept["kept"] = ("QAT int8" + (" (qat.keep=qat)" if prep.cfg.keep == "qat" else "") +
+                        f": {qat_top1:.4f} against post-training {ptq_top1:.4f} on the validation split")
+    kept["comparison"] = both
+    out.with_suffix(".json").write_text(json.dumps(kept, indent=1))
+    echo(f"{out}: kept {kept['kept']}")
+    return kept
+
+
+def settle_step(rows, threshold=0.02):
+    """The first logged step after which no activation range moved by more than `threshold`
+    (relative, between two snapshots); None when they never settled in the run."""
+    for i, row in enumerate(rows):
+        if all(r["max_rel_change"] <= threshold for r in rows[i:]):
+            return row["step"]
+    return None
 
 
 def prune(run_dir, sparsity=None, schedule=None, epochs=None, lr=None, batch_size=None, steps_per_epoch=None,
           int8=None, out=None, echo=_echo_default):
     """Magnitude pruning of a run's model while fine-tuning; writes model_pruned.tflite (float32)
     and its .json (and model_pruned_int8.tflite with int8=True). Returns the report."""
-    job = Job(run_dir, dict(sparsity=sparsity, schedule=schedule, epochs=epochs, lr=lr, batch_size=batch_size,
-                            steps_per_epoch=steps_per_epoch, prune_int8=int8), echo)
-    cfg = job.cfg
-    if cfg.epochs < 1:
+    prep = Prepared(run_dir, dict(sparsity=sparsity, schedule=schedule, epochs=epochs, lr=lr, batch_size=batch_size,
+                                  steps_per_epoch=steps_per_epoch, prune_int8=int8), "prune", echo)
+    cfg = prep.cfg
+    training, why = prep.training()
+    if training.epochs < 1:
         raise QATError("pruning needs at least one epoch of fine-tuning (--epochs 1 or more)")
-    out = Path(out) if out else job.run_dir / "model_pruned.tflite"
+    out = Path(out) if out else prep.run_dir / "model_pruned.tflite"
     out.parent.mkdir(parents=True, exist_ok=True)
     int8_out = out.with_name(out.stem + "_int8.tflite")
     with tempfile.TemporaryDirectory(prefix="kclassify-prune-") as folder:
-        spec = job.write(folder, cfg)
-        spec.update(task="prune", sparsity=cfg.sparsity, schedule=cfg.schedule, out=str(Path(folder) / out.name),
-                    dense_out=str(Path(folder) / "dense.tflite"), freeze_bn=cfg.prune_freeze_bn)
+        model_files, data_files = prep.write(folder)
+        pruning = Pruning(sparsity=cfg.sparsity, schedule=cfg.schedule, dense_out=str(Path(folder) / "dense.tflite"),
+                          int8_out=str(Path(folder) / int8_out.name) if cfg.prune_int8 else None)
+        job = Job(task="prune", result=str(Path(folder) / "result.json"), tolerance=cfg.tolerance, model=model_files,
+                  data=data_files, train=training, out=str(Path(folder) / out.name), prune=pruning)
+        echo(f"pruning {prep.run_dir} to sparsity {cfg.sparsity:g} ({cfg.schedule}) in a tf_keras worker process: {why}")
+        worker = run_worker(job, folder, echo)
+        out.write_bytes(Path(job.out).read_bytes())
+        dense_gzip = len(gzip.compress(Path(pruning.dense_out).read_bytes(), 9))
         if cfg.prune_int8:
-            spec["int8_out"] = str(Path(folder) / int8_out.name)
-        echo(f"pruning {job.run_dir} to sparsity {cfg.sparsity:g} ({cfg.schedule}), {cfg.epochs} epoch(s) "
-             f"at lr {cfg.lr:g} in a tf_keras worker process")
-        worker = run_worker(spec, folder, echo)
-        out.write_bytes(Path(spec["out"]).read_bytes())
-        dense_gzip = len(gzip.compress(Path(spec["dense_out"]).read_bytes(), 9))
-        if cfg.prune_int8:
-            int8_out.write_bytes(Path(spec["int8_out"]).read_bytes())
+            int8_out.write_bytes(Path(pruning.int8_out).read_bytes())
     for key in ("file", "dense_file", "int8_file"):
         worker.pop(key, None)
     extra = {"target_sparsity": cfg.sparsity, "sparsity": worker["sparsity"], "schedule": cfg.schedule,
-             "epochs": cfg.epochs, "lr": cfg.lr, "dense_float32_gzip_bytes": dense_gzip}
-    report = job.measure(out, "pruned-float32", worker, extra)
+             "epochs": training.epochs, "lr": training.lr, "dense_float32_gzip_bytes": dense_gzip}
+    report = prep.measure(out, "pruned-float32", worker, extra)
     report["gzip_ratio_vs_dense"] = report["gzip_bytes"] / dense_gzip
     out.with_suffix(".json").write_text(json.dumps(report, indent=1))
     echo(f"{out}: sparsity {worker['sparsity']:.3f} of {worker['prunable_params']:,} prunable weights; "
          f"{report['size_bytes']:,} bytes, gzip {report['gzip_bytes']:,} (dense {dense_gzip:,}); top-1 "
          f"{report['tflite']['top1']:.4f} (Keras float {report['keras']['top1']:.4f}), agreement {report['agreement']:.4f}")
     if cfg.prune_int8:
-        rep8 = job.measure(int8_out, "pruned-int8", {"sparsity": worker["sparsity"]}, extra)
+        rep8 = prep.measure(int8_out, "pruned-int8", {"sparsity": worker["sparsity"]}, extra)
         report["int8"] = {k: rep8[k] for k in ("file", "size_bytes", "gzip_bytes", "tflite", "agreement", "max_prob_diff")}
         out.with_suffix(".json").write_text(json.dumps(report, indent=1))
         echo(f"{int8_out}: {rep8['size_bytes']:,} bytes, gzip {rep8['gzip_bytes']:,}; top-1 {rep8['tflite']['top1']:.4f}")
@@ -222,11 +325,9 @@ def check_models(models, folder, tolerance=1e-5, quantize=True, samples=8, seed=
     entries = []
     for i, model in enumerate(models):
         images = rng.integers(0, 256, (samples, *model.input_shape[1:])).astype(np.float32)
-        entry = write_model(model, folder / f"m{i}", images)
-        entry["name"] = model.name
-        entry["quantize"] = bool(quantize[i] if isinstance(quantize, (list, tuple)) else quantize)
-        entries.append(entry)
-    job = {"task": "check", "models": entries, "tolerance": tolerance,
-           "result": str(folder / "result.json")}
+        files = write_model(model, folder / f"m{i}", images)
+        entries.append(ModelFiles(name=model.name, quantize=bool(quantize[i] if isinstance(quantize, (list, tuple))
+                                                                 else quantize), **files))
+    job = Job(task="check", result=str(folder / "result.json"), tolerance=tolerance, models=entries)
     result = run_worker(job, folder, echo)
     return result["models"], result.get("env", {})

@@ -20,10 +20,20 @@ per-layer wrappers can be matched to the original. What is rebuilt differently, 
   converter maps to HARD_SWISH and ADD(+RELU6)+MUL builtins.
 - kclassify's PadShortcut becomes a frozen Conv2D 1x1 (stride s, no bias) with the same 0/1
   kernel: the same single CONV_2D as the Keras 3 export.
+- An activation inside a Conv2D / DepthwiseConv2D / Dense other than table.FUSED becomes its own
+  activation layer "<layer>_act" after the linear layer (tfmot's wrapper takes no relu6 or
+  hard-swish inside a conv; TFLite fuses only ReLU-like ones anyway).
+- Resizing (an in-graph upscale in front of a backbone) stays a Resizing, its output quantized.
+
+Which layer types exist, their fields and their activations: table.py, shared with graph.py.
+A layer the description marks "trainable": false (frozen in the fine-tuning's last phase) is
+built frozen.
 """
 import numpy as np
 import tensorflow as tf
 import tf_keras as K
+
+from kclassify.qat.table import ACTIVATIONS, LAYERS, kept_fused
 
 ROLE_LAYER = "layer"      # an ordinary trainable layer
 ROLE_FIXED = "fixed"      # a frozen replacement (normalization, rescaling, option-A shortcut)
@@ -66,20 +76,10 @@ class ChannelAffine(K.layers.Layer):
 
 
 CUSTOM_OBJECTS = {"HardSwish": HardSwish, "HardSigmoid": HardSigmoid, "ChannelAffine": ChannelAffine}
-SIMPLE_ACTIVATIONS = {"linear": "linear", "relu": "relu", "softmax": "softmax", "sigmoid": "sigmoid",
-                      "tanh": "tanh", "silu": "swish", "swish": "swish"}
 
 
 class TranslationError(Exception):
     """The description cannot be rebuilt, or the rebuilt model does not match."""
-
-
-def _conv_activation(spec):
-    act = spec["config"]["activation"]
-    if act not in ("linear", "relu", "relu6", "sigmoid", "softmax", "tanh"):
-        raise TranslationError(f"layer {spec['name']!r} ({spec['class_name']}) has activation {act!r} inside; "
-                               "only linear/relu/relu6/sigmoid/softmax/tanh are translated there")
-    return act
 
 
 class Builder:
@@ -129,85 +129,103 @@ class Builder:
 
     def layer(self, spec):
         name, cls, cfg = spec["name"], spec["class_name"], spec["config"]
+        if cls not in LAYERS or LAYERS[cls].dropped:
+            raise TranslationError(f"layer {name!r}: type {cls} has no tf_keras translation")
         ins = [self.tensors[n] for n in spec["inbound"]]
         x = ins[0] if len(ins) == 1 else ins
-        L = K.layers
-        if cls == "Normalization":
-            std = np.maximum(np.sqrt(np.asarray(cfg["variance"], np.float64)), cfg["epsilon"])
-            scale = (1.0 / std).astype(np.float32)
-            return self.affine(name, x, scale, (-np.asarray(cfg["mean"], np.float64) / std).astype(np.float32),
-                               False, ROLE_FIXED)
-        if cls == "Rescaling":
-            return self.affine(name, x, cfg["scale"], cfg["offset"], False, ROLE_FIXED)
-        if cls == "Conv2D":
-            layer = L.Conv2D(cfg["filters"], cfg["kernel_size"], strides=cfg["strides"], padding=cfg["padding"],
-                             dilation_rate=cfg["dilation_rate"], groups=cfg["groups"], use_bias=cfg["use_bias"],
-                             activation=_conv_activation(spec), name=name)
-            arrays = [self.w(spec, "kernel")] + ([self.w(spec, "bias")] if cfg["use_bias"] else [])
+        build = getattr(self, f"build_{cls}", None)
+        if build is not None:
+            return build(spec, name, cfg, x)
+        role = ROLE_OUTPUT if LAYERS[cls].output_only else ROLE_LAYER
+        return self.add(spec, SIMPLE[cls](name, cfg), x, role=role)
+
+    # ---- the layers that need more than their fields (table.py lists them all)
+
+    def build_Normalization(self, spec, name, cfg, x):
+        std = np.maximum(np.sqrt(np.asarray(cfg["variance"], np.float64)), cfg["epsilon"])
+        scale = (1.0 / std).astype(np.float32)
+        return self.affine(name, x, scale, (-np.asarray(cfg["mean"], np.float64) / std).astype(np.float32),
+                           False, ROLE_FIXED)
+
+    def build_Rescaling(self, spec, name, cfg, x):
+        return self.affine(name, x, cfg["scale"], cfg["offset"], False, ROLE_FIXED)
+
+    def build_Conv2D(self, spec, name, cfg, x):
+        layer = K.layers.Conv2D(cfg["filters"], cfg["kernel_size"], strides=cfg["strides"], padding=cfg["padding"],
+                                dilation_rate=cfg["dilation_rate"], groups=cfg["groups"], use_bias=cfg["use_bias"],
+                                activation=self.fused(cfg), trainable=spec.get("trainable", True), name=name)
+        return self.linear(spec, layer, x)
+
+    def build_DepthwiseConv2D(self, spec, name, cfg, x):
+        layer = K.layers.DepthwiseConv2D(cfg["kernel_size"], strides=cfg["strides"], padding=cfg["padding"],
+                                         depth_multiplier=cfg["depth_multiplier"], dilation_rate=cfg["dilation_rate"],
+                                         use_bias=cfg["use_bias"], activation=self.fused(cfg),
+                                         trainable=spec.get("trainable", True), name=name)
+        return self.linear(spec, layer, x)
+
+    def build_Dense(self, spec, name, cfg, x):
+        layer = K.layers.Dense(cfg["units"], use_bias=cfg["use_bias"], activation=self.fused(cfg),
+                               trainable=spec.get("trainable", True), name=name)
+        return self.linear(spec, layer, x)
+
+    def build_BatchNormalization(self, spec, name, cfg, x):
+        channels = int(x.shape[-1])
+        gamma = self.w(spec, "gamma") if cfg["scale"] else np.ones(channels, np.float32)
+        beta = self.w(spec, "beta") if cfg["center"] else np.zeros(channels, np.float32)
+        mean, var = self.w(spec, "moving_mean"), self.w(spec, "moving_variance")
+        trainable = spec.get("trainable", True)
+        if self.bn_follows_conv(spec):
+            # fused=False: tf.nn.batch_normalization, the very arithmetic of Keras 3's BN (the
+            # fused kernel rounds differently: 1e-5 apart after GoogLeNet's 57 BNs).
+            layer = K.layers.BatchNormalization(axis=-1, fused=False, momentum=cfg["momentum"], epsilon=cfg["epsilon"],
+                                                center=cfg["center"], scale=cfg["scale"], trainable=trainable,
+                                                name=name)
+            arrays = ([gamma] if cfg["scale"] else []) + ([beta] if cfg["center"] else []) + [mean, var]
             return self.add(spec, layer, x, arrays)
-        if cls == "DepthwiseConv2D":
-            layer = L.DepthwiseConv2D(cfg["kernel_size"], strides=cfg["strides"], padding=cfg["padding"],
-                                      depth_multiplier=cfg["depth_multiplier"], dilation_rate=cfg["dilation_rate"],
-                                      use_bias=cfg["use_bias"], activation=_conv_activation(spec), name=name)
-            arrays = [self.w(spec, "kernel")] + ([self.w(spec, "bias")] if cfg["use_bias"] else [])
-            return self.add(spec, layer, x, arrays)
-        if cls == "Dense":
-            layer = L.Dense(cfg["units"], use_bias=cfg["use_bias"], activation=_conv_activation(spec), name=name)
-            arrays = [self.w(spec, "kernel")] + ([self.w(spec, "bias")] if cfg["use_bias"] else [])
-            return self.add(spec, layer, x, arrays)
-        if cls == "BatchNormalization":
-            channels = int(x.shape[-1])
-            gamma = self.w(spec, "gamma") if cfg["scale"] else np.ones(channels, np.float32)
-            beta = self.w(spec, "beta") if cfg["center"] else np.zeros(channels, np.float32)
-            mean, var = self.w(spec, "moving_mean"), self.w(spec, "moving_variance")
-            if self.bn_follows_conv(spec):
-                # fused=False: tf.nn.batch_normalization, the very arithmetic of Keras 3's BN (the
-                # fused kernel rounds differently: 1e-5 apart after GoogLeNet's 57 BNs).
-                layer = L.BatchNormalization(axis=-1, fused=False, momentum=cfg["momentum"], epsilon=cfg["epsilon"],
-                                             center=cfg["center"], scale=cfg["scale"], name=name)
-                arrays = ([gamma] if cfg["scale"] else []) + ([beta] if cfg["center"] else []) + [mean, var]
-                return self.add(spec, layer, x, arrays)
-            inv = (gamma.astype(np.float64) / np.sqrt(var.astype(np.float64) + cfg["epsilon"]))
-            return self.affine(name, x, inv.astype(np.float32), (beta - mean * inv).astype(np.float32), True,
-                               ROLE_AFFINE)
-        if cls == "Activation":
-            act = cfg["activation"]
-            if act == "relu6":
-                return self.add(spec, L.ReLU(max_value=6.0, name=name), x)
-            if act in ("hard_silu", "hard_swish"):
-                return self.add(spec, HardSwish(name=name), x, role=ROLE_OUTPUT)
-            if act == "hard_sigmoid":
-                return self.add(spec, HardSigmoid(name=name), x, role=ROLE_OUTPUT)
-            if act in SIMPLE_ACTIVATIONS:
-                return self.add(spec, L.Activation(SIMPLE_ACTIVATIONS[act], name=name), x)
+        inv = (gamma.astype(np.float64) / np.sqrt(var.astype(np.float64) + cfg["epsilon"]))
+        return self.affine(name, x, inv.astype(np.float32), (beta - mean * inv).astype(np.float32), trainable,
+                           ROLE_AFFINE)
+
+    def build_Activation(self, spec, name, cfg, x):
+        return self.activation(name, cfg["activation"], x)
+
+    def build_PadShortcut(self, spec, name, cfg, x):
+        layer = K.layers.Conv2D(cfg["filters"], 1, strides=cfg["stride"], padding="valid", use_bias=False,
+                                trainable=False, name=name)
+        return self.add(spec, layer, x, [self.w(spec, "kernel")], ROLE_FIXED)
+
+    # ---- shared pieces
+
+    @staticmethod
+    def fused(cfg):
+        act = cfg["activation"]
+        return act if kept_fused(act) else "linear"
+
+    def linear(self, spec, layer, x):
+        """A Conv2D / DepthwiseConv2D / Dense with its weights; an activation it cannot keep inside
+        follows as its own layer."""
+        cfg = spec["config"]
+        arrays = [self.w(spec, "kernel")] + ([self.w(spec, "bias")] if cfg["use_bias"] else [])
+        y = self.add(spec, layer, x, arrays)
+        if kept_fused(cfg["activation"]):
+            return y
+        name = f"{spec['name']}_act"
+        if name in self.classes:
+            raise TranslationError(f"layer {spec['name']!r}: its activation would be named {name!r}, which is taken")
+        return self.activation(name, cfg["activation"], y)
+
+    def activation(self, name, act, x):
+        """One Keras 3 activation as a tf_keras layer (table.ACTIVATIONS)."""
+        if act not in ACTIVATIONS:
             raise TranslationError(f"layer {name!r}: activation {act!r} is not translated")
-        if cls == "ReLU":
-            return self.add(spec, L.ReLU(max_value=cfg["max_value"], negative_slope=cfg["negative_slope"],
-                                         threshold=cfg["threshold"], name=name), x)
-        if cls == "Multiply":
-            return self.add(spec, L.Multiply(name=name), x, role=ROLE_OUTPUT)
-        if cls == "PadShortcut":
-            layer = L.Conv2D(cfg["filters"], 1, strides=cfg["stride"], padding="valid", use_bias=False,
-                             trainable=False, name=name)
-            return self.add(spec, layer, x, [self.w(spec, "kernel")], ROLE_FIXED)
-        simple = {
-            "Softmax": lambda: L.Softmax(axis=cfg["axis"], name=name),
-            "Add": lambda: L.Add(name=name),
-            "Concatenate": lambda: L.Concatenate(axis=cfg["axis"], name=name),
-            "GlobalAveragePooling2D": lambda: L.GlobalAveragePooling2D(keepdims=cfg["keepdims"], name=name),
-            "GlobalMaxPooling2D": lambda: L.GlobalMaxPooling2D(keepdims=cfg["keepdims"], name=name),
-            "AveragePooling2D": lambda: L.AveragePooling2D(cfg["pool_size"], strides=cfg["strides"],
-                                                           padding=cfg["padding"], name=name),
-            "MaxPooling2D": lambda: L.MaxPooling2D(cfg["pool_size"], strides=cfg["strides"], padding=cfg["padding"],
-                                                   name=name),
-            "ZeroPadding2D": lambda: L.ZeroPadding2D(_padding(cfg["padding"]), name=name),
-            "Flatten": lambda: L.Flatten(name=name),
-            "Reshape": lambda: L.Reshape(tuple(cfg["target_shape"]), name=name),
-            "Dropout": lambda: L.Dropout(cfg["rate"], name=name),
-        }
-        if cls in simple:
-            return self.add(spec, simple[cls](), x)
-        raise TranslationError(f"layer {name!r}: type {cls} has no tf_keras translation")
+        target = ACTIVATIONS[act]
+        if target == "relu6":
+            return self.add(None, K.layers.ReLU(max_value=6.0, name=name), x)
+        if target == "hard_swish":
+            return self.add(None, HardSwish(name=name), x, role=ROLE_OUTPUT)
+        if target == "hard_sigmoid":
+            return self.add(None, HardSigmoid(name=name), x, role=ROLE_OUTPUT)
+        return self.add(None, K.layers.Activation(target, name=name), x)
 
     def build(self):
         inputs = []
@@ -230,6 +248,36 @@ class Builder:
                 raise TranslationError(f"layer {layer.name!r}: weight shapes {got} do not fit the tf_keras layer {expected}")
             layer.set_weights(arrays)
         return model
+
+
+# The table's layers that are only their fields (role: see table.Kind.output_only).
+SIMPLE = {
+    "ReLU": lambda n, c: K.layers.ReLU(max_value=c["max_value"], negative_slope=c["negative_slope"],
+                                       threshold=c["threshold"], name=n),
+    "Softmax": lambda n, c: K.layers.Softmax(axis=c["axis"], name=n),
+    "Add": lambda n, c: K.layers.Add(name=n),
+    "Multiply": lambda n, c: K.layers.Multiply(name=n),
+    "Concatenate": lambda n, c: K.layers.Concatenate(axis=c["axis"], name=n),
+    "GlobalAveragePooling2D": lambda n, c: K.layers.GlobalAveragePooling2D(keepdims=c["keepdims"], name=n),
+    "GlobalMaxPooling2D": lambda n, c: K.layers.GlobalMaxPooling2D(keepdims=c["keepdims"], name=n),
+    "AveragePooling2D": lambda n, c: K.layers.AveragePooling2D(c["pool_size"], strides=c["strides"],
+                                                               padding=c["padding"], name=n),
+    "MaxPooling2D": lambda n, c: K.layers.MaxPooling2D(c["pool_size"], strides=c["strides"], padding=c["padding"],
+                                                       name=n),
+    "ZeroPadding2D": lambda n, c: K.layers.ZeroPadding2D(_padding(c["padding"]), name=n),
+    "Flatten": lambda n, c: K.layers.Flatten(name=n),
+    "Reshape": lambda n, c: K.layers.Reshape(tuple(c["target_shape"]), name=n),
+    "Dropout": lambda n, c: K.layers.Dropout(c["rate"], name=n),
+    "Resizing": lambda n, c: K.layers.Resizing(c["height"], c["width"], interpolation="bilinear", name=n),
+}
+
+
+def builders():
+    """{class name: how the child builds it} for every layer type it takes (a test holds this
+    equal to table.LAYERS less the dropped ones)."""
+    made = {"InputLayer": "input", **{cls: "fields" for cls in SIMPLE}}
+    made.update({name[len("build_"):]: "method" for name in dir(Builder) if name.startswith("build_")})
+    return made
 
 
 def _padding(value):

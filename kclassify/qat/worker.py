@@ -1,17 +1,22 @@
 """The child process of the QAT bridge: `python -m kclassify.qat.worker JOB.json`.
 
-It imports numpy, tensorflow, tf_keras and tensorflow-model-optimization only: never `keras` (it
-blocks the Keras 3 package, which tfmot and the TFLite converter would otherwise import to probe
-for it) and no kclassify module beyond the light package and kclassify.qat.translate. The job
-file says what to do; the answer is written as JSON to job["result"] (with "error" on failure,
-exit code 2 for a translation problem, 1 for anything unexpected). Progress lines go to stdout.
+It imports numpy, tensorflow, tf_keras and tensorflow-model-optimization, and of kclassify only
+modules that never import Keras 3: the job file (job.py), the layer table and translation
+(table.py, translate.py), the converter set-up and representative dataset (export.convert, the
+same code `kclassify export` runs) and the pad-crop/flip augmentation (augment.basic, the same
+code training runs). It blocks the Keras 3 package, which tfmot and the TFLite converter would
+otherwise import to probe for it. The job file (job.Job) says what to do, every setting spelled
+out; the answer is written as JSON to job.result (with "error" on failure, exit code 2 for a
+job or translation problem, 1 for anything unexpected). Progress lines go to stdout.
 
 Tasks:
 - "check": translate each listed model, compare with its Keras 3 outputs and (with "quantize")
   let tfmot annotate and apply quantization to it, without training.
 - "qat": translate and check, quantize (tfmot default 8-bit scheme, per-channel weights; custom
-  layers and Multiply quantize their output only), calibrate the activation ranges, fine-tune,
-  convert to a full-integer .tflite (uint8 input, float32 output).
+  layers and Multiply quantize their output only), calibrate the activation ranges, fine-tune
+  the layers the description marks trainable (with the run's optimizer), convert to a
+  full-integer .tflite (uint8 input, float32 output). Snapshots of the activation ranges every
+  train.range_log_every steps show when they settle.
 - "prune": translate and check, prune_low_magnitude the trainable Conv2D and Dense kernels (tfmot
   does not prune depthwise kernels) to the target sparsity while fine-tuning, strip, convert to
   float32 (and optionally int8) .tflite; report the achieved sparsity.
@@ -70,15 +75,15 @@ def load_arrays(path):
         return {k: data[k] for k in data.files}
 
 
-def translated(spec, tolerance):
-    """(tf_keras model, roles, max |difference|) for one {"graph", "weights", "samples"} entry."""
+def translated(files, tolerance):
+    """(tf_keras model, roles, max |difference|) for one job.ModelFiles."""
     from kclassify.qat import translate
 
-    with open(spec["graph"]) as f:
+    with open(files.graph) as f:
         graph = json.load(f)
     try:
-        model, roles = translate.build(graph, load_arrays(spec["weights"]))
-        diff = translate.check(model, load_arrays(spec["samples"]), tolerance)
+        model, roles = translate.build(graph, load_arrays(files.weights))
+        diff = translate.check(model, load_arrays(files.samples), tolerance)
     except translate.TranslationError as exc:
         raise WorkerError(str(exc)) from None
     return model, roles, diff
@@ -222,42 +227,87 @@ def pin_input_range(q_model):
 # ---------------------------------------------------------------- training
 
 def train_dataset(images, labels, batch_size, augment, seed, repeat):
+    """Shuffled training batches with the recipe's pad-crop/flip, per image (augment.basic: the
+    same function `kclassify fit` maps over its training images)."""
     import tensorflow as tf
 
-    h, w, c = images.shape[1:]
-    pad = int(augment.get("crop_pad", 0))
-    mode = "REFLECT" if augment.get("pad_mode", "reflect") == "reflect" and pad < min(h, w) else "CONSTANT"
-    flip = bool(augment.get("flip", False))
+    from kclassify.augment.basic import image_augmenter
 
-    def aug(x, y):
-        x = tf.cast(x, tf.float32)
-        if pad:
-            x = tf.pad(x, [[pad, pad], [pad, pad], [0, 0]], mode=mode)
-            x = tf.image.random_crop(x, [h, w, c])
-        if flip:
-            x = tf.image.random_flip_left_right(x)
-        return x, y
-
+    per_image = image_augmenter(augment)
     ds = tf.data.Dataset.from_tensor_slices((images, labels.astype("int32")))
     ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
-    return ds.map(aug, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    if per_image is not None:
+        ds = ds.map(lambda x, y: (per_image(x), y), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.map(lambda x, y: (tf.cast(x, tf.float32), y)).batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def fine_tune(model, job, data, callbacks=()):
-    """SGD momentum, cosine from job["lr"] to 0, plain cross-entropy on the job's training images."""
+def optimizer(train, total_steps):
+    """The run's optimizer family at the job's rate, cosine to 0 over the QAT steps."""
     import tf_keras as K
 
-    epochs = int(job["epochs"])
+    schedule = K.optimizers.schedules.CosineDecay(train.lr, max(1, total_steps))
+    if train.optimizer == "adamw":
+        return K.optimizers.AdamW(schedule, weight_decay=train.weight_decay)
+    return K.optimizers.SGD(schedule, momentum=train.momentum)
+
+
+class RangeLog:
+    """Snapshots of every activation range (max - min of the moving-average fake-quant nodes)
+    every `every` steps: the largest and the median relative change since the previous snapshot,
+    to see when the ranges settle. (Per-channel weight ranges follow the weights: not logged.)"""
+
+    def __init__(self, q_model, every):
+        self.every, self.rows = every, []
+        pairs = {}
+        for var in q_model.weights:
+            name = var.name.split(":")[0]
+            for end in ("_min", "_max"):
+                if name.endswith(end) and var.shape.rank == 0:
+                    pairs.setdefault(name[:-len(end)], {})[end] = var
+        self.ranges = [(p["_min"], p["_max"]) for p in pairs.values() if len(p) == 2]
+        self.last = self.snapshot()
+
+    def snapshot(self):
+        import numpy as np
+
+        return np.array([float(hi.numpy() - lo.numpy()) for lo, hi in self.ranges])
+
+    def callback(self):
+        import numpy as np
+        import tf_keras as K
+
+        log = self
+
+        class Snap(K.callbacks.Callback):
+            def __init__(self):
+                super().__init__()
+                self.step = 0
+
+            def on_train_batch_end(self, batch, logs=None):
+                self.step += 1
+                if log.every and self.step % log.every == 0 and log.ranges:
+                    now = log.snapshot()
+                    change = np.abs(now - log.last) / np.maximum(np.abs(log.last), 1e-6)
+                    log.rows.append({"step": self.step, "max_rel_change": float(change.max()),
+                                     "median_rel_change": float(np.median(change)), "loss": float(logs["loss"])})
+                    log.last = now
+
+        return Snap()
+
+
+def fine_tune(model, train, data, callbacks=()):
+    """The job's optimizer and rate, plain cross-entropy on the job's training images; returns
+    (history rows, steps per epoch)."""
+    import tf_keras as K
+
     images, labels = data["images"], data["labels"]
-    batch = int(job["batch_size"])
-    steps = int(job.get("steps_per_epoch") or math.ceil(len(images) / batch))
+    steps = int(train.steps_per_epoch or math.ceil(len(images) / train.batch_size))
     history = []
-    model.compile(optimizer=K.optimizers.SGD(K.optimizers.schedules.CosineDecay(float(job["lr"]), max(1, epochs * steps)),
-                                             momentum=float(job.get("momentum", 0.9))),
-                  loss=K.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
-    if epochs == 0:
+    model.compile(optimizer=optimizer(train, train.epochs * steps), loss=K.losses.SparseCategoricalCrossentropy(),
+                  metrics=["accuracy"])
+    if train.epochs == 0:
         return history, steps
 
     class Progress(K.callbacks.Callback):
@@ -268,49 +318,35 @@ def fine_tune(model, job, data, callbacks=()):
             row = {"epoch": epoch + 1, "loss": float(logs["loss"]), "accuracy": float(logs["accuracy"]),
                    "seconds": round(time.time() - self.start, 1)}
             history.append(row)
-            say(f"  epoch {epoch + 1}/{epochs}: loss {row['loss']:.4f}, train accuracy {row['accuracy']:.4f} "
+            say(f"  epoch {epoch + 1}/{train.epochs}: loss {row['loss']:.4f}, train accuracy {row['accuracy']:.4f} "
                 f"({row['seconds']} s)")
 
-    ds = train_dataset(images, labels, batch, job.get("augment", {}), int(job.get("seed", 0)),
-                       repeat=bool(job.get("steps_per_epoch")))
-    model.fit(ds, epochs=epochs, steps_per_epoch=steps, verbose=0, callbacks=[Progress(), *callbacks])
+    ds = train_dataset(images, labels, train.batch_size, train.augment, train.seed,
+                       repeat=train.steps_per_epoch is not None)
+    model.fit(ds, epochs=train.epochs, steps_per_epoch=steps, verbose=0, callbacks=[Progress(), *callbacks])
     return history, steps
 
 
 def accuracy(model, split, batch_size=256):
     import numpy as np
 
-    if split is None:
-        return None
     probs = model.predict(split["images"].astype(np.float32), batch_size=batch_size, verbose=0)
     return float((probs.argmax(1) == split["labels"]).mean())
 
 
 # ---------------------------------------------------------------- conversion
 
-def representative(images):
-    import numpy as np
-
-    def gen():
-        for image in images:
-            yield [image[None].astype(np.float32)]
-    return gen
-
-
-def convert(model, int8, calibration=None):
-    """A tf_keras model to .tflite bytes: float32, or full integer with uint8 input and float32
-    output. For a QAT model the ranges come from its fake-quant nodes; the converter still wants
-    a representative dataset for an int8-only target, and uses it only for the few tensors no
-    fake-quant node covers (inside HardSigmoid)."""
+def convert(model, mode, calibration=None):
+    """A tf_keras model to .tflite bytes in a mode of the export table ("float32", or "int8":
+    uint8 input, float32 output), set up by the same code as `kclassify export`. For a QAT model
+    the ranges come from its fake-quant nodes; the converter still wants a representative
+    dataset for an int8-only target, and uses it only for the few tensors no fake-quant node
+    covers (inside HardSigmoid)."""
     import tensorflow as tf
 
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    if int8:
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.uint8
-        converter.inference_output_type = tf.float32
-        converter.representative_dataset = representative(calibration)
+    from kclassify.export.convert import configure
+
+    converter = configure(tf.lite.TFLiteConverter.from_keras_model(model), mode, calibration)
     try:
         return converter.convert()
     except Exception as exc:
@@ -327,14 +363,14 @@ def write_bytes(path, blob):
 
 def task_check(job):
     results = []
-    for spec in job["models"]:
-        row = {"name": spec.get("name", spec["graph"])}
+    for files in job.models:
+        row = {"name": files.name}
         start = time.time()
         try:
-            model, roles, diff = translated(spec, float(job.get("tolerance", 1e-5)))
-            row.update(max_abs_diff=diff, layers=len(model.layers),
-                       replaced={r: sorted(n for n, v in roles.items() if v == r) for r in ("fixed", "affine", "output")})
-            if spec.get("quantize", job.get("quantize")):
+            model, roles, diff = translated(files, job.tolerance)
+            row.update(max_abs_diff=diff, layers=len(model.layers), replaced=_replaced(roles),
+                       frozen=sorted(layer.name for layer in model.layers if not layer.trainable and layer.weights))
+            if files.quantize:
                 q_model = quantize(model, roles)
                 row["quantized_layers"] = len(q_model.layers)
         except WorkerError as exc:
@@ -349,29 +385,31 @@ def task_qat(job):
     import numpy as np
     import tf_keras as K
 
-    K.utils.set_random_seed(int(job.get("seed", 0)))
-    model, roles, diff = translated(job["model"], float(job.get("tolerance", 1e-5)))
+    train = job.train
+    K.utils.set_random_seed(train.seed)
+    model, roles, diff = translated(job.model, job.tolerance)
     say(f"translated {model.name} to tf_keras: max |diff| vs Keras 3 {diff:.2e}")
-    if job.get("freeze_bn", True):
+    if train.freeze_bn:
         set_bn_trainable(model, False)
+    frozen = sum(1 for layer in model.layers if layer.weights and not layer.trainable)
     q_model = quantize(model, roles)
-    train, val = load_arrays(job["train"]), load_arrays(job["val"]) if job.get("val") else None
-    calib = load_arrays(job["calibration"])["images"]
+    data, val = load_arrays(job.data.train), load_arrays(job.data.val)
+    calib = load_arrays(job.data.calibration)["images"]
     calibration = RangeCalibration()
-    batches = calibration.run(q_model, calib.astype(np.float32), int(job.get("calibration_batches", 8)),
-                              int(job["batch_size"]))
+    batches = calibration.run(q_model, calib.astype(np.float32), train.calibration_batches, train.batch_size)
     say(f"calibrated activation ranges on {batches} batches")
     top1_before = accuracy(q_model, val)
+    ranges = RangeLog(q_model, train.range_log_every)
     start = time.time()
-    history, steps = fine_tune(q_model, job, train)
+    history, steps = fine_tune(q_model, train, data, callbacks=[ranges.callback()])
     pin_input_range(q_model)
     top1_after = accuracy(q_model, val)
-    blob = convert(q_model, int8=True, calibration=calib)
-    size = write_bytes(job["out"], blob)
+    size = write_bytes(job.out, convert(q_model, "int8", calib))
     return {"translation_max_abs_diff": diff, "history": history, "steps_per_epoch": steps,
-            "train_seconds": round(time.time() - start, 1), "calibration_batches": batches,
-            "fake_quant_top1_before": top1_before, "fake_quant_top1": top1_after,
-            "file": job["out"], "size_bytes": size, "replaced": _replaced(roles)}
+            "steps": steps * train.epochs, "train_seconds": round(time.time() - start, 1),
+            "calibration_batches": batches, "frozen_layers": frozen, "fake_quant_top1_before": top1_before,
+            "fake_quant_top1": top1_after, "range_log": ranges.rows, "file": job.out, "size_bytes": size,
+            "replaced": _replaced(roles)}
 
 
 def _replaced(roles):
@@ -382,18 +420,17 @@ def _replaced(roles):
 PRUNABLE = ("Conv2D", "Dense")
 
 
-def pruning_schedule(job, total_steps):
+def pruning_schedule(pruning, total_steps):
     import tensorflow_model_optimization as tfmot
 
     S = tfmot.sparsity.keras
-    sparsity = float(job["sparsity"])
     frequency = max(1, min(100, total_steps // 10))
-    if job.get("schedule", "polynomial") == "constant":
-        return S.ConstantSparsity(sparsity, begin_step=0, frequency=frequency), frequency, 0
+    if pruning.schedule == "constant":
+        return S.ConstantSparsity(pruning.sparsity, begin_step=0, frequency=frequency), frequency, 0
     # Reach the target at 3/4 of the run (on a mask-update step), then fine-tune with the mask fixed.
     end = max(frequency, int(0.75 * total_steps) // frequency * frequency)
     end = min(end, max(0, total_steps - 1) // frequency * frequency)
-    return S.PolynomialDecay(0.0, sparsity, begin_step=0, end_step=end, frequency=frequency), frequency, end
+    return S.PolynomialDecay(0.0, pruning.sparsity, begin_step=0, end_step=end, frequency=frequency), frequency, end
 
 
 def task_prune(job):
@@ -404,19 +441,19 @@ def task_prune(job):
     from kclassify.qat.translate import ROLE_LAYER
 
     S = tfmot.sparsity.keras
-    K.utils.set_random_seed(int(job.get("seed", 0)))
-    model, roles, diff = translated(job["model"], float(job.get("tolerance", 1e-5)))
+    train, pruning = job.train, job.prune
+    K.utils.set_random_seed(train.seed)
+    model, roles, diff = translated(job.model, job.tolerance)
     say(f"translated {model.name} to tf_keras: max |diff| vs Keras 3 {diff:.2e}")
-    if job.get("freeze_bn", False):
+    if train.freeze_bn:
         set_bn_trainable(model, False)
-    calib = load_arrays(job["calibration"])["images"]
-    dense_size = write_bytes(job["dense_out"], convert(model, int8=False))
-    if int(job["epochs"]) < 1:
+    calib = load_arrays(job.data.calibration)["images"]
+    dense_size = write_bytes(pruning.dense_out, convert(model, "float32"))
+    if train.epochs < 1:
         raise WorkerError("pruning needs at least one epoch of fine-tuning (the masks are updated by training steps)")
-    train, val = load_arrays(job["train"]), load_arrays(job["val"]) if job.get("val") else None
-    batch = int(job["batch_size"])
-    steps = int(job.get("steps_per_epoch") or math.ceil(len(train["images"]) / batch))
-    schedule, frequency, end_step = pruning_schedule(job, int(job["epochs"]) * steps)
+    data, val = load_arrays(job.data.train), load_arrays(job.data.val)
+    steps = int(train.steps_per_epoch or math.ceil(len(data["images"]) / train.batch_size))
+    schedule, frequency, end_step = pruning_schedule(pruning, train.epochs * steps)
     pruned_names = [l.name for l in model.layers if type(l).__name__ in PRUNABLE and l.trainable
                     and roles.get(l.name, ROLE_LAYER) == ROLE_LAYER]
 
@@ -427,7 +464,7 @@ def task_prune(job):
 
     pruned = K.models.clone_model(model, clone_function=wrap)
     start = time.time()
-    history, steps = fine_tune(pruned, job, train, callbacks=[S.UpdatePruningStep()])
+    history, steps = fine_tune(pruned, train, data, callbacks=[S.UpdatePruningStep()])
     stripped = S.strip_pruning(pruned)
     per_layer, zeros, total = {}, 0, 0
     for name in pruned_names:
@@ -436,15 +473,15 @@ def task_prune(job):
         per_layer[name] = {"params": int(kernel.size), "sparsity": z / kernel.size}
         zeros, total = zeros + z, total + kernel.size
     result = {"translation_max_abs_diff": diff, "history": history, "steps_per_epoch": steps,
-              "train_seconds": round(time.time() - start, 1), "schedule": job.get("schedule", "polynomial"),
-              "target_sparsity": float(job["sparsity"]), "mask_update_frequency": frequency,
+              "train_seconds": round(time.time() - start, 1), "schedule": pruning.schedule,
+              "target_sparsity": pruning.sparsity, "mask_update_frequency": frequency,
               "end_step": end_step, "sparsity": zeros / max(total, 1), "prunable_params": int(total),
               "per_layer": per_layer, "pruned_top1": accuracy(stripped, val),
-              "file": job["out"], "size_bytes": write_bytes(job["out"], convert(stripped, int8=False)),
-              "dense_file": job["dense_out"], "dense_size_bytes": dense_size}
-    if job.get("int8_out"):
-        result["int8_file"] = job["int8_out"]
-        result["int8_size_bytes"] = write_bytes(job["int8_out"], convert(stripped, int8=True, calibration=calib))
+              "file": job.out, "size_bytes": write_bytes(job.out, convert(stripped, "float32")),
+              "dense_file": pruning.dense_out, "dense_size_bytes": dense_size}
+    if pruning.int8_out:
+        result["int8_file"] = pruning.int8_out
+        result["int8_size_bytes"] = write_bytes(pruning.int8_out, convert(stripped, "int8", calib))
     return result
 
 
@@ -452,19 +489,20 @@ TASKS = {"check": task_check, "qat": task_qat, "prune": task_prune}
 
 
 def main(argv=None):
+    from kclassify.qat.job import Job, JobError
+
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         print("usage: python -m kclassify.qat.worker JOB.json", file=sys.stderr)
         return 2
-    with open(argv[0]) as f:
-        job = json.load(f)
-    code, result = 0, {}
+    code, result, result_file = 0, {}, None
     try:
+        with open(argv[0]) as f:
+            result_file = json.load(f).get("result")
+        job = Job.read(argv[0])
         isolate()
-        if job.get("task") not in TASKS:
-            raise WorkerError(f"unknown task {job.get('task')!r}; one of {', '.join(TASKS)}")
-        result = TASKS[job["task"]](job)
-    except WorkerError as exc:
+        result = TASKS[job.task](job)
+    except (WorkerError, JobError) as exc:
         code, result = 2, {"error": str(exc)}
     except Exception as exc:  # a bug or an environment problem: keep the traceback for the parent
         code, result = 1, {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
@@ -472,8 +510,9 @@ def main(argv=None):
         result["env"] = environment()
     except Exception:  # pragma: no cover (TensorFlow failed to import: the error says so)
         pass
-    with open(job["result"], "w") as f:
-        json.dump(result, f, indent=1)
+    if result_file:
+        with open(result_file, "w") as f:
+            json.dump(result, f, indent=1)
     return code
 
 

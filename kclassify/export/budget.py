@@ -1,0 +1,161 @@
+"""An accuracy budget for quantized exports: `kclassify export RUN --tflite --quant int8
+--max-drop 0.5` (or `output.max_drop` in the recipe) ships the int8 file with the fewest layers
+kept in float whose top-1 is within 0.5 point of the float model.
+
+The search never looks at the evaluation split: it measures on a held-out part of the training
+split (calibration.search_indices; calibration never draws from it), and the evaluation split is
+measured once, on the file it ships (ExportJob.export). Each step is an attempt in the report:
+
+1. the plain export (the recipe's calibration count); within budget: done;
+2. MORE_CALIBRATION times as many calibration images, where the training split has them; it
+   becomes the base of the next steps when it lowers the drop;
+3. the quantization debugger ranks the Keras layers by their own error (debug.py); the worst goes
+   to float, then the next, one at a time; a layer that does not lower the drop goes back to
+   int8; the first set within budget is shipped;
+4. after `max_float` layers tried without meeting the budget, the attempt with the smallest drop
+   (the fewer float layers on a tie) is shipped with a message that the budget was not met.
+
+Calibration is done once per calibration set (convert.Quantizer); an attempt costs one
+quantization pass and one LiteRT run over the held-out images.
+"""
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+MORE_CALIBRATION = 4
+MAX_FLOAT_LAYERS = 10
+LATENCY_RUNS = 50
+
+
+def search(job, quant, max_drop, max_float=None, echo=print):
+    """(.tflite bytes, budget summary for the report) for ExportJob `job` in mode `quant`."""
+    from kclassify.evaluate import predict
+    from kclassify.export.convert import Quantizer
+    from kclassify.export.modes import get_mode
+
+    mode = get_mode(quant)
+    max_float = MAX_FLOAT_LAYERS if max_float is None else max_float
+    _, images, labels = job.search
+    float_top1 = _top1(predict(job.model, images), labels)
+    echo(f"accuracy budget: {quant} top-1 at most {max_drop:g} point(s) below float, measured on {len(labels)} "
+         f"held-out training images (float {float_top1 * 100:.2f}%); the evaluation split is measured once, at the end")
+    with tempfile.TemporaryDirectory(prefix="kclassify-budget-") as folder:
+        trial = Trials(Path(folder), images, labels, float_top1, max_drop, mode, echo)
+        plain = Quantizer(job.model, quant, job.calibration)
+        base_row = trial.say(trial.run(plain, [], "plain"))
+        if not base_row["within_budget"]:
+            base = plain
+            more = job.calibration_for(len(job.calibration) * MORE_CALIBRATION)
+            if len(more) > len(job.calibration):
+                richer = Quantizer(job.model, quant, more)
+                row = trial.run(richer, [], f"{MORE_CALIBRATION}x calibration images")
+                if row["drop_points"] < base_row["drop_points"]:
+                    base, base_row = richer, row
+                else:
+                    row["note"] += " (no gain: not used)"
+                trial.say(row)
+            if not base_row["within_budget"]:
+                _float_search(trial, base, base_row, max_float)
+        return trial.result(max_float)
+
+
+def _float_search(trial, quantizer, base_row, max_float):
+    from kclassify.export.debug import layer_errors, layer_groups
+
+    kept, best = [], base_row
+    for group in layer_groups(layer_errors(quantizer))[:max_float]:
+        row = trial.run(quantizer, kept + [group], f"+ {group[0]}")
+        gain = not row["rejected"] and row["drop_points"] < best["drop_points"]
+        if gain:
+            kept, best = kept + [group], row
+        elif not row["rejected"]:
+            row["note"] += " (no gain: back to int8)"
+        trial.say(row)
+        if gain and row["within_budget"]:
+            return
+
+
+class Trials:
+    """The attempts of one search: each file written, measured on the held-out images, kept."""
+
+    def __init__(self, folder, images, labels, float_top1, max_drop, mode, echo):
+        self.folder, self.images, self.labels = folder, images, labels
+        self.float_top1, self.max_drop, self.mode, self.echo = float_top1, max_drop, mode, echo
+        self.rows, self.blobs = [], []
+
+    def run(self, quantizer, groups, note):
+        from kclassify.kit import kitlib
+
+        kit = kitlib()
+        blob = quantizer.quantize([n for _, nodes in groups for n in nodes])
+        path = self.folder / f"attempt{len(self.rows) + 1}.tflite"
+        path.write_bytes(blob)
+        model = kit.Classifier(path)
+        top1 = _top1(model.predict(self.images), self.labels)
+        drop = round((self.float_top1 - top1) * 100, 3)
+        input_type = np.dtype(model.input["dtype"]).name
+        row = {"attempt": len(self.rows) + 1, "note": note, "calibration_images": len(quantizer.calibration),
+               "float_layers": [name for name, _ in groups], "search_top1": top1, "drop_points": drop,
+               "within_budget": bool(drop <= self.max_drop), "size_bytes": len(blob),
+               "latency_ms_1t": kit.latency(path, 1, LATENCY_RUNS)["median_ms"], "input": input_type,
+               "rejected": input_type != self.mode.input_type}
+        if row["rejected"]:  # the file would no longer take what the mode promises (raw uint8 pixels)
+            row.update(within_budget=False, note=f"{note} (rejected: the file's input would be {input_type})")
+        self.rows.append(row)
+        self.blobs.append(blob)
+        return row
+
+    def say(self, row):
+        floats = f"{len(row['float_layers'])} layer(s) in float" if row["float_layers"] else "no layer in float"
+        self.echo(f"  attempt {row['attempt']} ({row['note']}): {floats}, {row['calibration_images']} calibration "
+                  f"images: top-1 {row['search_top1'] * 100:.2f}%, drop {row['drop_points']:.2f} "
+                  f"{'<=' if row['within_budget'] else '>'} {self.max_drop:g}")
+        return row
+
+    def result(self, max_float):
+        """The file to ship and the summary: the first attempt within budget, else the best."""
+        valid = [r for r in self.rows if not r["rejected"]]
+        met = [r for r in valid if r["within_budget"]]
+        chosen = met[0] if met else min(valid, key=lambda r: (r["drop_points"], len(r["float_layers"])))
+        plain = self.rows[0]
+        latency = self._latency(plain, chosen)
+        summary = {"max_drop_points": self.max_drop, "met": bool(met), "search_images": len(self.labels),
+                   "float_top1_search": self.float_top1, "chosen_attempt": chosen["attempt"],
+                   "float_layers": chosen["float_layers"], "calibration_images": chosen["calibration_images"],
+                   "drop_points_search": chosen["drop_points"], "size_bytes": chosen["size_bytes"],
+                   "plain_size_bytes": plain["size_bytes"], "latency_ms_1t": latency, "limit_float_layers": max_float,
+                   "attempts": self.rows}
+        cost = (f"{chosen['size_bytes'] - plain['size_bytes']:+,} bytes, latency x{latency['ratio']:.2f} "
+                f"against the plain {self.mode.name} file")
+        names = ", ".join(chosen["float_layers"]) or "none"
+        if met:
+            summary["message"] = (f"budget met by attempt {chosen['attempt']}: drop {chosen['drop_points']:.2f} <= "
+                                  f"{self.max_drop:g} point(s) with {len(chosen['float_layers'])} layer(s) in float "
+                                  f"({names}), {chosen['calibration_images']} calibration images; {cost}")
+        else:
+            summary["message"] = (f"budget NOT met: after {len(self.rows)} attempts (limit: the {max_float} worst "
+                                  f"layers tried in float) the best drop is {chosen['drop_points']:.2f} > "
+                                  f"{self.max_drop:g} point(s), attempt {chosen['attempt']} ({names} in float); "
+                                  f"shipping it; {cost}")
+        self.echo(summary["message"])
+        return self.blobs[chosen["attempt"] - 1], summary
+
+    def _latency(self, plain, chosen, rounds=3):
+        """Batch-1 latency of the plain and chosen files, interleaved rounds (medians)."""
+        from kclassify.kit import kitlib
+
+        if chosen is plain:
+            return {"plain": plain["latency_ms_1t"], "chosen": plain["latency_ms_1t"], "ratio": 1.0}
+        kit = kitlib()
+        paths = [self.folder / f"attempt{r['attempt']}.tflite" for r in (plain, chosen)]
+        times = [[], []]
+        for _ in range(rounds):
+            for i, path in enumerate(paths):
+                times[i].append(kit.latency(path, 1, LATENCY_RUNS * 2)["median_ms"])
+        a, b = (float(np.median(t)) for t in times)
+        return {"plain": a, "chosen": b, "ratio": b / a}
+
+
+def _top1(probs, labels):
+    return float((np.asarray(probs).argmax(1) == np.asarray(labels)).mean())
