@@ -146,9 +146,14 @@ def measure(args):
     stats = (x.reshape(-1, 3).mean(0).tolist(), x.reshape(-1, 3).std(0).tolist())
     plain, ours, ours_aug = [], [], []
     for _ in range(args.rounds):
-        plain.append(plain_fit_rate(build(args, stats), x, y, args.batch, args.steps))
+        if not args.only_kclassify:
+            plain.append(plain_fit_rate(build(args, stats), x, y, args.batch, args.steps))
         ours.append(kclassify_rate(args, x, y, args.steps, augment=False))
-        ours_aug.append(kclassify_rate(args, x, y, args.steps, augment=True))
+        if not args.only_kclassify:
+            ours_aug.append(kclassify_rate(args, x, y, args.steps, augment=True))
+    if args.only_kclassify:
+        return {"kclassify_img_per_s": round(float(np.median(ours)), 1), "batch": args.batch,
+                "precision": keras.mixed_precision.global_policy().name}
     macs = profile_model(build(args, stats))["macs"]
     policy = keras.mixed_precision.global_policy().name
     ours_rate, plain_rate = float(np.median(ours)), float(np.median(plain))
@@ -165,6 +170,7 @@ def measure(args):
 
 
 SWEEP = [
+    ("default (batch 512, auto precision)", [], {}),
     ("batch 256", ["--batch", "256"], {}),
     ("batch 512", ["--batch", "512"], {}),
     ("batch 1024", ["--batch", "1024", "--steps", "6"], {}),
@@ -181,13 +187,12 @@ SWEEP = [
 def sweep(args):
     rows = {}
     for name, extra, env in SWEEP:
-        cmd = [sys.executable, __file__, "--model", args.model, "--rounds", "1", "--no-keras-check",
+        cmd = [sys.executable, __file__, "--model", args.model, "--rounds", "1", "--only-kclassify",
                "--precision", args.precision, "--batch", str(args.batch), "--steps", str(args.steps), *extra]
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env})
         try:
             out = json.loads(proc.stdout)
-            rows[name] = {"kclassify_img_per_s": out["kclassify_img_per_s"], "keras_img_per_s": out["keras_img_per_s"],
-                          "precision": out["precision"], "batch": out["batch"]}
+            rows[name] = out
         except (json.JSONDecodeError, KeyError):
             rows[name] = {"error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
         print(name, rows[name], file=sys.stderr, flush=True)
@@ -204,7 +209,7 @@ def main():
     parser.add_argument("--jit", action="store_true")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--sweep", action="store_true")
-    parser.add_argument("--no-keras-check", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--only-kclassify", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     print(json.dumps(sweep(args) if args.sweep else measure(args), indent=1))
