@@ -65,36 +65,28 @@ def evaluate(model_or_run, *, data=None, tta=None, json_out=None, echo=print):
     return run_evaluate(model_or_run, data, json_out, echo=echo, tta=tta)
 
 
-def export(model_or_run, quant="int8", *, out=None, data=None, calibration_images=None, tta=None,
+def export(model_or_run, quant="int8", *, out=None, data=None, calibration_images=None, tta=None, max_drop=None,
            allow_flex=False, float_layers=None, input_size=None, echo=print):
     """A builtins-only .tflite in mode `quant`, measured with LiteRT; returns its report dict.
-    `tta` (a preset) puts the test-time views and their average inside the file."""
+    `tta` (a preset) puts the test-time views and their average inside the file; `max_drop`
+    (top-1 points) is the int8 accuracy budget (default: the run recipe's output.max_drop)."""
     from kclassify import runtime
 
     runtime.quiet_tensorflow()
     from kclassify.export import ExportJob
+    from kclassify.export.report import RECIPE
 
-    job = ExportJob(model_or_run, data_spec=data, calibration_count=calibration_images or _calibration(model_or_run),
-                    input_size=input_size)
+    job = ExportJob(model_or_run, data_spec=data, calibration_count=calibration_images, input_size=input_size)
     if tta and tta != "none":
         out = out or job.default_out(f"{quant}_tta")
         job.model = _tta_wrapped(job.model, tta)
-    rep = job.export(quant, out, allow_flex=allow_flex, float_layers=float_layers)
+    rep = job.export(quant, out, allow_flex=allow_flex, float_layers=float_layers,
+                     max_drop=RECIPE if max_drop is None else max_drop, echo=echo)
     measured = (f"top-1 {rep['tflite']['top1']:.4f} (Keras {rep['keras']['top1']:.4f}), agreement {rep['agreement']:.4f}"
                 if "tflite" in rep else rep.get("note", ""))
     echo(f"{rep['file']}: {rep['size_bytes']:,} bytes, {quant}{f', TTA {tta}' if tta else ''}, input "
          f"{rep['input']['dtype']} {rep['input']['shape']}; {measured}")
     return rep
-
-
-def _calibration(model_or_run):
-    from pathlib import Path
-
-    from kclassify.run import Run
-
-    if (Path(model_or_run) / "recipe.yaml").is_file():
-        return Run.load(model_or_run).recipe.output.calibration_images
-    return 300
 
 
 def _tta_wrapped(model, preset):

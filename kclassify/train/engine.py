@@ -55,8 +55,11 @@ class Engine:
         if t.budget_minutes:
             from kclassify.tta import view_count
 
+            from kclassify.export.calibration import resolve_count
+
+            calibration = resolve_count(recipe.output.calibration_images, self.k, len(data.train))
             self.budget = budgets.Budget(t.budget_minutes, self.started, len(data.val),
-                                         view_count(recipe.evaluate), recipe.output.export, recipe.output.calibration_images)
+                                         view_count(recipe.evaluate), recipe.output.export, calibration)
         self.averager = self._averager()
         self.phase_total = None
 
