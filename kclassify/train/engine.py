@@ -283,6 +283,7 @@ class Engine:
         cap = t.epochs * self.spe
         total = b.plan(s["phase_step"], self.spe, t.val_every, cap, per_epoch)
         self.phase_total = total
+        self.total_epochs = math.ceil(total / self.spe)
         schedule.set(total_steps=total)
         s["plan"] = b.record(total, s["phase_step"])
         s["plan"]["total_steps"] = total
