@@ -132,7 +132,8 @@ def summary_section(ctx):
     for key, label in (("val", "validation"), ("val_tta", "validation with test-time augmentation")):
         if key in m:
             v = m[key]
-            views = f" ({v['views']} views)" if "views" in v else ""
+            views = ", ".join(x for x in (v.get("tta"), f"{v['views']} views" if "views" in v else None) if x)
+            views = f" ({_e(views)})" if views else ""
             cells = "".join(f"<td>{_metric(f'{key}.{k}', v[k], pct=k != 'loss')}</td>" if k in v else "<td>-</td>"
                             for k in ("top1", "top5", "loss"))
             rows.append(f"<tr><th>{label}{views}</th>{cells}</tr>")

@@ -37,7 +37,7 @@ def assert_metrics_equal(found, metrics):
     """Every figure of metrics.json's val (and val_tta) is in the page, exactly and as shown."""
     for section in ("val", "val_tta"):
         for key, value in metrics.get(section, {}).items():
-            if key == "views":
+            if key not in ("top1", "top5", "loss"):  # views, tta: described, not figures
                 continue
             exact, text = found[f"{section}.{key}"]
             assert float(exact) == value, (section, key)
@@ -93,10 +93,10 @@ def test_report_shows_tta(run_copy, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(run_copy, run)
     metrics = json.loads((run / "metrics.json").read_text())
-    metrics["val_tta"] = {"top1": metrics["val"]["top1"] + 0.01, "top5": 1.0, "loss": 0.05, "views": 2}
+    metrics["val_tta"] = {"top1": metrics["val"]["top1"] + 0.01, "top5": 1.0, "loss": 0.05, "tta": "flip", "views": 2}
     (run / "metrics.json").write_text(json.dumps(metrics))
     page = write_report(run, run / "report.html", echo=lambda *a: None).read_text()
-    assert "test-time augmentation (2 views)" in page
+    assert "test-time augmentation (flip, 2 views)" in page
     assert_metrics_equal(html_metrics(page), metrics)
 
 
