@@ -97,6 +97,28 @@ def _tta_wrapped(model, preset):
     return tta_model(model, views_of(cfg), cfg.average)
 
 
+def augment_preview(recipe, out, count=32, data=None, echo=print):
+    """A grid of `count` training images as the recipe's training pipeline delivers them (crops,
+    flips, ops, MixUp/CutMix, smoothed labels), written to `out`; `data` skips loading it again."""
+    import numpy as np
+
+    from kclassify import runtime
+    from kclassify.recipe import recipe_from
+
+    recipe = recipe_from(recipe)
+    runtime.setup(recipe.runtime, echo=lambda *a: None)
+    from kclassify.augment.preview import write_grid
+    from kclassify.data import load_data
+    from kclassify.data.pipeline import recipe_train_dataset
+
+    data = data or load_data(recipe.data, recipe.runtime.seed)
+    recipe = recipe.model_copy(deep=True)
+    recipe.train.batch_size = min(count, len(data.train))
+    images, targets = next(iter(recipe_train_dataset(recipe, data.train, len(data.class_names))))[:2]
+    write_grid(np.clip(images.numpy(), 0, 255).astype(np.uint8), targets.numpy(), data.class_names, out)
+    echo(f"wrote {out}: {len(images)} augmented training images of recipe {recipe.name}")
+
+
 def build_model(name, num_classes, input_shape, **params):
     """A registered model (kclassify models list) as a Keras functional model."""
     from kclassify import runtime

@@ -214,11 +214,9 @@ def augment_preview(recipe, out, overrides, count):
     from kclassify.recipe import load_recipe
 
     cfg = load_recipe(recipe, overrides)
-    from kclassify import runtime
-    from kclassify.augment.preview import preview
+    import kclassify.api
 
-    runtime.quiet_tensorflow()
-    preview(cfg, out, count, echo=click.echo)
+    kclassify.api.augment_preview(cfg, out, count, echo=click.echo)
 
 
 @cli.group()

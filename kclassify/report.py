@@ -397,12 +397,12 @@ def calibration_section(ctx):
 
 
 def augment_section(ctx):
-    """The recipe's own training pipeline on a batch of training images (kclassify.augment.preview)."""
-    from kclassify.augment.preview import preview
+    """The recipe's own training pipeline on a batch of training images (kclassify.api.augment_preview)."""
+    from kclassify.api import augment_preview
 
     recipe = ctx["recipe"]
     buf = io.BytesIO()
-    preview(recipe, buf, PREVIEW_IMAGES, echo=lambda *a: None)
+    augment_preview(recipe, buf, PREVIEW_IMAGES, data=ctx.get("data"), echo=lambda *a: None)
     ops = [op["name"] for op in recipe.augment.ops]
     a = recipe.augment
     policy = [f"pad-crop {a.crop_pad} ({a.pad_mode})" if a.crop_pad else None, "flip" if a.flip else None, *ops,

@@ -423,6 +423,5 @@ def _html_report(run, data, probs, echo):
         return
     from kclassify.report import write_run_report
 
-    path = write_run_report(run.dir, data=data, probs=probs, echo=echo)
-    echo(f"report: {path}")
+    write_run_report(run.dir, data=data, probs=probs, echo=echo)
 

@@ -51,10 +51,11 @@ def test_mix_off_epochs_and_whitening_bias_segments():
 
 
 def test_augment_preview_writes_a_grid(tmp_path):
-    from kclassify.augment.preview import label_text, preview
+    from kclassify.api import augment_preview
+    from kclassify.augment.preview import label_text
 
     recipe = tiny_recipe(tmp_path, augment={"mixup_alpha": 0.4, "crop_pad": 1})
-    preview(recipe, tmp_path / "grid.png", count=16, echo=lambda *a: None)
+    augment_preview(recipe, tmp_path / "grid.png", count=16, echo=lambda *a: None)
     assert (tmp_path / "grid.png").stat().st_size > 5000
     assert label_text(np.array([0.0, 1.0]), ["a", "b"]) == "b"
     assert label_text(np.array([0.7, 0.3]), ["a", "b"]) == "a 0.70 / b 0.30"

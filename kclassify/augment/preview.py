@@ -1,6 +1,7 @@
-"""`kclassify augment preview`: a grid of augmented training images with their (possibly
-mixed) labels, produced by the recipe's own training pipeline, so a person sees what the
-policy does before paying for a run (a flip that turns a 9 into a 6 hurts)."""
+"""The augmentation preview's picture: a grid of augmented training images with their (possibly
+mixed) labels, so a person sees what the policy does before paying for a run (a flip that turns a
+9 into a 6 hurts). Rendering only: `kclassify.api.augment_preview` runs the recipe's own pipeline
+and hands its batch here."""
 import numpy as np
 
 
@@ -12,28 +13,19 @@ def label_text(target, class_names):
     return " / ".join(f"{class_names[i]} {target[i]:.2f}" for i in order if target[i] > 0.02)
 
 
-def preview(recipe, out, count=32, echo=print):
-    from kclassify import runtime
-    from kclassify.data import load_data
-    from kclassify.data.pipeline import recipe_train_dataset
+def write_grid(images, targets, class_names, out, cols=8):
+    """Save uint8 images (N, H, W, C) with their target rows as a PNG grid to `out` (path or file)."""
     from kclassify.plots import _pyplot
 
-    runtime.setup(recipe.runtime)
-    data = load_data(recipe.data, recipe.runtime.seed)
-    recipe = recipe.model_copy(deep=True)
-    recipe.train.batch_size = min(count, len(data.train))
-    images, targets = next(iter(recipe_train_dataset(recipe, data.train, len(data.class_names))))[:2]
-    images, targets = np.clip(images.numpy(), 0, 255).astype(np.uint8), targets.numpy()
     plt = _pyplot()
-    cols = 8
     rows = int(np.ceil(len(images) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.8, rows * 2.0))
     for ax, image, target in zip(np.ravel(axes), images, targets):
-        ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray" if image.shape[-1] == 1 else None)
-        ax.set_title(label_text(target, data.class_names), fontsize=7)
+        gray = image.shape[-1] == 1
+        ax.imshow(image[..., 0] if gray else image, cmap="gray" if gray else None)
+        ax.set_title(label_text(target, class_names), fontsize=7)
     for ax in np.ravel(axes):
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
-    echo(f"wrote {out}: {len(images)} augmented training images of recipe {recipe.name}")
