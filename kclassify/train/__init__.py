@@ -1,1 +1,2 @@
-"""Training: schedules, optimizers, callbacks and the fit loop."""
+"""Training: the engine (one loop for fit and finetune), its compiled steps, schedules, optimizers, weight
+averaging, distillation, the time budget."""
