@@ -13,6 +13,7 @@ Everything that reads or writes these files asks a `Run`: fit and finetune creat
 (`Run.start`), evaluate, export, qat and prune open a finished one (`Run.load`). Nothing here
 imports TensorFlow until a model is saved or loaded.
 """
+import contextlib
 import hashlib
 import json
 import os
@@ -327,6 +328,27 @@ class Run:
         """A run that trains again has no final model yet."""
         if self.chief:
             self.model_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def training_run(recipe, out, fresh, command, echo=print):
+    """(run, strategy) for a training command: the folder locked and its state read (resumable),
+    the runtime set up; strategy None when the run has already finished. The lock is released
+    at the end, whatever happens."""
+    from kclassify import runtime
+
+    run = Run.start(recipe, out, fresh, command, chief=runtime.is_chief(recipe.runtime), echo=echo)
+    try:
+        if run.finished(recipe.train.epochs):
+            verb = "trained" if command == "fit" else "fine-tuned"
+            echo(f"{run.dir}: already {verb} for {run.state['epoch']} epochs (use --fresh to start over)")
+            yield run, None
+            return
+        strategy = runtime.setup(recipe.runtime, echo)
+        run.sync_after_cluster()
+        yield run, strategy
+    finally:
+        run.release()
 
 
 def write_history_csv(history, path):

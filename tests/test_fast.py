@@ -127,3 +127,21 @@ def test_airbench_parameter_and_mac_counts_are_our_arithmetic(name, widths):
     assert profile_model(model)["macs"] == macs
     if name == "airbench94":
         assert abs(macs - 118e6) / 118e6 < 0.01  # "about 118M MACs per image" (the issue, the paper)
+
+
+def test_the_recipe_evaluation_is_what_evaluate_run_reproduces(tmp_path):
+    """evaluate.tta in the recipe: fit's final report and `kclassify evaluate RUN` give the same
+    figure; --tta overrides it."""
+    import json
+
+    import kclassify
+    from conftest import tiny_recipe
+
+    recipe = tiny_recipe(tmp_path, train={"epochs": 1}, evaluate={"tta": "mirror_translate"})
+    run = kclassify.fit(recipe, echo=lambda *a: None)
+    metrics = json.loads((run.dir / "metrics.json").read_text())
+    assert metrics["val_tta"]["views"] == 6
+    again = kclassify.evaluate(run.dir, echo=lambda *a: None)
+    assert again["tta"] == "mirror_translate" and again["top1"] == pytest.approx(metrics["val_tta"]["top1"])
+    plain = kclassify.evaluate(run.dir, tta="none", echo=lambda *a: None)
+    assert plain["top1"] == pytest.approx(metrics["val"]["top1"])

@@ -101,7 +101,7 @@ def engine_phases(recipe, pattern, echo):
 def finetune(recipe, schedule=None, out=None, fresh=False, dry_run=False, echo=print, callbacks=(), started=None):
     """Fine-tune per the recipe's phases (or --unfreeze-schedule); returns the run folder."""
     from kclassify import runtime
-    from kclassify.run import Run
+    from kclassify.run import training_run
 
     started = started or runtime.command_started() or time.time()
     if schedule or not recipe.finetune.phases or any(p.lr is None for p in recipe.finetune.phases):
@@ -110,29 +110,22 @@ def finetune(recipe, schedule=None, out=None, fresh=False, dry_run=False, echo=p
     pattern = block_pattern(recipe)
     if dry_run:
         return _dry_run(recipe, pattern, echo)
-    run = Run.start(recipe, out, fresh, "finetune", chief=runtime.is_chief(recipe.runtime), echo=echo)
-    try:
-        if run.finished(recipe.train.epochs):
-            echo(f"{run.dir}: already fine-tuned for {run.state['epoch']} epochs (use --fresh to start over)")
+    with training_run(recipe, out, fresh, "finetune", echo) as (run, strategy):
+        if strategy is None:
             return run.dir
-        strategy = runtime.setup(recipe.runtime, echo)
-        run.sync_after_cluster()
         data, model = _data_and_model(recipe, strategy)
         run.begin(recipe, data, echo)
         run.clear_final()
         if recipe.finetune.mode != "phases":
             from kclassify.finetune.probe import probe
 
-            probe(recipe, data, model, run, echo)
-            return run.dir
+            return probe(recipe, data, model, run, echo)
         from kclassify.train.fit import finish_training, make_engine
 
         engine = make_engine(recipe, run, data, model, strategy, echo, callbacks, started)
         engine.fit(engine_phases(recipe, pattern, echo))
         finish_training(engine, echo)
         run.finish(model, data, recipe, echo, budget=None, started=started)
-    finally:
-        run.release()
     return run.dir
 
 

@@ -19,31 +19,24 @@ def check_fit_recipe(recipe):
 def fit(recipe, out=None, fresh=False, echo=print, callbacks=(), started=None):
     """Train per the recipe into its run folder, resuming an interrupted run; returns the folder."""
     from kclassify import runtime
-    from kclassify.run import Run
+    from kclassify.run import training_run
 
     started = started or runtime.command_started() or time.time()
     check_fit_recipe(recipe)
-    run = Run.start(recipe, out, fresh, "fit", chief=runtime.is_chief(recipe.runtime), echo=echo)
-    try:
-        if run.finished(recipe.train.epochs):
-            echo(f"{run.dir}: already trained for {run.state['epoch']} epochs (use --fresh to train again)")
+    with training_run(recipe, out, fresh, "fit", echo) as (run, strategy):
+        if strategy is None:
             return run.dir
-        strategy = runtime.setup(recipe.runtime, echo)
-        run.sync_after_cluster()
         from kclassify.data import load_data
+        from kclassify.train.engine import Phase
 
         data = load_data(recipe.data, recipe.runtime.seed)
         run.begin(recipe, data, echo)
         run.clear_final()
         model = build_for_run(recipe, data, strategy, fresh_start=not run.state["checkpoints"], echo=echo)
         engine = make_engine(recipe, run, data, model, strategy, echo, callbacks, started)
-        from kclassify.train.engine import Phase
-
         engine.fit([Phase("fit", recipe.train, recipe.train.epochs, setup=lambda m: fit_setup(m, recipe.train))])
         finish_training(engine, echo)
         run.finish(model, data, recipe, echo, budget=engine.budget, started=started)
-    finally:
-        run.release()
     return run.dir
 
 
