@@ -370,11 +370,6 @@ def _finish(run, model, data, recipe, echo=print, budget=None, started=None):
     recipe's test-time augmentation), write metrics, reports, plots and predictions, then the
     recipe's exports and the HTML report; metrics.json last, with the wall time of the command."""
     import keras
-    import numpy as np
-
-    from kclassify.evaluate import evaluate_model, write_report
-    from kclassify.metrics import format_report
-    from kclassify.tta import view_count, views_of
 
     from kclassify.models import as_float32
 
@@ -382,48 +377,74 @@ def _finish(run, model, data, recipe, echo=print, budget=None, started=None):
     model = as_float32(model)  # mixed precision trains; the saved and exported network is float32
     if run.chief:
         keras.Model(model.input, model.output, name=model.name).save(run.model_path)
-    ev = recipe.evaluate
-    report, probs = evaluate_model(model, data.val, data.class_names, ev.batch_size)
-    metrics = {"val": {k: report[k] for k in ("top1", "top5", "loss")}, "epochs": state["epoch"],
-               "steps": state["step"], "train_seconds": round(state["train_seconds"], 1),
+    reports, arrays = _final_evaluation(model, data, recipe, echo)
+    metrics = {**{name: {k: r[k] for k in ("top1", "top5", "loss")} for name, r in reports.items()},
+               "epochs": state["epoch"], "steps": state["step"], "train_seconds": round(state["train_seconds"], 1),
                "params": int(model.count_params()), "model": recipe.model.name,
                "train_images": len(data.train), "val_images": len(data.val)}
-    arrays = {"probs": probs, "labels": np.asarray(data.val.labels, np.int32)}
-    echo(format_report(report, title=f"validation ({recipe.model.name})"))
-    if view_count(ev):
-        tta_report, arrays["probs_tta"] = evaluate_model(model, data.val, data.class_names, ev.batch_size,
-                                                         views_of(ev), ev.average)
-        metrics["val_tta"] = {**{k: tta_report[k] for k in ("top1", "top5", "loss")}, "tta": ev.tta,
-                              "views": view_count(ev)}
-        echo(f"validation with TTA ({ev.tta}, {view_count(ev)} views): top-1 {tta_report['top1']:.4f}, "
-             f"top-5 {tta_report['top5']:.4f}")
+    if "val_tta" in reports:
+        metrics["val_tta"].update(tta=recipe.evaluate.tta, views=reports["val_tta"]["views"])
     if state.get("recoveries"):
         metrics["recoveries"] = state["recoveries"]
     if not run.chief:
         return metrics
-    write_report(report, run.dir, "val", plots=recipe.output.plots)
-    if view_count(ev):
-        write_report(tta_report, run.dir, "val_tta", plots=False)
-    np.savez(run.dir / "val_predictions.npz", **arrays)
-    if recipe.output.plots and (run.dir / "history.csv").exists():
-        from kclassify.plots import plot_history
-
-        plot_history(run.dir / "history.csv", run.dir / "curves.png")
+    _write_evaluation(run, reports, arrays, recipe.output.plots)
     run.write_json("metrics.json", metrics)
     _exports(run, model, data, recipe, echo)
     if recipe.output.report:
-        _html_report(run, data, probs, echo)
-    if budget is not None:
-        metrics["budget"] = {**state["plan"], **budget.record(state["plan"]["total_steps"], state["step"])}
-    if started is not None:
-        metrics["wall_seconds"] = round(time.time() - started, 1)
-        if budget is not None:
-            metrics["budget"]["actual_wall_seconds"] = metrics["wall_seconds"]
-            echo(f"budget: {budget.minutes:g} min ({60 * budget.minutes:.0f} s); the command took "
-                 f"{metrics['wall_seconds']:.0f} s")
+        _html_report(run, data, arrays["probs"], echo)
+    _record_time(metrics, state, budget, started, echo)
     run.write_json("metrics.json", metrics)
     echo(json.dumps({k: metrics[k] for k in ("val", "val_tta", "epochs", "steps", "wall_seconds") if k in metrics}))
     return metrics
+
+
+def _final_evaluation(model, data, recipe, echo):
+    """({"val": report[, "val_tta": report]}, arrays for val_predictions.npz)."""
+    import numpy as np
+
+    from kclassify.evaluate import evaluate_model
+    from kclassify.metrics import format_report
+    from kclassify.tta import view_count, views_of
+
+    ev = recipe.evaluate
+    report, probs = evaluate_model(model, data.val, data.class_names, ev.batch_size)
+    echo(format_report(report, title=f"validation ({recipe.model.name})"))
+    reports, arrays = {"val": report}, {"probs": probs, "labels": np.asarray(data.val.labels, np.int32)}
+    if view_count(ev):
+        tta, arrays["probs_tta"] = evaluate_model(model, data.val, data.class_names, ev.batch_size, views_of(ev),
+                                                  ev.average)
+        reports["val_tta"] = {**tta, "views": view_count(ev)}
+        echo(f"validation with TTA ({ev.tta}, {view_count(ev)} views): top-1 {tta['top1']:.4f}, "
+             f"top-5 {tta['top5']:.4f}")
+    return reports, arrays
+
+
+def _write_evaluation(run, reports, arrays, plots):
+    import numpy as np
+
+    from kclassify.evaluate import write_report
+
+    for name, report in reports.items():
+        write_report(report, run.dir, name, plots=plots and name == "val")
+    np.savez(run.dir / "val_predictions.npz", **arrays)
+    if plots and (run.dir / "history.csv").exists():
+        from kclassify.plots import plot_history
+
+        plot_history(run.dir / "history.csv", run.dir / "curves.png")
+
+
+def _record_time(metrics, state, budget, started, echo):
+    """The plan and the command's wall time, for a budgeted run the promise kept (or not)."""
+    if budget is not None:
+        metrics["budget"] = {**state["plan"], **budget.record(state["plan"]["total_steps"], state["step"])}
+    if started is None:
+        return
+    metrics["wall_seconds"] = round(time.time() - started, 1)
+    if budget is not None:
+        metrics["budget"]["actual_wall_seconds"] = metrics["wall_seconds"]
+        echo(f"budget: {budget.minutes:g} min ({60 * budget.minutes:.0f} s); the command took "
+             f"{metrics['wall_seconds']:.0f} s")
 
 
 def _exports(run, model, data, recipe, echo):

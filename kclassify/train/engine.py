@@ -236,11 +236,7 @@ class Engine:
                 self._check_loss(logs, index)
                 if out.log_every_steps and s["step"] % out.log_every_steps == 0:
                     self._log_step(logs, schedule, opt)
-            if not end_of_epoch and self.budget is not None and self.budget.out_of_time():
-                self.echo(f"budget: stopping at step {s['step']} to leave time for the final evaluation and exports")
-                self.phase_total = s["phase_step"]
-                schedule.set(total_steps=self.phase_total)
-                s["plan"]["total_steps"] = self.phase_total
+            if not end_of_epoch and self._out_of_time(schedule):
                 end_of_epoch = True
             if end_of_epoch:
                 self._end_epoch(trainer, opt, schedule, callbacks, logs, phase, time.time() - epoch_start)
@@ -249,6 +245,17 @@ class Engine:
                 self._checkpoint(trainer)
                 epoch_start = time.time()
         callbacks.on_train_end()
+
+    def _out_of_time(self, schedule):
+        """A budgeted run whose time for training is up ends here (its last, partial epoch)."""
+        s = self.run.state
+        if self.budget is None or not s.get("plan") or not self.budget.out_of_time():
+            return False
+        self.echo(f"budget: stopping at step {s['step']} to leave time for the final evaluation and exports")
+        self.phase_total = s["phase_step"]
+        schedule.set(total_steps=self.phase_total)
+        s["plan"]["total_steps"] = self.phase_total
+        return True
 
     def _maybe_plan(self, local, schedule):
         """The first plan of a budgeted run, once the warm-up steps are timed."""
