@@ -47,7 +47,8 @@ def fit_command(name, size, cache_gb, batch, steps, args):
             "data.val_count": args.val_count, "data.image_size": size, "data.cache_gb": cache_gb,
             "model.name": "resnet9", "model.params": "{width: 32}", "augment.crop_pad": 4, "augment.flip": "true",
             "train.epochs": args.epochs, "train.batch_size": batch, "train.steps_per_epoch": steps,
-            "train.lr": 0.05, "output.export": "[]", "output.plots": "false", "output.tensorboard": "false"}
+            "train.lr": 0.05, "output.export": "[]", "output.plots": "false", "output.tensorboard": "false",
+            "output.report": "false"}
     cmd = [sys.executable, "-m", "kclassify", "fit", "quickstart", "--out", str(run), "--fresh"]
     for key, value in sets.items():
         cmd += ["--set", f"{key}={value}"]

@@ -72,20 +72,23 @@ class ImageError(KitError):
         super().__init__(f"cannot read image {path}: {reason}")
 
 
-def decode_image(path):
+def decode_image(path, data=None):
     """An image file as uint8 (H, W, 3) RGB at its stored resolution, as it is meant to be seen:
     EXIF orientation applied (all eight), the first frame of an animation, 16-bit samples scaled
     to 8 bits (the high byte, as Pillow does for 16-bit RGB), transparency composited onto
     BACKGROUND, and every other mode (CMYK, palette, gray, 1-bit, 32-bit int, float) made RGB.
     Raises ImageError for an empty, truncated or non-image file and for a decompression bomb
-    (more pixels than PIL.Image.MAX_IMAGE_PIXELS)."""
+    (more pixels than PIL.Image.MAX_IMAGE_PIXELS). `data`: the file's bytes, when they come from
+    elsewhere (a TensorFlow Datasets record); `path` then only names them in errors."""
+    import io
+
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
     try:
-        if path.stat().st_size == 0:
+        if (path.stat().st_size if data is None else len(data)) == 0:
             raise ImageError(path, "empty file (0 bytes)")
-        with Image.open(path) as im:
+        with Image.open(path if data is None else io.BytesIO(data)) as im:
             limit = Image.MAX_IMAGE_PIXELS
             if limit and im.width * im.height > limit:  # Pillow only warns below twice the limit
                 raise ImageError(path, f"decompression bomb ({im.width}x{im.height} pixels, over "
@@ -98,7 +101,7 @@ def decode_image(path):
     except UnidentifiedImageError:
         raise ImageError(path, "not an image (no known image format)") from None
     except OSError as exc:
-        reason = "truncated" if "truncated" in str(exc) else f"unreadable ({exc})"
+        reason = "truncated" if "truncated" in str(exc).lower() else f"unreadable ({exc})"
         raise ImageError(path, reason) from None
     except (SyntaxError, ValueError, TypeError, EOFError, IndexError) as exc:  # Pillow's parsers raise these too
         raise ImageError(path, f"corrupt ({type(exc).__name__}: {exc})") from None
@@ -172,16 +175,16 @@ def _pil_resize(array, height, width):
     return out[..., None] if gray else out
 
 
-def load_image(path, size=None, resize="crop", channels=3):
+def load_image(path, size=None, resize="crop", channels=3, data=None):
     """An image file as the uint8 (H, W, channels) array a model takes: decode_image, then
     resize_image to `size` (None keeps the stored size), then gray (ITU-R 601, Pillow's "L")
     for 1-channel models. `size` may also be a model spec (kitlib.load_spec): its input shape,
-    channels and resize policy are used."""
+    channels and resize policy are used. `data`: the file's bytes, as for decode_image."""
     if isinstance(size, dict):
         height, width, channels = size["input"]["shape"][1:]
         resize = size["input"].get("resize_policy", "crop")
         size = (height, width)
-    array = resize_image(decode_image(path), size, resize)
+    array = resize_image(decode_image(path, data), size, resize)
     if channels == 1:
         from PIL import Image
 

@@ -122,6 +122,59 @@ def test_tfds_with_mock_data(tmp_path):
     assert data.input_shape == (32, 32, 3) and len(data.train) == 30 and len(data.class_names) == 100
 
 
+def test_tfds_records_go_through_the_one_decoder_and_feed_the_pipeline(tmp_path):
+    """A tfds dataset built here (no download): photos of different sizes, one JPEG tagged EXIF
+    orientation 6 and one broken record. Each record decodes as load_image does its file (oriented),
+    at data.image_size; the broken one is skipped with a note; the split feeds the training stream;
+    a split bigger than data.cache_gb is refused before decoding."""
+    import tensorflow_datasets as tfds
+    from PIL import Image
+
+    from kclassify.data import load_image
+    from kclassify.data.pipeline import recipe_train_dataset
+    from kclassify.recipe import validate
+
+    files = []
+    for i in range(12):
+        path = tmp_path / f"{i}.jpg"
+        write_image(path, size=(40 + 4 * i, 24 + 2 * i), seed=i)
+        files.append(path)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation 6: shown rotated 90 degrees clockwise
+    Image.open(files[0]).save(files[0], exif=exif)
+    (tmp_path / "broken.jpg").write_bytes(files[1].read_bytes()[:200])
+
+    class TinyPhotos(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, supervised_keys=("image", "label"), features=tfds.features.FeaturesDict({
+                "image": tfds.features.Image(shape=(None, None, 3)), "label": tfds.features.ClassLabel(names=["a", "b"])}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples(files + [tmp_path / "broken.jpg"]), "test": self._generate_examples(files[:4])}
+
+        def _generate_examples(self, paths):
+            for i, p in enumerate(paths):
+                yield i, {"image": str(p), "label": i % 2}
+
+    TinyPhotos(data_dir=str(tmp_path / "tfds")).download_and_prepare()
+    cfg = DataConfig(source="tfds", name="tiny_photos", data_dir=str(tmp_path / "tfds"), image_size=16, val_path="test")
+    data = load_data(cfg)
+    assert data.input_shape == (16, 16, 3) and len(data.train) == 12 and len(data.val) == 4
+    assert data.class_names == ["a", "b"] and any("truncated" in n and "tfds:tiny_photos/train" in n for n in data.notes), data.notes
+    wanted = {load_image(p, 16).tobytes() for p in files}
+    assert {x.tobytes() for x in data.train.images} == wanted  # includes the oriented one
+    assert load_image(files[0]).shape == (40, 24, 3)  # orientation 6: the stored 40x24 shown 24 wide
+    recipe = validate({"data": {"source": "tfds", "name": "tiny_photos"}, "train": {"batch_size": 4}})
+    x, y = next(iter(recipe_train_dataset(recipe, data.train, 2)))
+    assert x.shape == (4, 16, 16, 3) and y.shape == (4, 2)
+    with pytest.raises(DataError, match="data.cache_gb"):
+        load_data(cfg.model_copy(update={"cache_gb": 1e-6}))
+    with pytest.raises(DataError, match="images differ in size"):
+        load_data(cfg.model_copy(update={"image_size": None}))
+
+
 def test_pipeline_crops_and_flips_differ_per_image():
     from kclassify.augment import image_augmenter
     from kclassify.data.pipeline import train_dataset
@@ -181,6 +234,8 @@ def test_data_fields_each_source_requires_or_refuses():
     rrc = AugmentConfig(random_resized_crop={"scale": [0.5, 0.2]})
     assert check_data(DataConfig(source="digits"), rrc) == [
         "augment.random_resized_crop needs data.image_size (the size of its crops)",
+        "augment.random_resized_crop crops from the stored resolution, which data.source digits does not keep "
+        "(use image_folder or tfrecord)",
         "augment.random_resized_crop.scale must satisfy 0 < lo <= hi <= 1, got [0.5, 0.2]"]
     with pytest.raises(DataError, match="manual_dir"):
         load_data(DataConfig(source="image_folder", path="x", manual_dir="/m"))

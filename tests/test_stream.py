@@ -130,6 +130,33 @@ def test_workers_get_disjoint_balanced_shards(pack):
         split.worker_shards(0, n + 1)
 
 
+def test_pipeline_workers_stream_disjoint_shards_in_full_batches(pack):
+    """Each worker of the pipeline's BatchPlan streams its own shards: over one epoch of
+    steps_per_epoch full local batches, the workers' images are disjoint and each comes from
+    that worker's shards only; a 1-worker run of the same split sees every image."""
+    from kclassify.data.pipeline import BatchPlan, streamed_batches
+
+    split = StreamSplit(pack, size=12).subset(np.arange(3, 60))  # 57 examples: uneven shards per worker
+    assert len(pack.shards) == 60  # one image a shard here (60 images < MIN_SHARDS)
+    key = {x.tobytes(): p for (x, _), p in zip(epoch(split), split.positions)}
+    workers, batch = 3, 6
+    spe = split.steps_per_epoch(batch, workers)
+    assert spe == min(split.count(i, workers) for i in range(workers)) // (batch // workers)
+    seen = []
+    for w in range(workers):
+        plan = BatchPlan(split.labels, batch, spe, seed=4, worker=(w, workers))
+        images = [x for x, _, _ in streamed_batches(split, plan).take(spe).as_numpy_iterator()]
+        assert all(b.shape == (batch // workers, 12, 12, 3) for b in images)
+        positions = [key[im.tobytes()] for b in images for im in b]
+        assert len(set(positions)) == len(positions) == spe * (batch // workers)
+        assert set(pack.shard_of(np.array(positions)).tolist()) <= set(split.worker_shards(w, workers))
+        seen.append(set(positions))
+    assert not (seen[0] & seen[1]) and not (seen[0] & seen[2]) and not (seen[1] & seen[2])
+    one = BatchPlan(split.labels, 57, 1, seed=4)
+    (x, _, _), = streamed_batches(split, one).take(1).as_numpy_iterator()
+    assert sorted(key[im.tobytes()] for im in x) == split.positions.tolist()
+
+
 def test_take_matches_the_eval_stream_and_subset_keeps_stored_order(pack):
     split = StreamSplit(pack, size=20, resize="pad")
     plain = epoch(split)

@@ -139,12 +139,12 @@ def decoded_bytes(paths, size):
 
 def cached_pack(root, cfg):
     """The cache's pack of `root` (written once, then reused while the files are unchanged)."""
-    from kclassify.data.pack import pack_folder
+    from kclassify.data.pack import MIN_SHARDS, pack_folder
     from kclassify.data.tfrecord import FORMAT_VERSION, MANIFEST, Pack
 
     max_side = cfg.max_side or (2 * cfg.image_size if cfg.image_size else None)
     paths, _, _ = list_files(root)
-    key = _files_key(paths, max_side, cfg.pack_format, FORMAT_VERSION)
+    key = _files_key(paths, max_side, cfg.pack_format, FORMAT_VERSION, MIN_SHARDS, SHARD_MB)
     folder = cache_root() / "packed" / f"{root.name}-{key}"
     if (folder / MANIFEST).is_file():
         pack = Pack(folder)

@@ -25,6 +25,10 @@ from kclassify.errors import DataError
 
 JPEG_QUALITY = 95
 CHUNK = 256  # files decoded and encoded (in threads) between writes
+# Shards are what a multi-worker run divides between its workers (whole shards each), so a pack
+# of n images has min(n, MIN_SHARDS) shards or more (shard_mb may cut them smaller): the workers'
+# loads then differ by at most one shard, a 1/64 of the data.
+MIN_SHARDS = 64
 
 
 def fit_within(array, max_side):
@@ -59,10 +63,11 @@ def _example(data, shape, label, position, relpath):
 
 
 class _ShardWriter:
-    """Writes records into shard-NNNNN.tfrecord files of about `limit` bytes each."""
+    """Writes records into shard-NNNNN.tfrecord files of about `limit` bytes and at most
+    `max_count` records each."""
 
-    def __init__(self, folder, limit, num_classes):
-        self.folder, self.limit, self.k = folder, limit, num_classes
+    def __init__(self, folder, limit, num_classes, max_count):
+        self.folder, self.limit, self.k, self.max_count = folder, limit, num_classes, max_count
         self.shards, self.writer = [], None
 
     def write(self, record, label):
@@ -77,7 +82,7 @@ class _ShardWriter:
         shard["count"] += 1
         shard["counts_per_class"][label] += 1
         shard["bytes"] += len(record)
-        if shard["bytes"] >= self.limit:
+        if shard["bytes"] >= self.limit or shard["count"] >= self.max_count:
             self.close()
 
     def close(self):
@@ -123,7 +128,7 @@ def _write(root, paths, labels, classes, tmp, max_side, fmt, shard_mb, strict, s
 
     runtime.quiet_tensorflow()  # TFRecordWriter; imported only now, so bad arguments fail fast
     order = np.random.default_rng(seed).permutation(len(paths))
-    writer = _ShardWriter(tmp, int(shard_mb * 2**20), len(classes))
+    writer = _ShardWriter(tmp, int(shard_mb * 2**20), len(classes), -(-len(paths) // MIN_SHARDS))
     stored_labels, skipped, shapes, position = [], [], set(), 0
     bar = _progress(len(paths), f"packing {root}", progress)
     try:

@@ -8,7 +8,6 @@ tf.data.Dataset of one epoch), so callers use one API. Nothing here imports Tens
 time. The plug-in sources register themselves when kclassify.data imports them.
 """
 from dataclasses import dataclass, field
-from typing import Optional
 
 import numpy as np
 
@@ -23,7 +22,6 @@ SOURCES = Registry("data source")
 class Split:
     images: np.ndarray  # uint8, (N, H, W, C)
     labels: np.ndarray  # int32, (N,)
-    crop: Optional[dict] = field(default=None, repr=False)  # random-resized-crop ranges for examples(training=True)
 
     def __len__(self):
         return len(self.labels)
@@ -38,7 +36,7 @@ class Split:
 
     def subset(self, indices):
         idx = np.asarray(indices, dtype=np.int64)
-        return Split(self.images[idx], self.labels[idx], self.crop)
+        return Split(self.images[idx], self.labels[idx])
 
     def channel_stats(self):
         x = self.images.reshape(-1, self.images.shape[-1]).astype(np.float64)
@@ -46,25 +44,19 @@ class Split:
 
     def examples(self, seed=0, epoch=0, skip=0, shard_index=0, shard_count=1, training=False):
         """One epoch as an unbatched tf.data.Dataset of (uint8 image, int32 label): for training
-        shuffled from (seed, epoch) and random-resized-cropped if `crop` is set; every
-        `shard_count`-th example from `shard_index`; the first `skip` dropped."""
+        shuffled from (seed, epoch); every `shard_count`-th example from `shard_index`; the first
+        `skip` dropped. (The images are already at the training size: random_resized_crop, which
+        needs the stored resolution, is refused for in-memory sources by spec.check_data.)"""
         import tensorflow as tf
 
-        from kclassify.data.tfrecord import block_shuffle, crop_or_resize, epoch_seed
+        from kclassify.data.tfrecord import block_shuffle, epoch_seed
 
-        positions = np.arange(len(self), dtype=np.int64)
-        ds = tf.data.Dataset.from_tensor_slices((self.images, self.labels, positions))
+        ds = tf.data.Dataset.from_tensor_slices((self.images, self.labels))
         if shard_count > 1:
             ds = ds.shard(shard_count, shard_index)
-        s = epoch_seed(seed, epoch)
         if training:
-            ds = block_shuffle(ds, len(self), s)  # one window: the order may be sorted by class
-        ds = ds.skip(skip)
-        if not (training and self.crop):  # already at the size: nothing to do per image
-            return ds.map(lambda x, y, p: (x, y))
-        size = self.images.shape[1]
-        return ds.map(lambda x, y, p: (crop_or_resize(x, size, "crop", self.crop, s, p), y),
-                      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            ds = block_shuffle(ds, len(self), epoch_seed(seed, epoch))  # one window: the order may be sorted by class
+        return ds.skip(skip)
 
 
 @dataclass

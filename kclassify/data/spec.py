@@ -12,6 +12,7 @@ FIELDS = {
     "tfrecord": (("path",), ("subdir", "val_subdir", *_TFDS_ONLY, *_PACKING)),
     "tfds": (("name",), ("path", "subdir", "val_subdir", *_PACKING, "shuffle_buffer")),
 }
+STORED_RESOLUTION = ("image_folder", "tfrecord")  # sources that keep images above image_size (random_resized_crop)
 HINTS = {"image_folder": "a folder of class sub-folders, or a .tar.gz of one",
          "npz": "a .npz file", "tfrecord": "a folder written by `kclassify data pack`",
          "tfds": "a TensorFlow Datasets name such as cifar100"}
@@ -55,6 +56,9 @@ def _check_crop(ranges, cfg):
     if ranges is None:
         return []
     errors = [] if cfg.image_size else ["augment.random_resized_crop needs data.image_size (the size of its crops)"]
+    if cfg.source not in STORED_RESOLUTION:  # its images are already at image_size: nothing to crop from
+        errors.append(f"augment.random_resized_crop crops from the stored resolution, which data.source "
+                      f"{cfg.source} does not keep (use {' or '.join(STORED_RESOLUTION)})")
     (s0, s1), (r0, r1) = ranges["scale"], ranges["ratio"]
     if not 0 < s0 <= s1 <= 1:
         errors.append(f"augment.random_resized_crop.scale must satisfy 0 < lo <= hi <= 1, got {[s0, s1]}")

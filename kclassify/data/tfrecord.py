@@ -196,6 +196,13 @@ class StreamSplit:
         """How many examples worker `shard_index` of `shard_count` sees per epoch."""
         return int(self._per_shard()[self.worker_shards(shard_index, shard_count)].sum())
 
+    def steps_per_epoch(self, batch_size, shard_count=1):
+        """Global batches of `batch_size` per epoch that every one of `shard_count` workers can
+        fill from its own shards (its batch_size // shard_count slice of each): the least-loaded
+        worker decides, so all workers' epochs end at the same step."""
+        local = batch_size // shard_count
+        return min(self.count(i, shard_count) // local for i in range(shard_count))
+
     # ------------------------------------------------------------ tf.data
     def _records(self, shard_ids, seed=None, interleave=8, keep=None):
         """Parsed records of these shards, only this split's (or those `keep` marks by position),
