@@ -109,13 +109,15 @@ def report(run, out):
 @click.option("--float-layers", metavar="REGEX", help="Keep ops whose (Keras layer) names match REGEX in float.")
 @click.option("--allow-flex", is_flag=True, help="Allow TensorFlow (Flex) ops; the device runtime must link the Flex delegate.")
 @click.option("--input-size", type=click.IntRange(8, 4096), help="Take N x N frames and resize to the network's size inside the graph.")
+@click.option("--tta", type=click.Choice(TTA_PRESETS), default=None,
+              help="Put these test-time views and their average inside the file (measured like any export).")
 @click.option("--kit", "kit_dir", type=click.Path(file_okay=False), help="Also copy the on-device kit (evaluate/benchmark/predict) into this folder.")
 def export(model_or_run, tflite, quant, compare, out, spec, calibration_images, max_drop, max_float_layers, debug_quant,
-           float_layers, allow_flex, input_size, kit_dir):
+           float_layers, allow_flex, input_size, tta, kit_dir):
     """Export a run (or .keras file) to a builtins-only .tflite and measure it with LiteRT."""
+    import kclassify
     from kclassify import runtime
     from kclassify.export import ExportJob, copy_kit
-    from kclassify.export.report import RECIPE
 
     runtime.quiet_tensorflow()
     job = ExportJob(model_or_run, data_spec=spec, calibration_count=calibration_images, input_size=input_size)
@@ -126,12 +128,8 @@ def export(model_or_run, tflite, quant, compare, out, spec, calibration_images, 
 
         compare_modes(job, folder=out, echo=click.echo)
     else:
-        rep = job.export(quant, out, allow_flex=allow_flex, float_layers=float_layers,
-                         max_drop=RECIPE if max_drop is None else max_drop, max_float=max_float_layers, echo=click.echo)
-        measured = (f"top-1 {rep['tflite']['top1']:.4f} (Keras {rep['keras']['top1']:.4f}), agreement {rep['agreement']:.4f}"
-                    if "tflite" in rep else rep["note"])
-        click.echo(f"{rep['file']}: {rep['size_bytes']:,} bytes, {quant}, input {rep['input']['dtype']} "
-                   f"{rep['input']['shape']}; {measured}")
+        kclassify.export(job, quant, out=out, tta=tta, max_drop=max_drop, max_float=max_float_layers,
+                         allow_flex=allow_flex, float_layers=float_layers, echo=click.echo)
     if kit_dir:
         click.echo(f"kit copied to {copy_kit(kit_dir)}")
 

@@ -24,8 +24,11 @@ def plot_history(history_csv, out_png):
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key in zip(axes, ("loss", "top1")):
         for prefix, style in (("", "-"), ("val_", "--")):
-            if prefix + key in rows[0]:
-                ax.plot(epochs, [float(r[prefix + key]) for r in rows], style, label=(prefix or "train_") + key)
+            # validation may run every few epochs (train.val_every): plot the epochs that have it
+            points = [(e, float(r[prefix + key])) for e, r in zip(epochs, rows) if r.get(prefix + key)]
+            if points:
+                ax.plot(*zip(*points), style, marker="." if len(points) < len(rows) else None,
+                        label=(prefix or "train_") + key)
         ax.set_xlabel("epoch")
         ax.set_title(key)
         ax.legend()

@@ -243,11 +243,11 @@ def curves_section(ctx):
     with open(history) as f:
         rows = list(csv.DictReader(f))
     note = ""
-    if rows and "val_top1" in rows[0]:
-        tops = [float(r["val_top1"]) for r in rows]
-        best = int(np.argmax(tops))
-        note = (f"<p>{len(rows)} epochs; validation top-1 {tops[-1]:.4f} after the last epoch, best {tops[best]:.4f} "
-                f"after epoch {best + 1}. Read a validation loss that rises while the training loss falls as "
+    measured = [(i, float(r["val_top1"])) for i, r in enumerate(rows) if r.get("val_top1")]  # train.val_every
+    if measured:
+        best = max(measured, key=lambda item: item[1])
+        note = (f"<p>{len(rows)} epochs; validation top-1 {measured[-1][1]:.4f} after epoch {measured[-1][0] + 1}, best "
+                f"{best[1]:.4f} after epoch {best[0] + 1}. Read a validation loss that rises while the training loss falls as "
                 f"overfitting.</p>")
     return note + _img(blob, "training curves", "plot")
 

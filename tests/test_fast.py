@@ -145,3 +145,15 @@ def test_the_recipe_evaluation_is_what_evaluate_run_reproduces(tmp_path):
     assert again["tta"] == "mirror_translate" and again["top1"] == pytest.approx(metrics["val_tta"]["top1"])
     plain = kclassify.evaluate(run.dir, tta="none", echo=lambda *a: None)
     assert plain["top1"] == pytest.approx(metrics["val"]["top1"])
+    # `kclassify export --tta`: one .tflite that averages the six views, measured like any export
+    from conftest import run_cli
+    from ai_edge_litert.interpreter import Interpreter
+
+    out = run_cli("export", run.dir, "--tflite", "--quant", "float32", "--tta", "mirror_translate",
+                  "--out", tmp_path / "tta.tflite")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "TTA mirror_translate" in out.stdout
+    rep = json.loads((tmp_path / "tta.json").read_text())
+    assert rep["tflite"]["top1"] == pytest.approx(again["top1"], abs=0.005)
+    ops = {op["op_name"] for op in Interpreter(model_path=str(tmp_path / "tta.tflite"))._get_ops_details()}
+    assert "CONV_2D" in ops and not any(o.startswith("Flex") or o == "CUSTOM" for o in ops)

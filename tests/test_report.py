@@ -168,3 +168,19 @@ def test_thousand_classes(tmp_path):
         found = browser.open_page(run / "report.html", sections=SECTION_IDS)
         assert found["console"] == [] and found["errors"] == [] and found["requests"] == []
         assert all(found["visible"].values())
+
+
+def test_curves_with_validation_every_few_epochs(tmp_path):
+    """train.val_every: 2 leaves the validation columns of history.csv empty on the other epochs;
+    the curves plot the epochs that have them and the report names the last measured one."""
+    from types import SimpleNamespace
+
+    from kclassify.plots import plot_history
+    from kclassify.report import curves_section
+
+    rows = ["epoch,loss,top1,val_loss,val_top1", "0,2.0,0.3,,", "1,1.5,0.5,1.4,0.55", "2,1.2,0.6,,", "3,1.0,0.7,1.1,0.65"]
+    (tmp_path / "history.csv").write_text("\n".join(rows) + "\n")
+    plot_history(tmp_path / "history.csv", tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    html = curves_section({"run": SimpleNamespace(file=lambda name: tmp_path / name)})
+    assert "validation top-1 0.6500 after epoch 4, best 0.6500 after epoch 4" in html
