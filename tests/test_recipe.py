@@ -67,6 +67,23 @@ def test_validation_does_not_import_tensorflow():
     assert out.stdout.strip() == "False False", out.stderr
 
 
+@pytest.mark.parametrize("override, message", [
+    ("model.name=resnet2O", "model.name: unknown model 'resnet2O' (did you mean"),
+    ("model.params={widht: 2}", "model 'resnet20' has no parameter 'widht' (did you mean 'width'?)"),
+    ("augment.ops=[{name: cutuot}]", "augment.ops[0]: unknown augmentation 'cutuot' (did you mean 'cutout'?)"),
+    ("augment.ops=[{name: cutout, lenght: 8}]", "augment.ops[0] (cutout): no argument 'lenght' (did you mean 'length'?)"),
+    ("output.export=[int9]", "output.export.0: Input should be"),
+    ("data.source=digit", "data.source: unknown source 'digit' (did you mean 'digits'?)"),
+])
+def test_registry_typos_fail_at_load_before_tensorflow(override, message):
+    """Model names and parameters, augmentation ops and their arguments, export modes and data
+    fields are checked against the registries' TF-free catalogue when the recipe loads."""
+    code = (f"import sys, kclassify.recipe as r\ntry:\n    r.load_recipe('quickstart', [{override!r}])\n"
+            "except Exception as e:\n    print(e)\nprint('tensorflow' in sys.modules, 'keras' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert message in out.stdout and out.stdout.strip().endswith("False False"), out.stdout + out.stderr
+
+
 def test_cli_unknown_key_exits_2_without_traceback(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("data:\n  source: digits\ntrain:\n  epcohs: 3\n")
