@@ -10,8 +10,10 @@ measured once, on the file it ships (ExportJob.export). Each step is an attempt 
 2. MORE_CALIBRATION times as many calibration images, where the training split has them; it
    becomes the base of the next steps when it lowers the drop;
 3. the quantization debugger ranks the Keras layers by their own error (debug.py); the worst goes
-   to float, then the next, one at a time; a layer that does not lower the drop goes back to
-   int8; the first set within budget is shipped;
+   to float, then the next, one group (the ops of one Keras layer) at a time, each added to
+   the ones before; a layer that raises the drop goes back to int8, one that leaves it unchanged
+   stays (a layer ruined further on can hide what floating this one gains: with two ruined
+   layers, neither helps alone); the first set within budget is shipped;
 4. after `max_float` layers tried without meeting the budget, the attempt with the smallest drop
    (the fewer float layers on a tie) is shipped with a message that the budget was not met.
 
@@ -42,37 +44,48 @@ def search(job, quant, max_drop, max_float=None, echo=print):
          f"held-out training images (float {float_top1 * 100:.2f}%); the evaluation split is measured once, at the end")
     with tempfile.TemporaryDirectory(prefix="kclassify-budget-") as folder:
         trial = Trials(Path(folder), images, labels, float_top1, max_drop, mode, echo)
-        plain = Quantizer(job.model, quant, job.calibration)
-        base_row = trial.say(trial.run(plain, [], "plain"))
-        if not base_row["within_budget"]:
-            base = plain
-            more = job.calibration_for(len(job.calibration) * MORE_CALIBRATION)
-            if len(more) > len(job.calibration):
-                richer = Quantizer(job.model, quant, more)
-                row = trial.run(richer, [], f"{MORE_CALIBRATION}x calibration images")
-                if row["drop_points"] < base_row["drop_points"]:
-                    base, base_row = richer, row
-                else:
-                    row["note"] += " (no gain: not used)"
-                trial.say(row)
-            if not base_row["within_budget"]:
-                _float_search(trial, base, base_row, max_float)
+        base = Quantizer(job.model, quant, job.calibration)
+        row = trial.say(trial.run(base, [], "plain"))
+        if not row["within_budget"]:
+            base, row = _more_calibration(job, quant, trial, base, row)
+        if not row["within_budget"]:
+            _float_search(trial, base, row, max_float)
         return trial.result(max_float)
+
+
+def _more_calibration(job, quant, trial, base, base_row):
+    """(quantizer, attempt) of MORE_CALIBRATION x the calibration images where the training split
+    has more, if that lowers the drop; else the ones given."""
+    from kclassify.export.convert import Quantizer
+
+    more = job.calibration_for(len(job.calibration) * MORE_CALIBRATION)
+    if len(more) <= len(job.calibration):
+        return base, base_row
+    richer = Quantizer(job.model, quant, more)
+    row = trial.run(richer, [], f"{MORE_CALIBRATION}x calibration images")
+    better = row["drop_points"] < base_row["drop_points"]
+    if not better:
+        row["note"] += " (no gain: not used)"
+    trial.say(row)
+    return (richer, row) if better else (base, base_row)
 
 
 def _float_search(trial, quantizer, base_row, max_float):
     from kclassify.export.debug import layer_errors, layer_groups
 
-    kept, best = [], base_row
+    kept, last = [], base_row
     for group in layer_groups(layer_errors(quantizer))[:max_float]:
         row = trial.run(quantizer, kept + [group], f"+ {group[0]}")
-        gain = not row["rejected"] and row["drop_points"] < best["drop_points"]
-        if gain:
-            kept, best = kept + [group], row
-        elif not row["rejected"]:
-            row["note"] += " (no gain: back to int8)"
+        if row["rejected"]:
+            pass
+        elif row["drop_points"] > last["drop_points"]:
+            row["note"] += " (worse: back to int8)"
+        else:
+            if row["drop_points"] == last["drop_points"]:
+                row["note"] += " (no gain yet: stays in float)"
+            kept, last = kept + [group], row
         trial.say(row)
-        if gain and row["within_budget"]:
+        if row["within_budget"]:
             return
 
 

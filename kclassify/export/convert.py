@@ -102,9 +102,12 @@ class Quantizer:
 
     @property
     def nodes(self):
-        """The quantized ops' output tensor names (the names the converter's denylist takes)."""
+        """The quantized ops' output tensor names (the names the converter's denylist takes):
+        the debugger's own reading of its NumericVerify names, as in its statistics dump (the
+        debug model appends a digit to each quantized tensor's name; the denylist wants the
+        calibrated model's name)."""
         details = self.debugger._get_numeric_verify_tensor_details()
-        return [re.sub(r"^NumericVerify/|:\d+$", "", d["name"]) for d in details]
+        return [self.debugger._get_operand_name_and_index(d["name"])[0] for d in details]
 
     def matching(self, pattern):
         """The quantized ops whose names match the regex `pattern`; ExportError if none does."""

@@ -108,15 +108,17 @@ def _is_nested(layer):
     return type(layer).__name__ in NESTED and isinstance(layer, keras.Model)
 
 
-def unsupported(layer, why=None):
-    cls = type(layer).__name__
-    if why is None and cls in ("Sequential", "Model"):
+def unsupported(layer, why=None, where=None):
+    """The one-line refusal: the layer (its path inside nested models), its class and the package
+    that class comes from (a KerasHub or custom layer is named as such), and why."""
+    cls = type(layer)
+    package = cls.__module__.split(".")[0]
+    if why is None and cls.__name__ in ("Sequential", "Model"):
         why = "a nested Sequential or subclassed model; only nested functional models are flattened"
     if why is None:
-        why = "no tf_keras translation for this layer type"
-    known = ", ".join(sorted(LAYERS))
-    return QATError(f"layer {layer.name!r} of type {cls} is not supported by the QAT bridge: {why}. "
-                    f"Supported types: {known} (and nested functional models)")
+        why = f"no tf_keras translation for {package}'s {cls.__name__}"
+    return QATError(f"layer {where or layer.name!r} of type {cls.__name__} is not supported by the QAT bridge: "
+                    f"{why} (the types it takes are listed in kclassify/qat/table.py)")
 
 
 def _inbound(node):
@@ -174,7 +176,7 @@ class Flattener:
             key = scope + layer.name
             nodes = entry.get("inbound_nodes", [])
             if len(nodes) > 1:
-                raise unsupported(layer, "it is called more than once (a shared layer)")
+                raise unsupported(layer, "it is called more than once (a shared layer)", key)
             inbound = [self.alias[scope + n] for n in (_inbound(nodes[0]) if nodes else [])]
             if feeds is not None and layer.name in inputs:  # a nested model's input: what feeds it
                 self.alias[key] = feeds[inputs.index(layer.name)]
@@ -188,7 +190,7 @@ class Flattener:
     def nested(self, model, key, inbound, trainable):
         _, outputs = self.walk(model, key + "/", inbound, trainable)
         if len(outputs) != 1:
-            raise unsupported(model, "a nested model with more than one output")
+            raise unsupported(model, "a nested model with more than one output", key)
         self.alias[key] = outputs[0]
 
     def layer(self, layer, entry, key, inbound, trainable):
@@ -196,13 +198,13 @@ class Flattener:
 
         kind = _kind(layer)
         if kind is None:
-            raise unsupported(layer)
+            raise unsupported(layer, where=key)
         data_format = entry["config"].get("data_format")
         if data_format not in (None, "channels_last"):
-            raise unsupported(layer, f"data_format={data_format!r}; only channels_last is supported")
+            raise unsupported(layer, f"data_format={data_format!r}; only channels_last is supported", key)
         if LAYERS[kind].dropped:
             if len(inbound) != 1:
-                raise unsupported(layer, "a training-only layer with more than one input")
+                raise unsupported(layer, "a training-only layer with more than one input", key)
             self.alias[key] = inbound[0]
             return
         name = self.unique(layer.name, key)

@@ -3,8 +3,8 @@
 It imports numpy, tensorflow, tf_keras and tensorflow-model-optimization, and of kclassify only
 modules that never import Keras 3: the job file (job.py), the layer table and translation
 (table.py, translate.py), the converter set-up and representative dataset (export.convert, the
-same code `kclassify export` runs) and the pad-crop/flip augmentation (augment.basic, the same
-code training runs). It blocks the Keras 3 package, which tfmot and the TFLite converter would
+same code `kclassify export` runs) and the translation/flip augmentation (augment.basic, the
+same code training runs). It blocks the Keras 3 package, which tfmot and the TFLite converter would
 otherwise import to probe for it. The job file (job.Job) says what to do, every setting spelled
 out; the answer is written as JSON to job.result (with "error" on failure, exit code 2 for a
 job or translation problem, 1 for anything unexpected). Progress lines go to stdout.
@@ -227,20 +227,25 @@ def pin_input_range(q_model):
 # ---------------------------------------------------------------- training
 
 def train_dataset(images, labels, batch_size, augment, seed, repeat):
-    """Shuffled training batches with the recipe's pad-crop/flip, per image (augment.basic: the
-    same function `kclassify fit` maps over its training images)."""
+    """Shuffled training batches with the recipe's translation and flip, drawn per image
+    (augment.basic's translate_batch and flip_batch: the functions training uses)."""
     import tensorflow as tf
 
-    from kclassify.augment.basic import image_augmenter
+    from kclassify.augment.basic import flip_batch, translate_batch
 
-    per_image = image_augmenter(augment)
+    def augmented(x, y):
+        if augment.crop_pad:
+            x = translate_batch(x, augment.crop_pad, augment.pad_mode)
+        if augment.flip:
+            x = flip_batch(x, tf.random.uniform([tf.shape(x)[0]]) < 0.5)
+        return tf.cast(x, tf.float32), y
+
     ds = tf.data.Dataset.from_tensor_slices((images, labels.astype("int32")))
     ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
-    if per_image is not None:
-        ds = ds.map(lambda x, y: (per_image(x), y), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.map(lambda x, y: (tf.cast(x, tf.float32), y)).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size).map(augmented, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def optimizer(train, total_steps):
