@@ -11,9 +11,11 @@ measured once, on the file it ships (ExportJob.export). Each step is an attempt 
    becomes the base of the next steps when it lowers the drop;
 3. the quantization debugger ranks the Keras layers by their own error (debug.py); the worst goes
    to float, then the next, one group (the ops of one Keras layer) at a time, each added to
-   the ones before; a layer that raises the drop goes back to int8, one that leaves it unchanged
-   stays (a layer ruined further on can hide what floating this one gains: with two ruined
-   layers, neither helps alone); the first set within budget is shipped;
+   the ones before. A layer that lowers the drop stays in float; one that raises it, or leaves
+   it unchanged while the file's outputs change, goes back to int8 (it costs size for nothing);
+   one that leaves the outputs identical stays: a layer ruined further on hides what floating
+   this one gains (with two ruined layers neither helps alone). The first set within budget is
+   shipped;
 4. after `max_float` layers tried without meeting the budget, the attempt with the smallest drop
    (the fewer float layers on a tie) is shipped with a message that the budget was not met.
 
@@ -78,12 +80,13 @@ def _float_search(trial, quantizer, base_row, max_float):
         row = trial.run(quantizer, kept + [group], f"+ {group[0]}")
         if row["rejected"]:
             pass
-        elif row["drop_points"] > last["drop_points"]:
-            row["note"] += " (worse: back to int8)"
-        else:
-            if row["drop_points"] == last["drop_points"]:
-                row["note"] += " (no gain yet: stays in float)"
+        elif row["drop_points"] < last["drop_points"]:
             kept, last = kept + [group], row
+        elif row["drop_points"] == last["drop_points"] and trial.same_outputs(row, last):
+            row["note"] += " (outputs unchanged: a later layer may hide its gain; stays in float)"
+            kept, last = kept + [group], row
+        else:
+            row["note"] += " (no gain: back to int8)"
         trial.say(row)
         if row["within_budget"]:
             return
@@ -95,7 +98,7 @@ class Trials:
     def __init__(self, folder, images, labels, float_top1, max_drop, mode, echo):
         self.folder, self.images, self.labels = folder, images, labels
         self.float_top1, self.max_drop, self.mode, self.echo = float_top1, max_drop, mode, echo
-        self.rows, self.blobs = [], []
+        self.rows, self.blobs, self.probs = [], [], []
 
     def run(self, quantizer, groups, note):
         from kclassify.kit import kitlib
@@ -105,7 +108,8 @@ class Trials:
         path = self.folder / f"attempt{len(self.rows) + 1}.tflite"
         path.write_bytes(blob)
         model = kit.Classifier(path)
-        top1 = _top1(model.predict(self.images), self.labels)
+        probs = model.predict(self.images)
+        top1 = _top1(probs, self.labels)
         drop = round((self.float_top1 - top1) * 100, 3)
         input_type = np.dtype(model.input["dtype"]).name
         row = {"attempt": len(self.rows) + 1, "note": note, "calibration_images": len(quantizer.calibration),
@@ -117,7 +121,13 @@ class Trials:
             row.update(within_budget=False, note=f"{note} (rejected: the file's input would be {input_type})")
         self.rows.append(row)
         self.blobs.append(blob)
+        self.probs.append(probs)
         return row
+
+    def same_outputs(self, row, other, tolerance=1e-6):
+        """Whether two attempts' files gave the same probabilities on every held-out image."""
+        a, b = (np.asarray(self.probs[r["attempt"] - 1], np.float32) for r in (row, other))
+        return bool(np.abs(a - b).max() <= tolerance)
 
     def say(self, row):
         floats = f"{len(row['float_layers'])} layer(s) in float" if row["float_layers"] else "no layer in float"
