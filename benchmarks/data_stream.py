@@ -1,15 +1,20 @@
 """Streamed against in-memory data on the shared CIFAR-10 folder: peak RSS and images/s, as JSON.
 
-    python benchmarks/data_stream.py                  # `kclassify fit`: in memory and streamed at 32x32,
-                                                      # streamed at 224 with data.cache_gb 1
+    python benchmarks/data_stream.py                  # `kclassify fit`: in memory and streamed at 32x32
+                                                      # (all 50,000), at 224 on a per-class subset (in
+                                                      # memory would be 7.5 GB), and streamed at 224 on
+                                                      # all 50,000 with data.cache_gb 1
     python benchmarks/data_stream.py --stream-only    # the data alone: one full epoch of examples()
 
 Every configuration runs in a process of its own; its peak RSS is that process's (wait4's
-ru_maxrss), its images/s the training images of its last epoch over that epoch's seconds
-(history.csv; the --val-count validation images evaluated at the epoch's end are inside those
-seconds, the same for both arms at one size). Packing into the cache happens in the first
-streamed configuration and is timed apart (load_seconds of --stream-only). Run from the
-repository root; the packs go to --out/cache (KCLASSIFY_CACHE), so a second run reuses them.
+ru_maxrss: decoding or packing included), its images/s the training images of its last epoch over
+that epoch's training seconds (history.csv; validation runs only after the last epoch, outside
+them). The 32x32 pair, whose ratio the project bounds, runs --rounds times alternated, so a load
+that drifts during the run weighs on both arms alike. "model alone" rows: the peak RSS of the
+same network trained on random tensors (plain keras fit), what no data layer can go below.
+Packing into the cache happens in the first streamed configuration of each size and folder (its
+wall_seconds include it). Run from the repository root; the packs go to --out/cache
+(KCLASSIFY_CACHE), so a second run reuses them.
 """
 import argparse
 import csv
@@ -17,16 +22,23 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "cifar10-train.tar.gz"
 
-# name: (image size, data.cache_gb, batch size, steps per epoch)
-FITS = {"32 in memory": (32, 4.0, 128, 150), "32 streamed": (32, 0.0, 128, 150),
-        "224 streamed, cache_gb 1": (224, 1.0, 32, 40)}
-IN_MEMORY_224 = {"224 in memory": (224, 100.0, 32, 40)}  # about 15 GB: only with --with-224-in-memory
+# name: (folder: "all" or "subset", image size, data.cache_gb, batch size, steps per epoch, validation images).
+# At 224 the batch is 16, and validation batches are the training batch: ResNet-9's own activations at
+# 224x224 take about 2.7 GB at batch 16 (the "model alone" rows), 4.5 GB at 32, and a few GB more at the
+# default evaluate.batch_size of 256.
+PAIR_32 = {"32 in memory": ("all", 32, 4.0, 128, 40, 1000), "32 streamed": ("all", 32, 0.0, 128, 40, 1000)}
+FITS_224 = {"224 in memory (subset)": ("subset", 224, 4.0, 16, 8, 200),
+            "224 streamed (subset)": ("subset", 224, 0.0, 16, 8, 200),
+            "224 streamed, cache_gb 1 (all)": ("all", 224, 1.0, 16, 8, 200)}
+IN_MEMORY_224 = {"224 in memory (all)": ("all", 224, 100.0, 16, 8, 200)}  # ~15 GB: only with --with-224-in-memory
+MODEL_ALONE = {"model alone at 32, batch 128": (32, 128), "model alone at 224, batch 16": (224, 16)}
 
 
 def run_child(cmd, env, log):
@@ -41,14 +53,30 @@ def run_child(cmd, env, log):
             Path(f"{log}.out").read_text(), Path(f"{log}.err").read_text())
 
 
-def fit_command(name, size, cache_gb, batch, steps, args):
-    run = Path(args.out) / "runs" / name.replace(" ", "_").replace(",", "")
-    sets = {"data.source": "image_folder", "data.path": str(args.data), "data.subdir": "train",
-            "data.val_count": args.val_count, "data.image_size": size, "data.cache_gb": cache_gb,
+def subset_folder(archive, out, per_class):
+    """The first `per_class` images of each class of the archive's train/ tree, extracted once."""
+    root = Path(out) / f"subset-{per_class}"
+    if not (root / ".done").exists():
+        taken = {}
+        with tarfile.open(archive, "r:gz") as tar:
+            for member in tar:
+                parts = Path(member.name).parts
+                if member.isfile() and len(parts) == 3 and parts[0] == "train":
+                    if taken.get(parts[1], 0) < per_class:
+                        tar.extract(member, root, filter="data")
+                        taken[parts[1]] = taken.get(parts[1], 0) + 1
+        (root / ".done").touch()
+    return root
+
+
+def fit_command(name, folder, size, cache_gb, batch, steps, val_count, args):
+    run = Path(args.out) / "runs" / name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "")
+    sets = {"data.source": "image_folder", "data.path": str(folder), "data.subdir": "train",
+            "data.val_count": val_count, "data.image_size": size, "data.cache_gb": cache_gb,
             "model.name": "resnet9", "model.params": "{width: 32}", "augment.crop_pad": 4, "augment.flip": "true",
             "train.epochs": args.epochs, "train.batch_size": batch, "train.steps_per_epoch": steps,
-            "train.lr": 0.05, "output.export": "[]", "output.plots": "false", "output.tensorboard": "false",
-            "output.report": "false"}
+            "train.val_every": 0, "evaluate.batch_size": batch, "train.lr": 0.05, "output.export": "[]", "output.plots": "false",
+            "output.tensorboard": "false", "output.report": "false"}
     cmd = [sys.executable, "-m", "kclassify", "fit", "quickstart", "--out", str(run), "--fresh"]
     for key, value in sets.items():
         cmd += ["--set", f"{key}={value}"]
@@ -89,13 +117,57 @@ print(json.dumps({"train": type(data.train).__name__, "val": type(data.val).__na
 """
 
 
+MODEL_CHILD = """
+import sys
+import keras, tensorflow as tf
+from kclassify.models import build_model
+size, batch, steps = map(int, sys.argv[1:4])
+model = build_model("resnet9", 10, (size, size, 3), width=32)
+model.compile(optimizer=keras.optimizers.SGD(0.05), loss="categorical_crossentropy")
+x, y = tf.random.uniform([batch, size, size, 3], 0, 255), tf.one_hot(tf.zeros([batch], tf.int32), 10)
+model.fit(tf.data.Dataset.from_tensors((x, y)).repeat(steps), verbose=0)
+"""
+
+
+def fit_all(args, env):
+    """Every fit configuration (the 32 pair alternated --rounds times), then the model-alone rows."""
+    subset = subset_folder(args.data, args.out, args.subset)
+    results, order = {}, [*PAIR_32] * args.rounds + [*FITS_224] + ([*IN_MEMORY_224] if args.with_224_in_memory else [])
+    configs = {**PAIR_32, **FITS_224, **IN_MEMORY_224}
+    for i, name in enumerate(order):
+        which, size, cache_gb, batch, steps, val = configs[name]
+        steps = args.steps or steps
+        cmd, run = fit_command(name, subset if which == "subset" else args.data, size, cache_gb, batch, steps, val, args)
+        code, rss, wall, out, err = run_child(cmd, env, Path(args.out) / "logs" / f"{run.name}-{i}")
+        row = ({**fit_figures(run, batch, steps), "peak_rss_mb": round(rss), "wall_seconds": round(wall, 1)}
+               if code == 0 else {"error": err.strip().splitlines()[-3:], "peak_rss_mb": round(rss)})
+        results.setdefault(name, []).append(row)
+    for name, rows in results.items():  # one round: its row; more: the first row, images/s and RSS of each
+        first = dict(rows[0])
+        if len(rows) > 1 and all("images_per_s" in r for r in rows):
+            first.update(images_per_s_rounds=[r["images_per_s"] for r in rows],
+                         images_per_s=round(sum(r["images_per_s"] for r in rows) / len(rows), 1),
+                         peak_rss_mb_rounds=[r["peak_rss_mb"] for r in rows])
+        results[name] = first
+    for size, a, b in ((32, "32 in memory", "32 streamed"), (224, "224 in memory (subset)", "224 streamed (subset)")):
+        a, b = results.get(a, {}), results.get(b, {})
+        if "images_per_s" in a and "images_per_s" in b:
+            results[f"streamed / in memory images/s at {size}"] = round(b["images_per_s"] / a["images_per_s"], 3)
+    for name, (size, batch) in MODEL_ALONE.items():  # what the network's training alone holds (plain keras fit)
+        cmd = [sys.executable, "-c", MODEL_CHILD, str(size), str(batch), "4"]
+        code, rss, wall, out, err = run_child(cmd, env, Path(args.out) / "logs" / f"model-{size}")
+        results[name] = {"peak_rss_mb": round(rss)} if code == 0 else {"error": err.strip().splitlines()[-3:]}
+    return results
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", default=str(DATA))
     parser.add_argument("--out", default="/tmp/kc-stream")
     parser.add_argument("--epochs", type=int, default=2, help="Fit epochs; the last one is timed.")
-    parser.add_argument("--val-count", type=int, default=1000)
-    parser.add_argument("--steps", type=int, help="Steps per fit epoch for every configuration (default: 150 at 32, 40 at 224).")
+    parser.add_argument("--steps", type=int, help="Steps per fit epoch for every configuration (default: 40 at 32, 8 at 224).")
+    parser.add_argument("--rounds", type=int, default=2, help="Times the 32x32 pair runs, alternated (load drifts).")
+    parser.add_argument("--subset", type=int, default=500, help="Images per class of the 224 in-memory/streamed pair.")
     parser.add_argument("--stream-only", action="store_true", help="Time one epoch of examples() only, no training.")
     parser.add_argument("--batches", type=int, default=0, help="--stream-only: stop after N batches (0: the whole epoch).")
     parser.add_argument("--with-224-in-memory", action="store_true", help="Also fit in memory at 224 (needs ~16 GB).")
@@ -112,16 +184,9 @@ def main():
             results[name] = ({**json.loads(out.strip().splitlines()[-1]), "peak_rss_mb": round(rss), "wall_seconds": round(wall, 1)}
                              if code == 0 else {"error": err.strip().splitlines()[-3:]})
     else:
-        for name, (size, cache_gb, batch, steps) in {**FITS, **(IN_MEMORY_224 if args.with_224_in_memory else {})}.items():
-            steps = args.steps or steps
-            cmd, run = fit_command(name, size, cache_gb, batch, steps, args)
-            code, rss, wall, out, err = run_child(cmd, env, Path(args.out) / "logs" / run.name)
-            results[name] = ({**fit_figures(run, batch, steps), "peak_rss_mb": round(rss), "wall_seconds": round(wall, 1)}
-                             if code == 0 else {"error": err.strip().splitlines()[-3:], "peak_rss_mb": round(rss)})
-        a, b = results.get("32 in memory", {}), results.get("32 streamed", {})
-        if "images_per_s" in a and "images_per_s" in b:
-            results["streamed / in memory at 32"] = round(b["images_per_s"] / a["images_per_s"], 3)
-    print(json.dumps({"data": f"{args.data} (45,000 train / 5,000 val of CIFAR-10's training JPEGs)",
+        results = fit_all(args, env)
+    print(json.dumps({"data": f"{args.data} (CIFAR-10's 50,000 training JPEGs; 'all': minus the validation "
+                              f"images; 'subset': the first {args.subset} of each class)",
                       "cpu": _cpu(), "mode": "stream-only" if args.stream_only else "fit", "results": results}, indent=1))
 
 

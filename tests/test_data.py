@@ -98,6 +98,17 @@ def test_unknown_source_suggests():
         load_data(DataConfig(source="digit"))
 
 
+def test_channel_stats_are_exact_without_a_float_copy():
+    from kclassify.data.sources import channel_stats
+
+    x = np.random.default_rng(0).integers(0, 256, (300, 17, 13, 3), dtype=np.uint8)
+    mean, std = channel_stats(x, chunk_bytes=1000)  # 1 image a chunk
+    flat = x.reshape(-1, 3).astype(np.float64)
+    np.testing.assert_allclose(mean, flat.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(std, flat.std(0), rtol=1e-9)
+    assert channel_stats(np.zeros((4, 2, 2, 1), np.uint8)) == ([0.0], [1e-3])
+
+
 def test_tfds_offline_fails_fast_with_instructions(tmp_path, monkeypatch):
     import kclassify.data.tfds_source as src
 

@@ -130,6 +130,24 @@ def test_workers_get_disjoint_balanced_shards(pack):
         split.worker_shards(0, n + 1)
 
 
+def test_a_pack_has_enough_shards_for_workers_whatever_its_size(tmp_path):
+    """130 small images fit one 128 MB shard, but a pack cuts them into shards of at most
+    ceil(130 / MIN_SHARDS) = 3, so 2 to 40 workers each get whole shards, loads within one shard."""
+    from kclassify.data.pack import MIN_SHARDS
+
+    for c in ("a", "b"):
+        (tmp_path / "f" / c).mkdir(parents=True)
+        for i in range(65):
+            write_image(tmp_path / "f" / c / f"{i}.png", size=(8, 8), seed=100 * ord(c) + i)
+    pack = pack_folder(tmp_path / "f", tmp_path / "p", fmt="raw", progress=False)
+    counts = [s["count"] for s in pack.shards]
+    assert max(counts) == -(-130 // MIN_SHARDS) == 3 and sum(counts) == 130 and len(counts) == 44
+    split = StreamSplit(pack)
+    for workers in (2, 5, 40):
+        loads = [split.count(i, workers) for i in range(workers)]
+        assert sum(loads) == 130 and max(loads) - min(loads) <= 3
+
+
 def test_pipeline_workers_stream_disjoint_shards_in_full_batches(pack):
     """Each worker of the pipeline's BatchPlan streams its own shards: over one epoch of
     steps_per_epoch full local batches, the workers' images are disjoint and each comes from

@@ -25,9 +25,10 @@ from kclassify.errors import DataError
 
 JPEG_QUALITY = 95
 CHUNK = 256  # files decoded and encoded (in threads) between writes
-# Shards are what a multi-worker run divides between its workers (whole shards each), so a pack
-# of n images has min(n, MIN_SHARDS) shards or more (shard_mb may cut them smaller): the workers'
-# loads then differ by at most one shard, a 1/64 of the data.
+# Shards are what a multi-worker run divides between its workers (whole shards each), so a shard
+# holds at most ceil(n / MIN_SHARDS) of a pack's n images (shard_mb may cut it smaller): the
+# workers' loads differ by at most one shard (about 1/64 of the data), and even a small pack has
+# more than 32 shards (n of them below 64 images).
 MIN_SHARDS = 64
 
 

@@ -39,8 +39,7 @@ class Split:
         return Split(self.images[idx], self.labels[idx])
 
     def channel_stats(self):
-        x = self.images.reshape(-1, self.images.shape[-1]).astype(np.float64)
-        return x.mean(0).tolist(), np.maximum(x.std(0), 1e-3).tolist()
+        return channel_stats(self.images)
 
     def examples(self, seed=0, epoch=0, skip=0, shard_index=0, shard_count=1, training=False):
         """One epoch as an unbatched tf.data.Dataset of (uint8 image, int32 label): for training
@@ -74,6 +73,20 @@ class Dataset:
         """Per-channel mean and std of the training pixels (0..255), for the model's normalizer
         (a streamed split measures a sample of its stored order, which packing shuffled)."""
         return self.train.channel_stats()
+
+
+def channel_stats(images, chunk_bytes=2**22):
+    """Per-channel mean and std (0..255) of uint8 (N, H, W, C) images, from exact integer sums
+    over chunks: a float copy of the whole array would cost 8 bytes a pixel (5.8 GB for 5,000
+    images at 224x224)."""
+    step = max(1, chunk_bytes // max(int(np.prod(images.shape[1:])), 1))
+    n, total, squares = 0, 0, 0
+    for i in range(0, len(images), step):
+        x = images[i:i + step].reshape(-1, images.shape[-1]).astype(np.int64)
+        n, total, squares = n + len(x), total + x.sum(0), squares + (x * x).sum(0)
+    mean = total / max(n, 1)
+    std = np.sqrt(np.maximum(squares / max(n, 1) - mean * mean, 0.0))
+    return mean.tolist(), np.maximum(std, 1e-3).tolist()
 
 
 def load_data(cfg, seed=0, augment=None):

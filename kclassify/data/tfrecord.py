@@ -290,8 +290,9 @@ class StreamSplit:
     def channel_stats(self):
         """Per-channel mean and std (0..255) of the first STATS_SAMPLE examples in stored order
         (packing shuffled that order, so they are a random sample), eval-resized."""
-        x = self.take(np.arange(min(len(self), STATS_SAMPLE))).reshape(-1, 3).astype(np.float64)
-        return x.mean(0).tolist(), np.maximum(x.std(0), 1e-3).tolist()
+        from kclassify.data.sources import channel_stats
+
+        return channel_stats(self.take(np.arange(min(len(self), STATS_SAMPLE))))
 
 
 def in_memory_if_fits(split, cache_gb):
