@@ -66,7 +66,8 @@ def test_report_in_browser(run_copy, tmp_path):
     assert page["console"] == [] and page["errors"] == []
     assert page["requests"] == [], "the report must not reach the network"
     assert page["ids"] == SECTION_IDS and all(page["visible"].values())
-    assert page["broken_images"] == [] and page["images"] > WRONG_IMAGES // 2
+    # every image the file holds is in the page and decoded (how many depends on how many the model gets wrong)
+    assert page["broken_images"] == [] and page["images"] == path.read_text().count("<img") > 2
     metrics = json.loads((run_copy / "metrics.json").read_text())
     assert_metrics_equal(page["metrics"], metrics)
     assert shot.stat().st_size > 10_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
