@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from data_stream import _cpu  # the CPU model and flags, as the data benchmark reports them
+
 ROOT = Path(__file__).resolve().parents[1]
 ARMS = {
     "crop + random_resized_crop": ["data.resize=crop", "augment.random_resized_crop=true", "augment.crop_pad=0"],
@@ -80,13 +82,6 @@ def main():
             by_seed["mean val_top1"] = round(sum(tops) / len(tops), 4)
     print(json.dumps({"recipe": "clothing_mobilenet", "data": "clothing-small-trainval (3,068 train / 341 validation)",
                       "extra_sets": args.extra, "cpu": _cpu(), "results": results}, indent=1))
-
-
-def _cpu():
-    info = Path("/proc/cpuinfo").read_text()
-    model = next(line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name"))
-    flags = next(line for line in info.splitlines() if line.startswith("flags")).split()
-    return f"{os.cpu_count()} x {model}; " + " ".join(f for f in ("avx2", "avx512f", "amx_bf16") if f in flags)
 
 
 if __name__ == "__main__":
