@@ -114,7 +114,7 @@ def augment_preview(recipe, out, count=32, data=None, echo=print):
     from kclassify.data import load_data
     from kclassify.data.pipeline import recipe_train_dataset
 
-    data = data or load_data(recipe.data, recipe.runtime.seed)
+    data = data or load_data(recipe.data, recipe.runtime.seed, augment=recipe.augment)
     recipe = recipe.model_copy(deep=True)
     recipe.train.batch_size = min(count, len(data.train))
     images, targets = next(iter(recipe_train_dataset(recipe, data.train, len(data.class_names))))[:2]

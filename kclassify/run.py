@@ -223,7 +223,7 @@ class Run:
         from kclassify.data import load_data
 
         recipe = self.recipe
-        return load_data(recipe.data, recipe.runtime.seed)
+        return load_data(recipe.data, recipe.runtime.seed, augment=recipe.augment)
 
     def read_state(self):
         state = read_json(self.dir / "ckpt" / "state.json")

@@ -144,7 +144,7 @@ def _data_and_model(recipe, strategy):
     from kclassify.data import load_data
     from kclassify.models import build_model
 
-    data = load_data(recipe.data, recipe.runtime.seed)
+    data = load_data(recipe.data, recipe.runtime.seed, augment=recipe.augment)
     from kclassify.train.fit import apply_runtime_options
 
     with strategy.scope():

@@ -29,7 +29,7 @@ def fit(recipe, out=None, fresh=False, echo=print, callbacks=(), started=None):
         from kclassify.data import load_data
         from kclassify.train.engine import Phase
 
-        data = load_data(recipe.data, recipe.runtime.seed)
+        data = load_data(recipe.data, recipe.runtime.seed, augment=recipe.augment)
         run.begin(recipe, data, echo)
         run.clear_final()
         model = build_for_run(recipe, data, strategy, fresh_start=not run.state["checkpoints"], echo=echo)
