@@ -119,6 +119,8 @@ def export(model_or_run, tflite, quant, compare, out, spec, calibration_images, 
     from kclassify import runtime
     from kclassify.export import ExportJob, copy_kit
 
+    if compare and tta:
+        raise click.UsageError("--tta makes one file; --compare exports every mode without views: use one")
     runtime.quiet_tensorflow()
     job = ExportJob(model_or_run, data_spec=spec, calibration_count=calibration_images, input_size=input_size)
     if debug_quant:
