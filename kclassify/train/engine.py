@@ -41,6 +41,7 @@ class Engine:
 
         self.recipe, self.run, self.data, self.model, self.strategy = recipe, run, data, model, strategy
         self.echo = echo if run.chief else (lambda *a, **k: None)
+        self.echo_every_worker = echo  # the resume point: each worker says where it restarts
         self.user_callbacks = list(callbacks)
         self.teacher = teacher
         self.k = len(data.class_names)
@@ -169,7 +170,7 @@ class Engine:
         schedule.set(scale=s["lr_scale"])
         self.phase_total = total
         if s["phase_step"]:
-            self.echo(f"resuming {self.run.dir} at step {s['step']} (epoch {s['epoch']}, phase {index + 1}; "
+            self.echo_every_worker(f"resuming {self.run.dir} at step {s['step']} (epoch {s['epoch']}, phase {index + 1}; "
                       f"optimizer step {int(opt.iterations.numpy())}, lr {float(schedule(opt.iterations)):.5f})")
         callbacks = self._callbacks(trainer)
         self._loop(index, phase, trainer, opt, schedule, callbacks, first_step)
