@@ -148,6 +148,30 @@ def test_a_pack_has_enough_shards_for_workers_whatever_its_size(tmp_path):
         assert sum(loads) == 130 and max(loads) - min(loads) <= 3
 
 
+def test_the_epoch_of_a_streamed_multi_worker_run_ends_with_its_least_loaded_worker(tmp_path):
+    """The pipeline's (and so the engine's) epoch length for a streamed split over workers is the
+    global batches every worker can fill from its own shards: 5 workers of a 130-image pack, a
+    global batch of 10, loads [27, 27, 27, 25, 24] give 24 // 2 = 12 steps, not 130 // 10 = 13
+    (a 13th batch would find worker 4 out of images and run into the next epoch); one worker and
+    an in-memory split keep len // batch; the steps cap still applies."""
+    from kclassify.data.pipeline import BatchPlan, steps_per_epoch, streamed_batches
+
+    for c in ("a", "b"):
+        (tmp_path / "f" / c).mkdir(parents=True)
+        for i in range(65):
+            write_image(tmp_path / "f" / c / f"{i}.png", size=(8, 8), seed=100 * ord(c) + i)
+    split = StreamSplit(pack_folder(tmp_path / "f", tmp_path / "p", fmt="raw", progress=False))
+    loads = [split.count(i, 5) for i in range(5)]
+    assert steps_per_epoch(split, 10, workers=5) == min(loads) // 2 == 12 < 130 // 10
+    assert steps_per_epoch(split, 10) == 13 and steps_per_epoch(split, 10, cap=5, workers=5) == 5
+    memory = load_data(DataConfig(source="digits", val_fraction=0.2)).train
+    assert steps_per_epoch(memory, 10, workers=5) == len(memory) // 10
+    spe, w = steps_per_epoch(split, 10, workers=5), int(np.argmin(loads))
+    plan = BatchPlan(split.labels, 10, spe, seed=3, worker=(w, 5))
+    images = [im.tobytes() for x, _, _ in streamed_batches(split, plan).take(spe).as_numpy_iterator() for im in x]
+    assert len(set(images)) == len(images) == loads[w]  # one epoch: each of its images once, none of the next
+
+
 def test_pipeline_workers_stream_disjoint_shards_in_full_batches(pack):
     """Each worker of the pipeline's BatchPlan streams its own shards: over one epoch of
     steps_per_epoch full local batches, the workers' images are disjoint and each comes from

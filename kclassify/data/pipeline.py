@@ -149,8 +149,14 @@ def _finish(ds, num_classes, smooth=None, mixer=None, class_weights=None):
     return ds.prefetch(AUTOTUNE)
 
 
-def steps_per_epoch(split, batch_size, cap=None):
-    steps = max(len(split) // batch_size, 1)
+def steps_per_epoch(split, batch_size, cap=None, workers=1):
+    """Global batches per epoch. A streamed split over several workers ends its epoch when the
+    least-loaded worker's shards run out (each fills its own slice of every batch from its own
+    shards), so every worker agrees on the epoch length; in memory every worker indexes all images."""
+    if is_streamed(split) and workers > 1:
+        steps = max(split.steps_per_epoch(batch_size, workers), 1)
+    else:
+        steps = max(len(split) // batch_size, 1)
     return min(steps, cap) if cap else steps
 
 
@@ -161,8 +167,8 @@ def recipe_train_dataset(recipe, split, num_classes, mix=True, start_step=0, wor
 
     a, t = recipe.augment, recipe.train
     batch = min(t.batch_size, len(split))
-    plan = BatchPlan(split.labels, batch, steps_per_epoch(split, batch, t.steps_per_epoch), recipe.runtime.seed,
-                     "sampling" if t.class_balance == "sampling" else "none", worker)
+    plan = BatchPlan(split.labels, batch, steps_per_epoch(split, batch, t.steps_per_epoch, worker[1]),
+                     recipe.runtime.seed, "sampling" if t.class_balance == "sampling" else "none", worker)
     mixer = batch_mixer(a.mixup_alpha, a.cutmix_alpha, a.mix_switch_prob, a.mix_prob) if mix else None
     weights = (effective_number_weights(split.labels, num_classes, t.class_balance_beta)
                if t.class_balance == "loss" else None)

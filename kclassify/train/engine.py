@@ -47,8 +47,8 @@ class Engine:
         self.k = len(data.class_names)
         t = recipe.train
         self.batch = min(t.batch_size, len(data.train))
-        self.spe = steps_per_epoch(data.train, self.batch, t.steps_per_epoch)
         self.worker = worker_of(strategy)
+        self.spe = steps_per_epoch(data.train, self.batch, t.steps_per_epoch, self.worker[1])
         self.val_ds = eval_dataset(data.val, self.k, recipe.evaluate.batch_size)
         self.predict = predictor(model)
         self.started = started or time.time()
