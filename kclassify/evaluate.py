@@ -32,22 +32,23 @@ def load_model(path):
                              f"{str(exc).splitlines()[0][:200]})") from None
 
 
-def predict(model, images, batch_size=256):
-    """Probabilities for uint8 images (an array, a Split or a streamed split)."""
+def predict(model, images, batch_size=None, views=1):
+    """Probabilities for uint8 images (an array, a Split or a streamed split); batch_size None: one
+    that fits the image size and the model's test-time `views` (pipeline.eval_batch_size)."""
     from kclassify.data.pipeline import eval_dataset
     from kclassify.data.sources import Split
     from kclassify.train.loop import predictor
 
     split = images if hasattr(images, "labels") else Split(images, np.zeros(len(images), np.int32))
-    return predictor(model)(eval_dataset(split, 1, batch_size))
+    return predictor(model)(eval_dataset(split, 1, batch_size, views))
 
 
-def evaluate_model(model, split, class_names, batch_size=256, views=None, average="logits"):
+def evaluate_model(model, split, class_names, batch_size=None, views=None, average="logits"):
     """(report, probabilities) on a split; with `views` (kclassify.tta), the weighted average of
     the test-time views."""
     from kclassify.tta import tta_model
 
-    probs = predict(tta_model(model, views, average) if views else model, split, batch_size)
+    probs = predict(tta_model(model, views, average) if views else model, split, batch_size, len(views or [None]))
     report = classification_report(probs, split.labels, class_names)
     report["loss"] = cross_entropy(probs, split.labels)
     return report, probs

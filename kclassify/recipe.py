@@ -219,7 +219,9 @@ class EvaluateConfig(Section):
     tta: Literal["none", "flip", "mirror_translate", "crops"] = "none"
     shift: Optional[int] = Field(None, ge=1)  # pixels of the shifted views (default 1; crops: 4)
     average: Literal["logits", "probs"] = "logits"  # logits: a weighted mean of log-probabilities
-    batch_size: int = Field(256, ge=1)
+    # images per forward pass; default: 256 up to 64x64 pixels, fewer for bigger images and more views
+    # (16 at 224x224), so a full-resolution evaluation does not hold gigabytes (pipeline.eval_batch_size)
+    batch_size: Optional[int] = Field(None, ge=1)
 
 
 class QATConfig(Section):

@@ -184,8 +184,23 @@ def train_dataset(split, num_classes, batch_size, augment=None, seed=0, balance=
     return training_stream(split, num_classes, plan, augment).take(plan.spe * epochs)
 
 
-def eval_dataset(split, num_classes, batch_size):
-    """Unshuffled, unaugmented, every image (the last batch may be short)."""
+EVAL_PIXELS = 256 * 64 * 64  # pixels in one evaluation forward pass when the recipe does not set a batch
+
+
+def eval_batch_size(image_shape, views=1, requested=None):
+    """The evaluation batch: `requested`, else as many images (times their test-time views) as
+    make EVAL_PIXELS, a power of two from 4 to 256: 256 up to 64x64, 16 at 224x224 (256 at 224
+    held 7.0 GB at its peak against 3.0 GB at 16, benchmarks/data_stream.py), 4 at 224 with 10 views."""
+    if requested:
+        return int(requested)
+    fit = EVAL_PIXELS // max(int(image_shape[0]) * int(image_shape[1]) * max(int(views), 1), 1)
+    return int(min(256, max(4, 2 ** max(fit.bit_length() - 1, 0))))
+
+
+def eval_dataset(split, num_classes, batch_size=None, views=1):
+    """Unshuffled, unaugmented, every image (the last batch may be short); batch_size None: the
+    eval_batch_size of the split's images and `views`."""
+    batch_size = eval_batch_size(split.image_shape, views, batch_size)
     if is_streamed(split):
         ds = split.examples(training=False).batch(batch_size)
     elif split.images.nbytes < 1 << 30:
