@@ -299,3 +299,32 @@ def test_cli_pack(folder, tmp_path):
     assert json.loads((out / "manifest.json").read_text())["format"] == "raw"
     again = run_cli("data", "pack", folder, "--out", out)
     assert again.returncode == 2 and "not empty" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_fit_with_random_resized_crop_trains_from_a_pack_of_the_stored_images(folder, tmp_path, monkeypatch):
+    """The whole command: `kclassify fit` on a photo folder with augment.random_resized_crop packs
+    the training images once into KCLASSIFY_CACHE (kept above the training size) and trains from
+    the stream, cropping there (before 83145c0 fit did not pass augment to load_data and trained
+    on squares shrunk in memory); the validation images stay in memory at the crop policy's size."""
+    from kclassify.data.sources import Split
+    from kclassify.run import Run
+
+    recipe = tmp_path / "photos.yaml"
+    recipe.write_text(f"data: {{source: image_folder, path: '{folder}', image_size: 16, val_count: 8}}\n"
+                      "model: {name: resnet20, params: {width: 0.25}}\n"
+                      "augment: {random_resized_crop: {scale: [0.3, 1.0]}, crop_pad: 0}\n"
+                      "train: {epochs: 1, batch_size: 8, lr: 0.02}\n"
+                      "output: {tensorboard: false, plots: false, report: false, export: []}\n")
+    cache = tmp_path / "cache"
+    proc = run_cli("fit", recipe, "--out", tmp_path / "run", env={"KCLASSIFY_CACHE": str(cache)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    packs = list((cache / "packed").glob("train-*"))
+    assert len(packs) == 1 and json.loads((packs[0] / "manifest.json").read_text())["max_side"] == 32
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["train_images"] == 52 and metrics["steps"] == 52 // 8
+    monkeypatch.setenv("KCLASSIFY_CACHE", str(cache))
+    stamp = (packs[0] / "manifest.json").stat().st_mtime_ns
+    data = Run(tmp_path / "run").data()  # the run's own data, as fit loaded it: the same pack, reused
+    assert isinstance(data.train, StreamSplit) and data.train.crop["scale"] == (0.3, 1.0)
+    assert data.train.pack.dir == packs[0] and (packs[0] / "manifest.json").stat().st_mtime_ns == stamp
+    assert isinstance(data.val, Split) and data.val.image_shape == (16, 16, 3)
