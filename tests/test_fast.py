@@ -157,3 +157,81 @@ def test_the_recipe_evaluation_is_what_evaluate_run_reproduces(tmp_path):
     assert rep["tflite"]["top1"] == pytest.approx(again["top1"], abs=0.005)
     ops = {op["op_name"] for op in Interpreter(model_path=str(tmp_path / "tta.tflite"))._get_ops_details()}
     assert "CONV_2D" in ops and not any(o.startswith("Flex") or o == "CUSTOM" for o in ops)
+
+
+def _airbench_muon_step(weight, grad, buf, lr, momentum):
+    """airbench94_muon's Muon step, in numpy and PyTorch's (cout, cin, kh, kw) layout."""
+    buf = momentum * buf + grad
+    g = grad + momentum * buf
+    weight = weight * np.sqrt(len(weight)) / np.linalg.norm(weight)
+    x = g.reshape(len(g), -1)
+    x = x / (np.linalg.norm(x) + 1e-7)
+    for _ in range(5):
+        a = x @ x.T
+        x = 3.4445 * x + (-4.7750 * a + 2.0315 * a @ a) @ x
+    return weight - lr * x.reshape(g.shape), buf
+
+
+def test_muon_steps_conv_filters_as_airbench_and_leaves_the_rest_to_sgd():
+    """train.optimizer muon: every trainable conv kernel goes to ConvMuon and takes airbench's
+    step (momentum, Nesterov, norm sqrt(filters), Newton-Schulz of the flattened filters), three
+    steps in a row; the BatchNorm biases and the head take SGD's step with their multipliers."""
+    import keras
+
+    from kclassify.train.fit import fit_setup
+    from kclassify.train.muon import ConvMuon, muon_variables
+    from kclassify.train.optim import make_optimizer
+
+    recipe = validate({"train": {"optimizer": "muon", "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0,
+                                 "schedule": "constant", "bn_freeze_scale": True, "bn_bias_lr_mult": 4,
+                                 "muon": {"lr": 0.3, "momentum": 0.6}}})
+    model = build_model("airbench93", 10, (32, 32, 3))
+    opt = make_optimizer(recipe.train, 1, model, fit_setup(model, recipe.train))
+    kernels = {v.path for v in muon_variables(model)}
+    assert len(kernels) == 6 and all(len(model.get_layer(p.split("/")[0]).kernel.shape) == 4 for p in kernels)
+    assert not any("whiten" in p for p in kernels)  # the frozen whitening stem is not trained at all
+    opt.build(model.trainable_variables)
+    assert {v.path for v in model.trainable_variables if isinstance(opt._optimizer_map(v), ConvMuon)} == kernels
+    rng = np.random.default_rng(0)
+    grads = [[rng.normal(size=v.shape).astype("float32") for v in model.trainable_variables] for _ in range(3)]
+    start = {v.path: v.numpy().copy() for v in model.trainable_variables}
+    ref = {p: (np.transpose(start[p], (3, 2, 0, 1)).astype("float64"), 0.0) for p in kernels}
+    for step in grads:
+        opt.apply_gradients(zip(step, model.trainable_variables))
+        for v, g in zip(model.trainable_variables, step):
+            if v.path in ref:
+                ref[v.path] = _airbench_muon_step(*ref[v.path][:1], np.transpose(g, (3, 2, 0, 1)), ref[v.path][1], 0.3, 0.6)
+    for i, v in enumerate(model.trainable_variables):
+        if v.path in kernels:
+            np.testing.assert_allclose(np.transpose(v.numpy(), (3, 2, 0, 1)), ref[v.path][0], atol=2e-4)
+        else:  # plain SGD without momentum: three steps of lr x multiplier x gradient
+            mult = 4.0 if v.path.endswith("beta") else 1.0
+            np.testing.assert_allclose(start[v.path] - v.numpy(), 0.1 * mult * sum(g[i] for g in grads),
+                                       rtol=1e-3, atol=1e-5)
+    assert keras.optimizers.deserialize(keras.optimizers.serialize(opt)).__class__.__name__ == "MuonSGD"
+
+
+def test_muon_recipe_trains_and_its_checkpoint_holds_the_optimizer_state(tmp_path):
+    """A fit with train.optimizer muon learns the digits; its checkpoint (what a resume loads)
+    deserializes the MuonSGD with every Muon momentum and SGD slot, equal to the trained ones."""
+    import json
+
+    import keras
+
+    from conftest import tiny_recipe
+    from kclassify.train.fit import fit
+
+    recipe = tiny_recipe(tmp_path, train={"optimizer": "muon", "epochs": 3, "lr": 0.05, "muon": {"lr": 0.1}},
+                         model={"name": "resnet20", "params": {"width": 0.5}})
+    run = fit(recipe, echo=lambda *a: None)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["val"]["top1"] > 0.8, metrics["val"]
+    state = json.loads((run / "ckpt" / "state.json").read_text())
+    saved = keras.models.load_model(run / "ckpt" / state["checkpoints"][-1]["file"])
+    opt = saved.optimizer
+    assert type(opt).__name__ == "MuonSGD" and [type(o).__name__ for o in opt.optimizers] == ["ConvMuon", "SGD"]
+    from kclassify.train.muon import muon_variables
+
+    momenta = opt.optimizers[0].variables[1:]  # after its iteration counter: one momentum per conv kernel
+    assert int(opt.iterations.numpy()) == state["step"] and len(momenta) == len(muon_variables(saved)) == 19
+    assert all(np.abs(v.numpy()).sum() > 0 for v in momenta)  # the trained momenta, not fresh zeros

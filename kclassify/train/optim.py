@@ -5,8 +5,9 @@ from kclassify.train import schedules  # a module import: safe while schedules i
 
 
 def make_optimizer(train, steps_per_epoch, model, multipliers=(), total_steps=None):
-    """SGD (momentum, Nesterov) or AdamW with the recipe's schedule; weight decay skips biases and
-    BatchNorm parameters (unless train.bn_weight_decay). `multipliers` [(variable, factor)] scale
+    """SGD (momentum, Nesterov), AdamW, or Muon on the conv filters with SGD on the rest
+    (train/muon.py), on the recipe's schedule; weight decay skips biases and BatchNorm
+    parameters (unless train.bn_weight_decay). `multipliers` [(variable, factor)] scale
     the learning rate per variable (discriminative fine-tuning rates, BN bias lr).
 
     Recipes give weight decay as the papers do: an L2 term added to the gradient. Keras applies
@@ -18,7 +19,7 @@ def make_optimizer(train, steps_per_epoch, model, multipliers=(), total_steps=No
     lr = schedules.schedule_from(train, steps_per_epoch, total_steps).adjustable()
     wd = train.weight_decay or None
     multipliers = [(v, m) for v, m in multipliers if m != 1.0]
-    if train.optimizer == "sgd":
+    if train.optimizer in ("sgd", "muon"):
         cls = GroupSGD if multipliers else keras.optimizers.SGD
         opt = cls(lr, momentum=train.momentum, nesterov=train.nesterov,
                   weight_decay=wd / (1.0 - train.momentum) if wd else None)
@@ -29,6 +30,10 @@ def make_optimizer(train, steps_per_epoch, model, multipliers=(), total_steps=No
         opt.exclude_from_weight_decay(var_list=[v for v in model.trainable_variables if len(v.shape) <= 1])
     if multipliers:
         opt.set_lr_multipliers(multipliers)
+    if train.optimizer == "muon":  # the SGD keeps what the filters do not take
+        from kclassify.train.muon import muon_sgd
+
+        opt = muon_sgd(opt, model, train.muon)
     return opt
 
 
