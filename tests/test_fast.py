@@ -209,6 +209,11 @@ def test_muon_steps_conv_filters_as_airbench_and_leaves_the_rest_to_sgd():
             np.testing.assert_allclose(start[v.path] - v.numpy(), 0.1 * mult * sum(g[i] for g in grads),
                                        rtol=1e-3, atol=1e-5)
     assert keras.optimizers.deserialize(keras.optimizers.serialize(opt)).__class__.__name__ == "MuonSGD"
+    # a segment that freezes a variable (the whitening bias after whiten_bias_epochs) steps the rest
+    rest = model.trainable_variables[1:]
+    before = rest[0].numpy().copy()
+    opt.apply_gradients([(np.ones(v.shape, "float32"), v) for v in rest])
+    assert int(opt.iterations.numpy()) == 4 and not np.allclose(before, rest[0].numpy())
 
 
 def test_muon_recipe_trains_and_its_checkpoint_holds_the_optimizer_state(tmp_path):

@@ -99,6 +99,20 @@ class MuonSGD(keras.optimizers.MultiOptimizer):
     def learning_rate(self, value):
         pass
 
+    def apply(self, grads, trainable_variables=None):
+        """MultiOptimizer.apply insists on every variable it was built with; a segment that freezes
+        one (the whitening bias after train.whiten_bias_epochs) hands it a subset, which each
+        inner optimizer takes as Keras optimizers do."""
+        if trainable_variables is None or len(grads) == len(self._trainable_variables_indices):
+            return super().apply(grads, trainable_variables)
+        groups = [[] for _ in self._inner_optimizers]
+        for grad, var in zip(grads, trainable_variables):
+            groups[self._var_to_optimizer_idx[self._var_key(var)]].append((grad, var))
+        for opt, pairs in zip(self._inner_optimizers, groups):
+            if pairs:
+                opt.apply([g for g, _ in pairs], [v for _, v in pairs])
+        self._iterations.assign_add(1)
+
     def exclude_from_weight_decay(self, var_list=None, var_names=None):
         self._optimizer_map.default_optimizer.exclude_from_weight_decay(var_list=var_list, var_names=var_names)
 
