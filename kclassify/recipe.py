@@ -115,7 +115,8 @@ class TrainConfig(Section):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(128, ge=1)
     steps_per_epoch: Optional[int] = Field(None, ge=1)  # cap (smoke runs); default: one pass over train
-    optimizer: Literal["sgd", "adamw", "muon"] = "sgd"  # muon: Muon on conv filters, SGD on the rest (train.muon)
+    # muon: Muon on the conv filters, SGD on the rest (train.muon); kclassify qat/prune fine-tune such a run with SGD
+    optimizer: Literal["sgd", "adamw", "muon"] = "sgd"
     muon: MuonConfig = Field(default_factory=MuonConfig)
     lr: float = Field(0.1, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
