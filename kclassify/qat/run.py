@@ -79,10 +79,12 @@ class Prepared:
             lr, optimizer, lr_why = cfg.lr or cfg.prune_lr, "sgd", "qat.prune_lr" if cfg.lr is None else "set"
         else:
             epochs, steps_per_epoch = qat_steps(cfg, one_pass)
-            optimizer = t.optimizer
+            optimizer = "sgd" if t.optimizer == "muon" else t.optimizer  # tf_keras has no Muon: its SGD half
             peak = last_peak_lr(self.recipe)
             lr = cfg.lr or cfg.lr_fraction * peak
             lr_why = "set" if cfg.lr else f"{cfg.lr_fraction:g} x the run's last peak rate {peak:g}"
+            if t.optimizer == "muon":
+                lr_why += "; the run trained its conv filters with Muon, which tf_keras lacks: SGD here"
         steps = epochs * (steps_per_epoch or one_pass)
         aug = self.recipe.augment
         training = Training(epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch, optimizer=optimizer,
