@@ -113,9 +113,6 @@ class MuonSGD(keras.optimizers.MultiOptimizer):
                 opt.apply([g for g, _ in pairs], [v for _, v in pairs])
         self._iterations.assign_add(1)
 
-    def exclude_from_weight_decay(self, var_list=None, var_names=None):
-        self._optimizer_map.default_optimizer.exclude_from_weight_decay(var_list=var_list, var_names=var_names)
-
 
 def muon_sgd(sgd, model, cfg):
     """MuonSGD of `sgd` for every variable but the conv kernels, ConvMuon for those, at cfg.lr
