@@ -145,6 +145,7 @@ def test_resume_inside_a_phase_and_saved_model_loads(tmp_path, tiny_npz, base_fi
 
     recipe = ft_recipe(tmp_path, tiny_npz, [{"unfreeze": "head", "epochs": 1}, {"unfreeze": "top2", "epochs": 2}],
                        model={"name": "keras_kclassify", "params": {"weights": str(base_file)}})
+    recipe.output.tensorboard = True  # the default: a phase's text tags must not reach TensorBoard's scalars
 
     class CrashAfterSecondEpoch(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
@@ -161,6 +162,7 @@ def test_resume_inside_a_phase_and_saved_model_loads(tmp_path, tiny_npz, base_fi
     history = json.loads((run / "ckpt" / "state.json").read_text())["history"]
     assert [(h["epoch"], h["phase"]) for h in history] == [(0, 1), (1, 2), (2, 2)]
     assert history[2]["lr"] < history[1]["lr"]  # phase 2's cosine continued, not restarted
+    assert history[1]["unfreeze"] == "top2" and list((run / "logs").rglob("events.out.tfevents.*"))
     model = keras.models.load_model(run / "model.keras")
     x = np.load(tiny_npz)["x"][:4].astype("float32")
     assert model.predict(x, verbose=0).shape == (4, 3)

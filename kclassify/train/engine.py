@@ -347,7 +347,8 @@ class Engine:
             if self.budget is not None:
                 self.budget.val_seconds = time.time() - val_time
         row.update(lr=float(schedule(opt.iterations)), seconds=round(seconds, 2), **phase.tags)
-        callbacks.on_epoch_end(epoch, row)
+        # Keras callbacks (TensorBoard) take numbers only; the phase's text tags stay in the history.
+        callbacks.on_epoch_end(epoch, {k: v for k, v in row.items() if not isinstance(v, str)})
         s["epoch"], s["train_seconds"] = epoch + 1, s["train_seconds"] + seconds
         s["history"] = [h for h in s["history"] if h["epoch"] != epoch] + [row]
         self._echo_epoch(row)
