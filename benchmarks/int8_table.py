@@ -83,7 +83,8 @@ def table(run, max_drop, qat_steps, echo):
                   "ms_2t": lat[r["file"]][2], "calibration_images": r.get("calibration_images"),
                   "seconds": seconds} for name, r, seconds in rows],
         "budget": {k: b[k] for k in ("met", "message", "float_layers", "calibration_images", "search_images",
-                                     "drop_points_search", "eval_drop_points", "eval_within_budget")},
+                                     "drop_points_search", "eval_drop_points", "eval_within_budget")}
+                   | ({"eval_note": b["eval_note"]} if "eval_note" in b else {}),
         "budget_attempts": [{k: a[k] for k in ("attempt", "note", "float_layers", "calibration_images",
                                                "drop_points", "size_bytes")} for a in b["attempts"]],
         "qat": {"steps": q["steps"], "lr": q["lr"], "optimizer": q["optimizer"], "settings": q["settings"],
@@ -101,7 +102,8 @@ def markdown(summary):
     for r in summary["rows"]:
         lines.append(f"| {r['file']} | {r['top1'] * 100:.2f}% | {r['drop_points']:.2f} | {r['agreement'] * 100:.2f}% | "
                      f"{r['size_bytes'] / 1e3:,.0f} kB | {r['ms_1t']:.2f} | {r['ms_2t']:.2f} |")
-    lines += ["", f"budget: {summary['budget']['message']}",
+    lines += ["", f"budget: {summary['budget']['message']}"
+              + (f"; {summary['budget']['eval_note']}" if "eval_note" in summary["budget"] else ""),
               f"QAT: {summary['qat']['settings']}; `kclassify qat` by default ships {summary['qat']['default_keep_ships']}"]
     return "\n".join(lines)
 

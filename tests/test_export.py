@@ -147,6 +147,30 @@ def test_budget_not_met_within_the_limit_ships_the_best_and_says_so(broken_job, 
     assert budget["chosen_attempt"] == best["attempt"] and budget["drop_points_search"] == best["drop_points"] > 1.0
 
 
+def test_a_budget_met_on_the_search_images_but_not_on_the_evaluation_split_is_reported(broken_job, tmp_path,
+                                                                                       monkeypatch):
+    """The search images were trained on and can flip less than unseen ones: when the shipped file
+    is over budget on the evaluation split, the report and the output say so."""
+    import importlib
+
+    from kclassify.export.convert import convert
+
+    budget_module = importlib.import_module("kclassify.export.budget")  # kclassify.export is also the API function
+
+    def optimistic(job, quant, max_drop, max_float, echo):  # a search that saw no drop at all
+        return convert(job.model, quant, job.calibration), {
+            "met": True, "drop_points_search": 0.0, "float_layers": [], "calibration_images": len(job.calibration)}
+
+    monkeypatch.setattr(budget_module, "search", optimistic)
+    lines = []
+    rep = broken_job.export("int8", tmp_path / "o.tflite", max_drop=0.5, echo=lines.append)
+    budget = rep["budget"]
+    assert budget["eval_drop_points"] > 0.5 and not budget["eval_within_budget"]
+    assert "over the 0.5 budget" in budget["eval_note"] and "seen in training" in budget["eval_note"]
+    assert any(line.startswith("warning: the evaluation split lost") for line in lines)
+    assert json.loads((tmp_path / "o.json").read_text())["budget"]["eval_note"] == budget["eval_note"]
+
+
 def test_budget_needs_training_data_apart_from_the_evaluation_split(digits_run, tmp_path):
     from kclassify.export import ExportJob
 
