@@ -115,10 +115,13 @@ def run_evaluate(path, spec=None, json_out=None, echo=print, tta=None):
     runtime.quiet_tensorflow()
     model, run_dir = load_model(path)
     split, names = evaluation_split(run_dir, spec, model)
-    cfg = Run(run_dir).recipe.evaluate if run_dir is not None and (Path(run_dir) / "recipe.yaml").exists() \
-        else EvaluateConfig()
+    recipe = Run(run_dir).recipe if run_dir is not None and (Path(run_dir) / "recipe.yaml").exists() else None
+    cfg = recipe.evaluate if recipe is not None else EvaluateConfig()
     if tta is not None:
         cfg = cfg.model_copy(update={"tta": tta})
+    if recipe is not None and not recipe.augment.flip and any(v[2] for v in views_of(cfg)):
+        echo(f"warning: TTA '{cfg.tta}' averages mirrored views, but this run trained without augment.flip: "
+             "for classes a mirror changes (digits, text) use --tta none")
     report, _ = evaluate_model(model, split, names, cfg.batch_size, views_of(cfg) if view_count(cfg) else None,
                                cfg.average)
     report["tta"] = cfg.tta

@@ -49,7 +49,19 @@ class Registry:
 
 def suggest(word, candidates):
     """' (did you mean X?)' or a list of valid names when nothing is close."""
-    close = difflib.get_close_matches(str(word), list(candidates), n=1, cutoff=0.6)
+    # difflib's ratio alone ranks 'resnet32' above 'resnet20' for 'resnet2O'; the fewest edits decide first.
+    close = sorted(difflib.get_close_matches(str(word), list(candidates), n=5, cutoff=0.6),
+                   key=lambda name: edit_distance(str(word).lower(), name.lower()))
     if close:
         return f" (did you mean {close[0]!r}?)"
     return f"; valid: {', '.join(sorted(candidates))}"
+
+
+def edit_distance(a, b):
+    """Levenshtein distance (insertions, deletions, substitutions)."""
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+    return row[-1]

@@ -23,8 +23,12 @@ def test_python_api_fit_evaluate_export_build(tmp_path):
 
     run = kclassify.fit("quickstart", out=tmp_path / "q", train={"epochs": 2}, output={"export": []}, **QUIET)
     assert run.metrics["epochs"] == 2 and 0 < run.metrics["val"]["top1"] <= 1
-    report = kclassify.evaluate(run.dir, tta="flip", **QUIET)
+    report = kclassify.evaluate(run.dir, **QUIET)
+    assert report["tta"] == "none" and report["top1"] == pytest.approx(run.metrics["val"]["top1"], abs=1e-6)
+    lines = []
+    report = kclassify.evaluate(run.dir, tta="flip", echo=lines.append)
     assert report["tta"] == "flip" and report["views"] == 2
+    assert any(line.startswith("warning: TTA 'flip' averages mirrored views") for line in lines)  # digits, no flip
     rep = kclassify.export(run.dir, "float32", **QUIET)
     assert rep["tflite"]["top1"] == pytest.approx(run.metrics["val"]["top1"], abs=0.01)
     model = kclassify.build_model("airbench94", num_classes=10, input_shape=(32, 32, 3))

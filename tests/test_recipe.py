@@ -24,6 +24,16 @@ def test_unknown_key_names_section_and_suggests():
     assert "did you mean 'epochs'" in str(err.value)
 
 
+def test_the_suggestion_is_the_name_fewest_edits_away():
+    from kclassify.registry import edit_distance, suggest
+
+    with pytest.raises(RecipeError, match="did you mean 'resnet20'"):  # difflib alone says 'resnet32'
+        validate({"model": {"name": "resnet2O"}})
+    assert suggest("lenght", ["length", "fill"]) == " (did you mean 'length'?)"
+    assert suggest("zzz", ["a", "b"]) == "; valid: a, b"
+    assert [edit_distance(*p) for p in (("kitten", "sitting"), ("", "ab"), ("same", "same"))] == [3, 2, 0]
+
+
 def test_unknown_section_suggests():
     with pytest.raises(RecipeError, match="did you mean 'augment'"):
         validate({"augmnet": {}})
