@@ -83,10 +83,11 @@ def table(run, max_drop, qat_steps, echo):
                   "ms_2t": lat[r["file"]][2], "calibration_images": r.get("calibration_images"),
                   "seconds": seconds} for name, r, seconds in rows],
         "budget": {k: b[k] for k in ("met", "message", "float_layers", "calibration_images", "search_images",
-                                     "drop_points_search", "eval_drop_points", "eval_within_budget")}
-                   | ({"eval_note": b["eval_note"]} if "eval_note" in b else {}),
+                                     "drop_points_search", "drop_margin95_search", "eval_drop_points",
+                                     "eval_within_budget")}
+                   | {k: b[k] for k in ("eval_note", "resolution_note") if k in b},
         "budget_attempts": [{k: a[k] for k in ("attempt", "note", "float_layers", "calibration_images",
-                                               "drop_points", "size_bytes")} for a in b["attempts"]],
+                                               "drop_points", "drop_margin95", "size_bytes")} for a in b["attempts"]],
         "qat": {"steps": q["steps"], "lr": q["lr"], "optimizer": q["optimizer"], "settings": q["settings"],
                 "trainable": q["trainable"], "ranges_settled_at_step": q["ranges_settled_at_step"],
                 "translation_max_abs_diff": q["worker"]["translation_max_abs_diff"],

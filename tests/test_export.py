@@ -147,6 +147,34 @@ def test_budget_not_met_within_the_limit_ships_the_best_and_says_so(broken_job, 
     assert budget["chosen_attempt"] == best["attempt"] and budget["drop_points_search"] == best["drop_points"] > 1.0
 
 
+def test_drop_margin_is_the_paired_95_percent_half_width():
+    from kclassify.export.budget import drop_margin
+
+    float_right = np.ones(400, bool)
+    assert drop_margin(float_right, float_right) == 0.0  # no disagreement, no doubt
+    quant_right = float_right.copy()
+    quant_right[:20] = False  # 20 of 400 lost: d is 1 on 20 images, p = 0.05
+    expected = 1.96 * np.sqrt(0.05 * 0.95 / 400) * 100
+    assert drop_margin(float_right, quant_right) == pytest.approx(expected)  # 2.14 points
+    both = quant_right.copy()
+    both[20:40] = False
+    float_wrong = float_right.copy()
+    float_wrong[20:40] = False  # 20 more that both get wrong change nothing
+    assert drop_margin(float_wrong, both) == pytest.approx(expected)
+
+
+def test_a_budget_below_what_the_search_images_resolve_is_said(broken_job, tmp_path):
+    lines = []
+    rep = broken_job.export("int8", tmp_path / "tight.tflite", max_drop=0.05, max_float=1, echo=lines.append)
+    budget = rep["budget"]  # one layer in float leaves int8 ruined: 88.9 points lost, +/- 4.2 on 216 images
+    assert not budget["met"] and budget["drop_margin95_search"] > 1
+    assert "cannot tell" in budget["resolution_note"] and "note: 216 search images" in budget["message"]
+    assert all(line.count("(+/- ") == 1 for line in lines if line.lstrip().startswith("attempt"))
+    exact = broken_job.export("int8", tmp_path / "exact.tflite", max_drop=0.05, max_float=2, echo=lambda *a: None)
+    assert exact["budget"]["met"] and exact["budget"]["drop_margin95_search"] == 0.0  # both ruined layers in float
+    assert "resolution_note" not in exact["budget"]
+
+
 def test_a_budget_met_on_the_search_images_but_not_on_the_evaluation_split_is_reported(broken_job, tmp_path,
                                                                                        monkeypatch):
     """The search images were trained on and can flip less than unseen ones: when the shipped file
@@ -159,7 +187,8 @@ def test_a_budget_met_on_the_search_images_but_not_on_the_evaluation_split_is_re
 
     def optimistic(job, quant, max_drop, max_float, echo):  # a search that saw no drop at all
         return convert(job.model, quant, job.calibration), {
-            "met": True, "drop_points_search": 0.0, "float_layers": [], "calibration_images": len(job.calibration)}
+            "met": True, "drop_points_search": 0.0, "drop_margin95_search": 0.0, "float_layers": [],
+            "calibration_images": len(job.calibration)}
 
     monkeypatch.setattr(budget_module, "search", optimistic)
     lines = []

@@ -19,6 +19,10 @@ measured once, on the file it ships (ExportJob.export). Each step is an attempt 
 4. after `max_float` layers tried without meeting the budget, the attempt with the smallest drop
    (the fewer float layers on a tie) is shipped with a message that the budget was not met.
 
+Every drop comes with the half-width of its 95% interval (drop_margin: paired, so only the images
+where float and int8 disagree count). A few hundred images resolve about a point, so a budget below
+the margin is said to be beyond what the search can tell, in the message and the report.
+
 Calibration is done once per calibration set (convert.Quantizer); an attempt costs one
 quantization pass and one LiteRT run over the held-out images.
 """
@@ -41,11 +45,12 @@ def search(job, quant, max_drop, max_float=None, echo=print):
     mode = get_mode(quant)
     max_float = MAX_FLOAT_LAYERS if max_float is None else max_float
     _, images, labels = job.search
-    float_top1 = _top1(predict(job.model, images), labels)
+    float_correct = np.asarray(predict(job.model, images)).argmax(1) == np.asarray(labels)
     echo(f"accuracy budget: {quant} top-1 at most {max_drop:g} point(s) below float, measured on {len(labels)} "
-         f"held-out training images (float {float_top1 * 100:.2f}%); the evaluation split is measured once, at the end")
+         f"held-out training images (float {float_correct.mean() * 100:.2f}%); the evaluation split is measured once, "
+         "at the end")
     with tempfile.TemporaryDirectory(prefix="kclassify-budget-") as folder:
-        trial = Trials(Path(folder), images, labels, float_top1, max_drop, mode, echo)
+        trial = Trials(Path(folder), images, labels, float_correct, max_drop, mode, echo)
         base = Quantizer(job.model, quant, job.calibration)
         row = trial.say(trial.run(base, [], "plain"))
         if not row["within_budget"]:
@@ -95,9 +100,10 @@ def _float_search(trial, quantizer, base_row, max_float):
 class Trials:
     """The attempts of one search: each file written, measured on the held-out images, kept."""
 
-    def __init__(self, folder, images, labels, float_top1, max_drop, mode, echo):
+    def __init__(self, folder, images, labels, float_correct, max_drop, mode, echo):
         self.folder, self.images, self.labels = folder, images, labels
-        self.float_top1, self.max_drop, self.mode, self.echo = float_top1, max_drop, mode, echo
+        self.float_correct, self.float_top1 = float_correct, float(float_correct.mean())
+        self.max_drop, self.mode, self.echo = max_drop, mode, echo
         self.rows, self.blobs, self.probs = [], [], []
 
     def run(self, quantizer, groups, note):
@@ -109,11 +115,14 @@ class Trials:
         path.write_bytes(blob)
         model = kit.Classifier(path)
         probs = model.predict(self.images)
-        top1 = _top1(probs, self.labels)
+        correct = np.asarray(probs).argmax(1) == np.asarray(self.labels)
+        top1 = float(correct.mean())
         drop = round((self.float_top1 - top1) * 100, 3)
+        margin = round(drop_margin(self.float_correct, correct), 3)
         input_type = np.dtype(model.input["dtype"]).name
         row = {"attempt": len(self.rows) + 1, "note": note, "calibration_images": len(quantizer.calibration),
                "float_layers": [name for name, _ in groups], "search_top1": top1, "drop_points": drop,
+               "drop_margin95": margin,
                "within_budget": bool(drop <= self.max_drop), "size_bytes": len(blob),
                "latency_ms_1t": kit.latency(path, 1, LATENCY_RUNS)["median_ms"], "input": input_type,
                "rejected": input_type != self.mode.input_type}
@@ -133,7 +142,7 @@ class Trials:
         floats = f"{len(row['float_layers'])} layer(s) in float" if row["float_layers"] else "no layer in float"
         self.echo(f"  attempt {row['attempt']} ({row['note']}): {floats}, {row['calibration_images']} calibration "
                   f"images: top-1 {row['search_top1'] * 100:.2f}%, drop {row['drop_points']:.2f} "
-                  f"{'<=' if row['within_budget'] else '>'} {self.max_drop:g}")
+                  f"(+/- {row['drop_margin95']:.2f}) {'<=' if row['within_budget'] else '>'} {self.max_drop:g}")
         return row
 
     def result(self, max_float):
@@ -146,7 +155,8 @@ class Trials:
         summary = {"max_drop_points": self.max_drop, "met": bool(met), "search_images": len(self.labels),
                    "float_top1_search": self.float_top1, "chosen_attempt": chosen["attempt"],
                    "float_layers": chosen["float_layers"], "calibration_images": chosen["calibration_images"],
-                   "drop_points_search": chosen["drop_points"], "size_bytes": chosen["size_bytes"],
+                   "drop_points_search": chosen["drop_points"], "drop_margin95_search": chosen["drop_margin95"],
+                   "size_bytes": chosen["size_bytes"],
                    "plain_size_bytes": plain["size_bytes"], "latency_ms_1t": latency, "limit_float_layers": max_float,
                    "attempts": self.rows}
         cost = (f"{chosen['size_bytes'] - plain['size_bytes']:+,} bytes, latency x{latency['ratio']:.2f} "
@@ -161,6 +171,11 @@ class Trials:
                                   f"layers tried in float) the best drop is {chosen['drop_points']:.2f} > "
                                   f"{self.max_drop:g} point(s), attempt {chosen['attempt']} ({names} in float); "
                                   f"shipping it; {cost}")
+        if chosen["drop_margin95"] > self.max_drop:
+            summary["resolution_note"] = (
+                f"{len(self.labels)} search images resolve a drop to +/- {chosen['drop_margin95']:.2f} point(s) (95%), "
+                f"more than the {self.max_drop:g} budget: the search cannot tell such a file from one within it")
+            summary["message"] += f"; note: {summary['resolution_note']}"
         self.echo(summary["message"])
         return self.blobs[chosen["attempt"] - 1], summary
 
@@ -180,5 +195,10 @@ class Trials:
         return {"plain": a, "chosen": b, "ratio": b / a}
 
 
-def _top1(probs, labels):
-    return float((np.asarray(probs).argmax(1) == np.asarray(labels)).mean())
+def drop_margin(float_correct, quant_correct, z=1.96):
+    """Half-width, in points, of the normal-approximation 95% interval of the top-1 drop between two
+    models measured on the same images (paired: per image, d = float right - quantized right, in
+    {-1, 0, 1}; only the images where the two disagree carry variance)."""
+    d = np.asarray(float_correct, np.float64) - np.asarray(quant_correct, np.float64)
+    n = len(d)
+    return float(z * np.sqrt(max(np.mean(d * d) - np.mean(d) ** 2, 0.0) / n) * 100) if n else 0.0

@@ -283,7 +283,8 @@ def _over_budget_note(budget, drop, max_drop, n_eval):
     were trained on. Said whenever it happens, never hidden."""
     n_search = budget.get("search_images", 0)
     return (f"the evaluation split lost {drop:.2f} point(s), over the {max_drop:g} budget that the held-out "
-            f"training images met ({budget['drop_points_search']:.2f}); one image is {100 / n_eval:.2f} point(s) "
+            f"training images met ({budget['drop_points_search']:.2f} +/- {budget.get('drop_margin95_search', 0):.2f}); "
+            f"one image is {100 / n_eval:.2f} point(s) "
             f"of the evaluation split" + (f" and {100 / n_search:.2f} of the {n_search} search images" if n_search else "")
             + ", and those were seen in training: a budget near that resolution is noise; "
             "`kclassify export --debug-quant` ranks the layers to try with --float-layers")
