@@ -175,6 +175,36 @@ def test_a_budget_below_what_the_search_images_resolve_is_said(broken_job, tmp_p
     assert "resolution_note" not in exact["budget"]
 
 
+def test_a_recipe_with_max_drop_keeps_the_search_images_out_of_training(tmp_path):
+    """output.max_drop in the recipe: training leaves out exactly the images the budget search
+    measures on, so the search sees unseen images; without it the search says they were trained on."""
+    from conftest import tiny_recipe
+    from kclassify.data import load_data
+    from kclassify.export import ExportJob
+    from kclassify.export.calibration import hold_out_for_budget, search_indices
+    from kclassify.train.fit import fit
+
+    recipe = tiny_recipe(tmp_path, train={"epochs": 1}, output={"max_drop": 5.0})
+    full = load_data(recipe.data, recipe.runtime.seed)
+    held = search_indices(full.train.labels, recipe.runtime.seed)
+    trained = hold_out_for_budget(full, recipe)
+    assert len(trained.train) == len(full.train) - len(held) and trained.train_all is full.train
+    kept = np.setdiff1d(np.arange(len(full.train)), held)
+    np.testing.assert_array_equal(trained.train.images, full.train.images[kept])  # none of the held-out ones
+    lines = []
+    run = fit(recipe, echo=lines.append)
+    labels = json.loads((run / "labels.json").read_text())
+    assert labels["budget_search_held_out"] == len(held) and labels["train_images"] == len(kept)
+    assert any(line.startswith(f"note: output.max_drop: {len(held)} training images kept out") for line in lines)
+    job = ExportJob(run)
+    assert job.search_unseen and len(job.calib_split) == len(full.train)
+    np.testing.assert_array_equal(job.search[0], held)
+    rep = job.export("int8", tmp_path / "b.tflite", echo=lines.append)  # the recipe's max_drop
+    assert rep["budget"]["search_images_trained_on"] is False
+    assert any("(kept out of training;" in line for line in lines)
+    assert hold_out_for_budget(full, tiny_recipe(tmp_path / "plain")) is full  # no budget, nothing held out
+
+
 def test_a_budget_met_on_the_search_images_but_not_on_the_evaluation_split_is_reported(broken_job, tmp_path,
                                                                                        monkeypatch):
     """The search images were trained on and can flip less than unseen ones: when the shipped file
@@ -195,7 +225,7 @@ def test_a_budget_met_on_the_search_images_but_not_on_the_evaluation_split_is_re
     rep = broken_job.export("int8", tmp_path / "o.tflite", max_drop=0.5, echo=lines.append)
     budget = rep["budget"]
     assert budget["eval_drop_points"] > 0.5 and not budget["eval_within_budget"]
-    assert "over the 0.5 budget" in budget["eval_note"] and "seen in training" in budget["eval_note"]
+    assert "over the 0.5 budget" in budget["eval_note"] and "the model trained on those" in budget["eval_note"]
     assert any(line.startswith("warning: the evaluation split lost") for line in lines)
     assert json.loads((tmp_path / "o.json").read_text())["budget"]["eval_note"] == budget["eval_note"]
 

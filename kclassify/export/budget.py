@@ -46,9 +46,10 @@ def search(job, quant, max_drop, max_float=None, echo=print):
     max_float = MAX_FLOAT_LAYERS if max_float is None else max_float
     _, images, labels = job.search
     float_correct = np.asarray(predict(job.model, images)).argmax(1) == np.asarray(labels)
+    kept_out = "kept out of training" if job.search_unseen else "trained on: output.max_drop in the recipe keeps them out"
     echo(f"accuracy budget: {quant} top-1 at most {max_drop:g} point(s) below float, measured on {len(labels)} "
-         f"held-out training images (float {float_correct.mean() * 100:.2f}%); the evaluation split is measured once, "
-         "at the end")
+         f"held-out training images ({kept_out}; float {float_correct.mean() * 100:.2f}%); the evaluation split is "
+         "measured once, at the end")
     with tempfile.TemporaryDirectory(prefix="kclassify-budget-") as folder:
         trial = Trials(Path(folder), images, labels, float_correct, max_drop, mode, echo)
         base = Quantizer(job.model, quant, job.calibration)
@@ -57,7 +58,9 @@ def search(job, quant, max_drop, max_float=None, echo=print):
             base, row = _more_calibration(job, quant, trial, base, row)
         if not row["within_budget"]:
             _float_search(trial, base, row, max_float)
-        return trial.result(max_float)
+        blob, summary = trial.result(max_float)
+        summary["search_images_trained_on"] = not job.search_unseen
+        return blob, summary
 
 
 def _more_calibration(job, quant, trial, base, base_row):

@@ -49,7 +49,8 @@ class ExportJob:
         if data is None and self.run is not None and not data_spec:
             data = self.run.data()
         if data is not None:
-            return data.train, data.val, data.class_names, True
+            train = data.train if data.train_all is None else data.train_all  # the search's images included
+            return train, data.val, data.class_names, True
         if not data_spec:
             raise DataError("exporting a bare model file needs --data SPEC for calibration and evaluation")
         split, names = evaluation_split(None, data_spec, self.model)
@@ -89,6 +90,11 @@ class ExportJob:
             idx = search_indices(self.calib_split.labels, self.seed)
             self._search = idx, self.images(self.calib_split, idx), np.asarray(self.calib_split.labels)[idx]
         return self._search
+
+    @property
+    def search_unseen(self):
+        """Whether training left the search images out (the recipe had output.max_drop)."""
+        return bool(self.run and self.run.labels.get("budget_search_held_out", 0) == len(self.search[0]))
 
     def calibration_for(self, count=None):
         """`count` calibration images (None: the recipe's output.calibration_images, "auto" without
@@ -177,7 +183,8 @@ class ExportJob:
             drop = (report["keras"]["top1"] - report["tflite"]["top1"]) * 100
             budget.update(eval_drop_points=round(drop, 3), eval_within_budget=bool(drop <= max_drop))
             if budget["met"] and drop > max_drop:
-                budget["eval_note"] = _over_budget_note(budget, drop, max_drop, report["tflite"]["count"])
+                budget["eval_note"] = _over_budget_note(budget, drop, max_drop, report["tflite"]["count"],
+                                                        self.search_unseen)
                 (echo or (lambda *a: None))(f"warning: {budget['eval_note']}")
             out.with_suffix(".json").write_text(json.dumps(report, indent=1))
         return report
@@ -277,14 +284,15 @@ def copy_kit(dest):
     return dest
 
 
-def _over_budget_note(budget, drop, max_drop, n_eval):
+def _over_budget_note(budget, drop, max_drop, n_eval, unseen):
     """Why a file within budget on the search images can be over it on the evaluation split: few
-    images resolve little (one flip of n images moves top-1 by 100/n points) and the search images
-    were trained on. Said whenever it happens, never hidden."""
+    images resolve little (one flip of n images moves top-1 by 100/n points) and, unless the recipe
+    kept them out of training, the model fitted the search images. Said whenever it happens."""
     n_search = budget.get("search_images", 0)
     return (f"the evaluation split lost {drop:.2f} point(s), over the {max_drop:g} budget that the held-out "
             f"training images met ({budget['drop_points_search']:.2f} +/- {budget.get('drop_margin95_search', 0):.2f}); "
             f"one image is {100 / n_eval:.2f} point(s) "
             f"of the evaluation split" + (f" and {100 / n_search:.2f} of the {n_search} search images" if n_search else "")
-            + ", and those were seen in training: a budget near that resolution is noise; "
-            "`kclassify export --debug-quant` ranks the layers to try with --float-layers")
+            + (": a budget near that resolution is noise" if unseen else
+               ", and the model trained on those (set output.max_drop in the recipe before training to keep them "
+               "out)") + "; `kclassify export --debug-quant` ranks the layers to try with --float-layers")

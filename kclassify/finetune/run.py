@@ -144,8 +144,10 @@ def _data_and_model(recipe, strategy):
     from kclassify.data import load_data
     from kclassify.models import build_model
 
-    data = load_data(recipe.data, recipe.runtime.seed, augment=recipe.augment)
+    from kclassify.export.calibration import hold_out_for_budget
     from kclassify.train.fit import apply_runtime_options
+
+    data = hold_out_for_budget(load_data(recipe.data, recipe.runtime.seed, augment=recipe.augment), recipe)
 
     with strategy.scope():
         model = build_model(recipe.model.name, len(data.class_names), data.input_shape,

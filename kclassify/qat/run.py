@@ -48,7 +48,9 @@ class Prepared:
         from kclassify.export import ExportJob
 
         self.model = run.load_model()
-        self.data = run.data()
+        from kclassify.export.calibration import hold_out_for_budget
+
+        self.data = hold_out_for_budget(run.data(), self.recipe)  # QAT trains on what the run trained on
         self.phase = respect_last_phase(self.model, self.recipe)
         self.export_job = ExportJob(self.run_dir, model=self.model, data=self.data)  # Keras predicts once
 

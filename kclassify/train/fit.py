@@ -29,7 +29,9 @@ def fit(recipe, out=None, fresh=False, echo=print, callbacks=(), started=None):
         from kclassify.data import load_data
         from kclassify.train.engine import Phase
 
-        data = load_data(recipe.data, recipe.runtime.seed, augment=recipe.augment)
+        from kclassify.export.calibration import hold_out_for_budget
+
+        data = hold_out_for_budget(load_data(recipe.data, recipe.runtime.seed, augment=recipe.augment), recipe)
         run.begin(recipe, data, echo)
         run.clear_final()
         model = build_for_run(recipe, data, strategy, fresh_start=not run.state["checkpoints"], echo=echo)
