@@ -175,16 +175,16 @@ def test_a_budget_below_what_the_search_images_resolve_is_said(broken_job, tmp_p
     assert "resolution_note" not in exact["budget"]
 
 
-def test_a_recipe_with_max_drop_keeps_the_search_images_out_of_training(tmp_path):
-    """output.max_drop in the recipe: training leaves out exactly the images the budget search
-    measures on, so the search sees unseen images; without it the search says they were trained on."""
+def test_budget_holdout_keeps_the_search_images_out_of_training(tmp_path):
+    """output.budget_holdout: training leaves out exactly the images the budget search measures
+    on, so the search sees unseen images; without it the search says they were trained on."""
     from conftest import tiny_recipe
     from kclassify.data import load_data
     from kclassify.export import ExportJob
     from kclassify.export.calibration import hold_out_for_budget, search_indices
     from kclassify.train.fit import fit
 
-    recipe = tiny_recipe(tmp_path, train={"epochs": 1}, output={"max_drop": 5.0})
+    recipe = tiny_recipe(tmp_path, train={"epochs": 1}, output={"max_drop": 5.0, "budget_holdout": True})
     full = load_data(recipe.data, recipe.runtime.seed)
     held = search_indices(full.train.labels, recipe.runtime.seed)
     trained = hold_out_for_budget(full, recipe)
@@ -195,14 +195,14 @@ def test_a_recipe_with_max_drop_keeps_the_search_images_out_of_training(tmp_path
     run = fit(recipe, echo=lines.append)
     labels = json.loads((run / "labels.json").read_text())
     assert labels["budget_search_held_out"] == len(held) and labels["train_images"] == len(kept)
-    assert any(line.startswith(f"note: output.max_drop: {len(held)} training images kept out") for line in lines)
+    assert any(line.startswith(f"note: output.budget_holdout: {len(held)} training images kept out") for line in lines)
     job = ExportJob(run)
     assert job.search_unseen and len(job.calib_split) == len(full.train)
     np.testing.assert_array_equal(job.search[0], held)
     rep = job.export("int8", tmp_path / "b.tflite", echo=lines.append)  # the recipe's max_drop
     assert rep["budget"]["search_images_trained_on"] is False
     assert any("(kept out of training;" in line for line in lines)
-    assert hold_out_for_budget(full, tiny_recipe(tmp_path / "plain")) is full  # no budget, nothing held out
+    assert hold_out_for_budget(full, tiny_recipe(tmp_path / "plain", output={"max_drop": 0.5})) is full  # off
 
 
 def test_a_budget_met_on_the_search_images_but_not_on_the_evaluation_split_is_reported(broken_job, tmp_path,

@@ -46,7 +46,7 @@ def search(job, quant, max_drop, max_float=None, echo=print):
     max_float = MAX_FLOAT_LAYERS if max_float is None else max_float
     _, images, labels = job.search
     float_correct = np.asarray(predict(job.model, images)).argmax(1) == np.asarray(labels)
-    kept_out = "kept out of training" if job.search_unseen else "trained on: output.max_drop in the recipe keeps them out"
+    kept_out = "kept out of training" if job.search_unseen else "trained on: output.budget_holdout keeps them out"
     echo(f"accuracy budget: {quant} top-1 at most {max_drop:g} point(s) below float, measured on {len(labels)} "
          f"held-out training images ({kept_out}; float {float_correct.mean() * 100:.2f}%); the evaluation split is "
          "measured once, at the end")

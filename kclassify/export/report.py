@@ -294,5 +294,5 @@ def _over_budget_note(budget, drop, max_drop, n_eval, unseen):
             f"one image is {100 / n_eval:.2f} point(s) "
             f"of the evaluation split" + (f" and {100 / n_search:.2f} of the {n_search} search images" if n_search else "")
             + (": a budget near that resolution is noise" if unseen else
-               ", and the model trained on those (set output.max_drop in the recipe before training to keep them "
-               "out)") + "; `kclassify export --debug-quant` ranks the layers to try with --float-layers")
+               ", and the model trained on those (output.budget_holdout keeps them out of training, at a cost "
+               "in training data)") + "; `kclassify export --debug-quant` ranks the layers to try with --float-layers")
