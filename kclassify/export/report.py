@@ -93,7 +93,7 @@ class ExportJob:
 
     @property
     def search_unseen(self):
-        """Whether training left the search images out (the recipe had output.max_drop)."""
+        """Whether training left the search images out (the run's recipe had output.budget_holdout)."""
         return bool(self.run and self.run.labels.get("budget_search_held_out", 0) == len(self.search[0]))
 
     def calibration_for(self, count=None):

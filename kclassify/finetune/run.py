@@ -142,13 +142,11 @@ def _dry_run(recipe, pattern, echo):
 
 def _data_and_model(recipe, strategy):
     from kclassify.data import load_data
-    from kclassify.models import build_model
-
     from kclassify.export.calibration import hold_out_for_budget
+    from kclassify.models import build_model
     from kclassify.train.fit import apply_runtime_options
 
     data = hold_out_for_budget(load_data(recipe.data, recipe.runtime.seed, augment=recipe.augment), recipe)
-
     with strategy.scope():
         model = build_model(recipe.model.name, len(data.class_names), data.input_shape,
                             bn_momentum=recipe.train.bn_momentum, **recipe.model.params)

@@ -27,9 +27,8 @@ def fit(recipe, out=None, fresh=False, echo=print, callbacks=(), started=None):
         if strategy is None:
             return run.dir
         from kclassify.data import load_data
-        from kclassify.train.engine import Phase
-
         from kclassify.export.calibration import hold_out_for_budget
+        from kclassify.train.engine import Phase
 
         data = hold_out_for_budget(load_data(recipe.data, recipe.runtime.seed, augment=recipe.augment), recipe)
         run.begin(recipe, data, echo)
