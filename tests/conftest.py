@@ -52,6 +52,19 @@ def digits_run(tmp_path_factory):
     return fit(recipe, echo=lambda *a: None)
 
 
+@pytest.fixture(scope="module")
+def tiny_npz(tmp_path_factory):
+    """90 RGB 32x32 images of 3 classes that differ by colour (learnable in a few steps)."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 30)
+    images = rng.integers(0, 80, (90, 32, 32, 3)).astype(np.uint8)
+    for c in range(3):
+        images[labels == c, :, :, c] += 150
+    path = tmp_path_factory.mktemp("tiny") / "tiny.npz"
+    np.savez(path, x=images, y=labels, class_names=np.array(["r", "g", "b"]))
+    return path
+
+
 def write_image(path, size=(20, 16), mode="RGB", fmt=None, seed=0):
     from PIL import Image
 

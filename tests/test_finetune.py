@@ -11,19 +11,6 @@ from kclassify.errors import RecipeError
 from kclassify.finetune.groups import parse_schedule
 
 
-@pytest.fixture(scope="module")
-def tiny_npz(tmp_path_factory):
-    """90 RGB 32x32 images of 3 classes that differ by colour (learnable in a few steps)."""
-    rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(3), 30)
-    images = rng.integers(0, 80, (90, 32, 32, 3)).astype(np.uint8)
-    for c in range(3):
-        images[labels == c, :, :, c] += 150
-    path = tmp_path_factory.mktemp("ft") / "tiny.npz"
-    np.savez(path, x=images, y=labels, class_names=np.array(["r", "g", "b"]))
-    return path
-
-
 def calibrate_bn(model, images):
     """Give a randomly initialized backbone the BatchNorm statistics of the data, as a
     pretrained one has: with the default 0/1 statistics, frozen BN leaves its ReLUs dead."""
