@@ -100,4 +100,4 @@ def hold_out_for_budget(data, recipe):
     note = (f"output.budget_holdout: {len(idx)} training images kept out of training for the int8 budget search "
             f"({len(keep)} train)")
     return dataclasses.replace(data, train=data.train.subset(keep), notes=[*data.notes, note],
-                               budget_held_out=len(idx), train_all=data.train)
+                               train_all=data.train)
