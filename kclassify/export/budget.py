@@ -11,12 +11,14 @@ measured once, on the file it ships (ExportJob.export). Each step is an attempt 
    becomes the base of the next steps when it lowers the drop;
 3. the quantization debugger ranks the Keras layers by their own error (debug.py); the worst goes
    to float, then the next, one group (the ops of one Keras layer) at a time, each added to
-   the ones before. A layer that lowers the drop stays in float; one that raises it, or leaves
-   it unchanged while the file's outputs change, goes back to int8 (it costs size for nothing);
-   one that leaves the outputs identical stays: a layer ruined further on hides what floating
-   this one gains (with two ruined layers neither helps alone). The first set within budget is
-   shipped;
-4. after `max_float` layers tried without meeting the budget, the attempt with the smallest drop
+   the ones before. A layer that lowers the drop stays in float; one that raises it goes back to
+   int8; one that leaves the drop unchanged stays for now: a layer ruined further on hides what
+   floating this one gains (with two ruined layers neither helps alone, in either order). The
+   forward pass stops at the first set within budget;
+4. pruning: each layer that stayed without a gain is tried back in int8, last first, and goes
+   back where the drop stays within budget (or, budget not met, no worse than the best): the
+   file shipped has no float layer that the search images do not need;
+5. after `max_float` layers tried without meeting the budget, the attempt with the smallest drop
    (the fewer float layers on a tie) is shipped with a message that the budget was not met.
 
 Every drop comes with the half-width of its 95% interval (drop_margin: paired, so only the images
@@ -83,21 +85,39 @@ def _more_calibration(job, quant, trial, base, base_row):
 def _float_search(trial, quantizer, base_row, max_float):
     from kclassify.export.debug import layer_errors, layer_groups
 
-    kept, last = [], base_row
+    kept, unproven, last = [], [], base_row
     for group in layer_groups(layer_errors(quantizer))[:max_float]:
         row = trial.run(quantizer, kept + [group], f"+ {group[0]}")
         if row["rejected"]:
             pass
         elif row["drop_points"] < last["drop_points"]:
             kept, last = kept + [group], row
-        elif row["drop_points"] == last["drop_points"] and trial.same_outputs(row, last):
-            row["note"] += " (outputs unchanged: a later layer may hide its gain; stays in float)"
-            kept, last = kept + [group], row
+        elif row["drop_points"] == last["drop_points"]:
+            row["note"] += " (no gain yet: a later layer may hide it; stays in float, pruned at the end if unneeded)"
+            kept, unproven, last = kept + [group], unproven + [group], row
         else:
-            row["note"] += " (no gain: back to int8)"
+            row["note"] += " (worse: back to int8)"
         trial.say(row)
         if row["within_budget"]:
-            return
+            break
+    _prune(trial, quantizer, kept, unproven, last)
+
+
+def _prune(trial, quantizer, kept, unproven, last):
+    """Each float layer kept without a gain goes back to int8 where the drop stays within budget
+    (budget not met: no worse than `last`), last kept first."""
+    target = trial.max_drop if last["within_budget"] else last["drop_points"]
+    for group in reversed(unproven):
+        fewer = [g for g in kept if g is not group]
+        if not fewer:
+            continue  # no layer in float: the base file, already measured
+        row = trial.run(quantizer, fewer, f"- {group[0]} (pruning)")
+        if not row["rejected"] and row["drop_points"] <= target:
+            row["note"] += ": not needed, back to int8"
+            kept = fewer
+        else:
+            row["note"] += ": needed, stays in float"
+        trial.say(row)
 
 
 class Trials:
@@ -107,7 +127,7 @@ class Trials:
         self.folder, self.images, self.labels = folder, images, labels
         self.float_correct, self.float_top1 = float_correct, float(float_correct.mean())
         self.max_drop, self.mode, self.echo = max_drop, mode, echo
-        self.rows, self.blobs, self.probs = [], [], []
+        self.rows, self.blobs = [], []
 
     def run(self, quantizer, groups, note):
         from kclassify.kit import kitlib
@@ -133,13 +153,7 @@ class Trials:
             row.update(within_budget=False, note=f"{note} (rejected: the file's input would be {input_type})")
         self.rows.append(row)
         self.blobs.append(blob)
-        self.probs.append(probs)
         return row
-
-    def same_outputs(self, row, other, tolerance=1e-6):
-        """Whether two attempts' files gave the same probabilities on every held-out image."""
-        a, b = (np.asarray(self.probs[r["attempt"] - 1], np.float32) for r in (row, other))
-        return bool(np.abs(a - b).max() <= tolerance)
 
     def say(self, row):
         floats = f"{len(row['float_layers'])} layer(s) in float" if row["float_layers"] else "no layer in float"
@@ -149,10 +163,14 @@ class Trials:
         return row
 
     def result(self, max_float):
-        """The file to ship and the summary: the first attempt within budget, else the best."""
+        """The file to ship and the summary: the attempt within budget with the fewest float layers
+        (then the smaller drop), else the best drop (then the fewer float layers)."""
         valid = [r for r in self.rows if not r["rejected"]]
         met = [r for r in valid if r["within_budget"]]
-        chosen = met[0] if met else min(valid, key=lambda r: (r["drop_points"], len(r["float_layers"])))
+        if met:
+            chosen = min(met, key=lambda r: (len(r["float_layers"]), r["drop_points"], r["attempt"]))
+        else:
+            chosen = min(valid, key=lambda r: (r["drop_points"], len(r["float_layers"]), r["attempt"]))
         plain = self.rows[0]
         latency = self._latency(plain, chosen)
         summary = {"max_drop_points": self.max_drop, "met": bool(met), "search_images": len(self.labels),
