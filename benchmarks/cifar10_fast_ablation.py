@@ -25,6 +25,7 @@ VARIANTS = {
     "no frozen BN scale / BN bias lr x64": ["train.bn_freeze_scale=false", "train.bn_bias_lr_mult=1"],
     "no lookahead": ["train.average="],
     "random flip instead of alternating": ["augment.flip=true"],
+    "airbench94's augmentation (2-pixel translation, no Cutout)": ["augment.crop_pad=2", "augment.ops=[]"],
     # added rather than taken away: airbench94_muon's optimizer split (94% in 8 epochs on a GPU)
     "+ Muon on the conv filters (train.muon.lr 0.24)": ["train.optimizer=muon", "train.muon.lr=0.24"],
     "+ Muon on the conv filters (train.muon.lr 0.12)": ["train.optimizer=muon", "train.muon.lr=0.12"],

@@ -6,8 +6,10 @@ ratio, not the absolute figures). Also the achieved training GFLOP/s against a m
     python benchmarks/train_speed.py --sweep       # one subprocess per setting: what helps on this CPU
 
 Prints JSON: kclassify_img_per_s, keras_img_per_s, ratio (same work: no augmentation on either
-side), kclassify_aug_img_per_s (with the recipe's translate + alternating flip), gflops, the peaks,
-and the CPU flags that matter.
+side; kclassify trains BatchNorm through the fused kernel, runtime.fused_bn), ratio_same_ops
+(kclassify with Keras' own BatchNorm ops, as model.fit runs them: the loops alone),
+kclassify_aug_img_per_s (with the recipe's translate + alternating flip), gflops, the peaks, and the
+CPU flags that matter.
 """
 import argparse
 import json
@@ -98,7 +100,7 @@ def plain_fit_rate(model, x, y, batch, steps):
     return batch * steps / timer.seconds
 
 
-def kclassify_rate(args, x, y, steps, augment):
+def kclassify_rate(args, x, y, steps, augment, fused_bn=True):
     """kclassify's engine (recipe -> Run -> Engine.fit) on the same arrays: img/s of epoch 2."""
     import numpy as np
 
@@ -114,7 +116,7 @@ def kclassify_rate(args, x, y, steps, augment):
         "augment": {"crop_pad": 2, "flip": "alternate"} if augment else {},
         "train": {"epochs": 2, "batch_size": args.batch, "steps_per_epoch": steps, "lr": 0.1, "momentum": 0.85,
                   "label_smoothing": 0.2, "bn_momentum": 0.6, "val_every": 0},
-        "runtime": {"jit_compile": args.jit, "verbose": 0},
+        "runtime": {"jit_compile": args.jit, "verbose": 0, "fused_bn": fused_bn and not args.keras_bn},
         "output": {"tensorboard": False, "plots": False, "report": False, "keep_checkpoints": 1}})
     small = Split(x[:64], y[:64].astype(np.int32))
     data = Dataset(Split(x, y.astype(np.int32)), small, [str(i) for i in range(10)])
@@ -144,12 +146,13 @@ def measure(args):
     n = args.batch * args.steps
     x, y, source = arrays(n)
     stats = (x.reshape(-1, 3).mean(0).tolist(), x.reshape(-1, 3).std(0).tolist())
-    plain, ours, ours_aug = [], [], []
+    plain, ours, ours_keras_bn, ours_aug = [], [], [], []
     for _ in range(args.rounds):
         if not args.only_kclassify:
             plain.append(plain_fit_rate(build(args, stats), x, y, args.batch, args.steps))
         ours.append(kclassify_rate(args, x, y, args.steps, augment=False))
         if not args.only_kclassify:
+            ours_keras_bn.append(kclassify_rate(args, x, y, args.steps, augment=False, fused_bn=False))
             ours_aug.append(kclassify_rate(args, x, y, args.steps, augment=True))
     if args.only_kclassify:
         return {"kclassify_img_per_s": round(float(np.median(ours)), 1), "batch": args.batch,
@@ -161,8 +164,11 @@ def measure(args):
             "precision": policy, "jit_compile": args.jit, "data": source,
             "kclassify_img_per_s": round(ours_rate, 1), "keras_img_per_s": round(plain_rate, 1),
             "ratio": round(ours_rate / plain_rate, 3),
+            "kclassify_keras_bn_img_per_s": round(float(np.median(ours_keras_bn)), 1),
+            "ratio_same_ops": round(float(np.median(ours_keras_bn)) / plain_rate, 3),
             "kclassify_aug_img_per_s": round(float(np.median(ours_aug)), 1),
-            "rounds": {"kclassify": [round(r, 1) for r in ours], "keras": [round(r, 1) for r in plain]},
+            "rounds": {"kclassify": [round(r, 1) for r in ours], "kclassify_keras_bn": [round(r, 1) for r in ours_keras_bn],
+                       "keras": [round(r, 1) for r in plain]},
             "macs_per_image": macs, "train_gflops": round(ours_rate * 6 * macs / 1e9, 1),
             "matmul_peak_gflops": {"float32": round(matmul_peak("float32"), 1),
                                    "bfloat16": round(matmul_peak("bfloat16"), 1)},
@@ -177,7 +183,9 @@ SWEEP = [
     ("float32", ["--precision", "float32"], {}),
     ("mixed_bfloat16", ["--precision", "mixed_bfloat16"], {}),
     ("XLA (jit_compile)", ["--jit"], {}),
-    ("relu instead of gelu", ["--params", '{"act": "relu"}'], {}),
+    ("relu", ["--params", '{"act": "relu"}'], {}),
+    ("gelu", ["--params", '{"act": "gelu"}'], {}),
+    ("Keras BN (runtime.fused_bn false)", ["--keras-bn"], {}),
     ("inter-op threads 1", [], {"TF_NUM_INTEROP_THREADS": "1"}),
     ("intra-op threads 1", [], {"TF_NUM_INTRAOP_THREADS": "1"}),
     ("oneDNN off", [], {"TF_ENABLE_ONEDNN_OPTS": "0"}),
@@ -187,7 +195,7 @@ SWEEP = [
 def sweep(args):
     rows = {}
     for name, extra, env in SWEEP:
-        cmd = [sys.executable, __file__, "--model", args.model, "--rounds", "1", "--only-kclassify",
+        cmd = [sys.executable, __file__, "--model", args.model, "--params", args.params, "--rounds", "1", "--only-kclassify",
                "--precision", args.precision, "--batch", str(args.batch), "--steps", str(args.steps), *extra]
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env})
         try:
@@ -208,6 +216,7 @@ def main():
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--jit", action="store_true")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--keras-bn", action="store_true", help="runtime.fused_bn false (Keras' own BatchNorm ops)")
     parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--only-kclassify", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -199,6 +199,8 @@ class RuntimeConfig(Section):
     # BatchNorm statistics over the global batch of all replicas (one all-reduce per BN layer), so a
     # distributed run computes what one process with the same global batch computes.
     sync_bn: bool = False
+    # BatchNorm trains through TensorFlow's fused kernel (kclassify/layers/fused_bn.py); false: Keras' own ops.
+    fused_bn: bool = True
     jit_compile: bool = False
     verbose: Literal["auto", 0, 1, 2] = "auto"
 

@@ -72,13 +72,19 @@ def build_for_run(recipe, data, strategy, fresh_start, echo=print):
 
 
 def apply_runtime_options(model, runtime):
-    """runtime.sync_bn: every BatchNorm reduces its batch statistics over all replicas."""
+    """runtime.sync_bn: every BatchNorm reduces its batch statistics over all replicas (Keras' own
+    code: the fused kernel has no cross-replica mode). runtime.fused_bn: the others train through
+    the fused kernel."""
     import keras
+
+    from kclassify.layers.fused_bn import fuse_batchnorm
 
     if runtime.sync_bn:
         for layer in model._flatten_layers(include_self=False):
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.synchronized = True
+    if runtime.fused_bn:
+        fuse_batchnorm(model)
 
 
 def training_sample(split, count, seed):
