@@ -88,3 +88,17 @@ def test_runtime_option_reaches_the_model():
     apply_runtime_options(synced, RuntimeConfig(sync_bn=True))
     assert getattr(on.layers[-1], "_kc_fused", False) and not getattr(off.layers[-1], "_kc_fused", False)
     assert synced.layers[-1].synchronized  # the fused path steps aside for synchronized statistics
+
+
+def test_a_non_finite_activation_still_reaches_the_loss():
+    """oneDNN fuses BN with the ReLU after it and maps NaN to 0; the engine's divergence check
+    reads the loss, so the fused path carries the NaN there itself."""
+    model = keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Conv2D(4, 3), keras.layers.BatchNormalization(),
+                              keras.layers.ReLU(), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3)])
+    fuse_batchnorm(model)
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x, y = np.random.default_rng(6).random((8, 6, 6, 1)).astype(np.float32), np.arange(8) % 3
+    assert np.isfinite(model.train_on_batch(x, y))
+    kernel = model.layers[0].kernel
+    kernel.assign(np.full(kernel.shape, np.nan, np.float32))
+    assert np.isnan(model.train_on_batch(x, y))

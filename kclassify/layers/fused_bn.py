@@ -65,6 +65,9 @@ def train_step_output(layer, x):
                                       is_training=True)
     n = tf.cast(tf.size(x) // channels, tf.float32)
     variance = out.batch_variance * ((n - 1.0) / tf.maximum(n, 2.0))  # the kernel's is Bessel-corrected
+    # A non-finite input must still reach the loss, where the engine's divergence check sees it: the
+    # oneDNN kernel fused with the ReLU that follows maps NaN to 0, which Keras' own ops do not.
+    layer.add_loss(0.0 * tf.reduce_sum(out.batch_mean))
     m = layer.momentum
     layer.moving_mean.assign(layer.moving_mean * m + out.batch_mean * (1.0 - m))
     layer.moving_variance.assign(layer.moving_variance * m + variance * (1.0 - m))
