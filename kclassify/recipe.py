@@ -199,7 +199,9 @@ class RuntimeConfig(Section):
     # BatchNorm statistics over the global batch of all replicas (one all-reduce per BN layer), so a
     # distributed run computes what one process with the same global batch computes.
     sync_bn: bool = False
-    # BatchNorm trains through TensorFlow's fused kernel (kclassify/layers/fused_bn.py); false: Keras' own ops.
+    # fit and finetune: BatchNorm trains through TensorFlow's fused kernel (kclassify/layers/fused_bn.py);
+    # false: Keras' own ops. Inference always runs Keras' ops, and the QAT worker's tf_keras BatchNorm stays
+    # unfused either way (its translation is checked against Keras' arithmetic).
     fused_bn: bool = True
     jit_compile: bool = False
     verbose: Literal["auto", 0, 1, 2] = "auto"

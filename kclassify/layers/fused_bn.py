@@ -39,7 +39,7 @@ def _fused_call(layer, keras_call):
     def call(inputs, training=None, mask=None):
         if not (training and layer.trainable and _fusable(layer, inputs, mask)):
             return keras_call(inputs, training=training, mask=mask)
-        return train_step_output(layer, inputs)
+        return _train_step_output(layer, inputs)
 
     return call
 
@@ -50,7 +50,7 @@ def _fusable(layer, inputs, mask):
             and layer.axis in (-1, rank - 1) and inputs.dtype in (tf.float32, tf.bfloat16, tf.float16))
 
 
-def train_step_output(layer, x):
+def _train_step_output(layer, x):
     """Normalize `x` by its batch statistics and update the layer's moving statistics."""
     channels = x.shape[-1]
     scale = layer.gamma if layer.scale else tf.ones([channels], tf.float32)
