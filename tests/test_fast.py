@@ -111,7 +111,8 @@ def _conv_params(cin, cout, k=3, bias=False):
     return k * k * cin * cout + (cout if bias else 0)
 
 
-@pytest.mark.parametrize("name, widths", [("airbench93", (64, 128, 128)), ("airbench94", (64, 256, 256))])
+@pytest.mark.parametrize("name, widths", [("airbench93", (64, 128, 128)), ("airbench94", (64, 256, 256)),
+                                         ("airbench95", (128, 384, 384))])
 def test_airbench_parameter_and_mac_counts_are_our_arithmetic(name, widths):
     from kclassify.profile import profile_model
 
@@ -127,6 +128,8 @@ def test_airbench_parameter_and_mac_counts_are_our_arithmetic(name, widths):
     assert profile_model(model)["macs"] == macs
     if name == "airbench94":
         assert abs(macs - 118e6) / 118e6 < 0.01  # "about 118M MACs per image" (the issue, the paper)
+    if name == "airbench95":  # its header: 1.39 PFLOP for 15 epochs of 50,000 images at 6 FLOP per MAC
+        assert abs(macs - 1.39e15 / (15 * 50000 * 6)) / macs < 0.03
 
 
 def test_the_recipe_evaluation_is_what_evaluate_run_reproduces(tmp_path):
