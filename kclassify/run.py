@@ -374,7 +374,7 @@ def _finish(run, model, data, recipe, echo=print, budget=None, started=None):
 
     from kclassify.models import as_float32
 
-    state = run.state
+    state, finishing = run.state, time.time()
     model = as_float32(model)  # mixed precision trains; the saved and exported network is float32
     if run.chief:
         keras.Model(model.input, model.output, name=model.name).save(run.model_path)
@@ -394,7 +394,7 @@ def _finish(run, model, data, recipe, echo=print, budget=None, started=None):
     _exports(run, model, data, recipe, echo)
     if recipe.output.report:
         _html_report(run, data, arrays["probs"], echo)
-    _record_time(metrics, state, budget, started, echo)
+    _record_time(metrics, state, budget, started, echo, finishing)
     run.write_json("metrics.json", metrics)
     echo(json.dumps({k: metrics[k] for k in ("val", "val_tta", "epochs", "steps", "wall_seconds") if k in metrics}))
     return metrics
@@ -435,10 +435,12 @@ def _write_evaluation(run, reports, arrays, plots):
         plot_history(run.dir / "history.csv", run.dir / "curves.png")
 
 
-def _record_time(metrics, state, budget, started, echo):
-    """The plan and the command's wall time, for a budgeted run the promise kept (or not)."""
+def _record_time(metrics, state, budget, started, echo, finishing):
+    """The plan and the command's wall time, for a budgeted run the promise kept (or not), with
+    what the final steps took against the time the plan kept for them."""
     if budget is not None:
-        metrics["budget"] = {**state["plan"], **budget.record(state["plan"]["total_steps"], state["step"])}
+        metrics["budget"] = {**state["plan"], **budget.record(state["plan"]["total_steps"], state["step"]),
+                             "final_seconds": round(time.time() - finishing, 1)}
     if started is None:
         return
     metrics["wall_seconds"] = round(time.time() - started, 1)

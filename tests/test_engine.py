@@ -217,13 +217,16 @@ def test_budget_planner_stops_inside_the_budget_on_a_slowed_run(tmp_path):
 
     budget = 0.75  # minutes
     recipe = tiny_recipe(tmp_path, train={"epochs": 200, "budget_minutes": budget, "warmup_epochs": 0,
-                                          "warmup_fraction": 0.1, "batch_size": 32})
+                                          "warmup_fraction": 0.1, "batch_size": 32},
+                         evaluate={"tta": "mirror_translate"})
     t = time.time()
     run = fit(recipe, callbacks=[SlowDown()], started=t, **QUIET)
     wall = time.time() - t
     metrics = json.loads((run / "metrics.json").read_text())
     b = metrics["budget"]
     assert wall < 60 * budget and b["actual_wall_seconds"] < 60 * budget
+    assert 0 < b["final_seconds"] <= b["reserved_final_seconds"] + b["margin_seconds"], b
+    assert b["inference_ms_per_image"] > 0 and b["tta_ms_per_image"] > 0, b  # timed on the final network
     assert b["replans"] >= 2 and b["planned_steps"] == metrics["steps"] < 200 * 44
     lrs = [h["lr"] for h in json.loads((run / "ckpt" / "state.json").read_text())["history"]]
     assert lrs[-1] < 0.05 * lrs[0] + 1e-6  # the schedule spanned the steps actually run

@@ -26,7 +26,8 @@ class Budget:
         self.val_images, self.eval_views = val_images, eval_views
         self.exports, self.calibration = list(exports), calibration_images
         self.seconds_per_step = None
-        self.seconds_per_image = None  # inference, measured on validation batches
+        self.seconds_per_image = None  # the final network's inference, measured on validation batches
+        self.seconds_per_tta_image = 0.0  # the same with every test-time view
         self.val_seconds = 0.0  # one validation pass while training
         self.ckpt_seconds = 0.0  # one checkpoint save
         self.replans = 0
@@ -35,7 +36,8 @@ class Budget:
         """What still happens after the last training step: evaluation (plain and every TTA view),
         each export (conversion, calibration, its LiteRT measurement), the report."""
         per_image = self.seconds_per_image or 0.002
-        evaluate = self.val_images * (1 + self.eval_views) * per_image
+        per_tta = self.seconds_per_tta_image or (self.eval_views * per_image)
+        evaluate = self.val_images * (per_image + (per_tta if self.eval_views else 0.0))
         exports = sum(EXPORT_SECONDS + (self.calibration + 2 * self.val_images) * per_image for _ in self.exports)
         return 1.1 * evaluate + exports + REPORT_SECONDS + self.ckpt_seconds
 
@@ -56,6 +58,7 @@ class Budget:
         return {"budget_minutes": self.minutes, "planned_steps": int(total_steps), "steps_done": int(steps_done),
                 "seconds_per_step": round(self.seconds_per_step or 0.0, 4),
                 "inference_ms_per_image": round(1e3 * (self.seconds_per_image or 0.0), 3),
+                "tta_ms_per_image": round(1e3 * self.seconds_per_tta_image, 3),
                 "reserved_final_seconds": round(self.final_seconds(), 1), "margin_seconds": round(self.margin, 1),
                 "replans": self.replans,
                 "planned_wall_seconds": round(60.0 * self.minutes - self.margin, 1)}
