@@ -34,6 +34,8 @@ def _losses(run):
     return {int(step): float(loss) for step, loss, _ in rows}
 
 
+# slow tier (keeps the fast one under 15 minutes on 2 cores); 45 s of two worker processes
+@pytest.mark.slow
 def test_two_workers_finish_one_run_folder_and_match_one_process(tmp_path):
     """(a) both workers finish and only the chief writes; (b) the loss at every step equals a
     one-process run with the same global batch (BN synchronized over replicas, no augmentation):

@@ -203,7 +203,9 @@ def checked(tmp_path_factory):
 
 
 @needs_tfmot
-@pytest.mark.parametrize("name", list(GROUP_OF))
+# the imagenet-sized group (googlenet, squeezenet) in the slow tier: 22 s of the fast one
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if g == "imagenet" else n
+                                  for n, g in GROUP_OF.items()])
 def test_translation_is_exact_and_tfmot_accepts_it(checked, name):
     rows, _ = checked(GROUP_OF[name])
     row = rows[name]
@@ -368,6 +370,8 @@ def test_qat_gives_measured_int8_with_uint8_input(digits_run):
     assert saved["class_names"] == [str(i) for i in range(10)] and saved["tflite"]["top1"] == rep["tflite"]["top1"]
 
 
+# slow tier (keeps the fast one under 15 minutes on 2 cores); QAT itself stays fast
+@pytest.mark.slow
 @needs_tfmot
 def test_qat_keeps_the_better_file(digits_run, tmp_path):
     """With too high a learning rate QAT ruins the net; by default the post-training int8 file is
@@ -423,6 +427,8 @@ def test_nested_translation_keeps_frozen_layers_and_splits_inner_activations(che
 
 
 @needs_tfmot
+# slow tier (keeps the fast one under 15 minutes on 2 cores); nested translation stays fast
+@pytest.mark.slow
 def test_qat_of_a_fine_tuned_mobilenet(tmp_path):
     """The pretrained MobileNet (a nested Keras Applications backbone) fine-tuned in two phases on
     a few coloured images, then QAT: exact translation, only the last phase's layers train."""
@@ -459,6 +465,8 @@ def test_qat_of_a_fine_tuned_mobilenet(tmp_path):
     assert rep["comparison"]["post_training"]["tflite"]["count"] == 18
 
 
+# slow tier (keeps the fast one under 15 minutes on 2 cores); pruning end to end also runs in the slow mobilenet_v3 test
+@pytest.mark.slow
 @needs_tfmot
 def test_prune_reaches_the_target_sparsity(digits_run):
     res = run_cli("prune", digits_run, "--sparsity", "0.5", "--epochs", "1")

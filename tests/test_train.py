@@ -58,6 +58,8 @@ def test_weight_decay_skips_bias_and_bn():
     assert opt.weight_decay == pytest.approx(5e-3)  # 5e-4 coupled == 5e-3 decoupled at momentum 0.9
 
 
+# slow tier (keeps the fast one under 15 minutes on 2 cores); the mid-epoch SIGKILL resume (test_engine) stays fast
+@pytest.mark.slow
 def test_resume_after_kill_continues_from_last_epoch(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("data: {source: digits, val_fraction: 0.2}\nmodel: {name: resnet20}\n"

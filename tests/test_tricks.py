@@ -87,6 +87,8 @@ def test_recompute_bn_sets_plain_average_statistics():
     assert bn.momentum == 0.99
 
 
+# slow tier (keeps the fast one under 15 minutes on 2 cores); their unit tests above stay fast
+@pytest.mark.slow
 def test_distillation_and_swa_run_end_to_end(digits_run, tmp_path):
     from kclassify.train.fit import fit
 
