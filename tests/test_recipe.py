@@ -113,3 +113,13 @@ def test_cli_recipes_list_and_show():
     assert listed.returncode == 0 and "cifar10_cpu" in listed.stdout and "quickstart" in listed.stdout
     shown = run_cli("recipes", "show", "quickstart", "--resolved")
     assert shown.returncode == 0 and "bn_momentum: 0.9" in shown.stdout
+
+
+def test_catalog_file_matches_the_live_registries():
+    """The TF-free catalogue that checks recipes at load is the registries' own listing: a model
+    registered without `python -m kclassify.catalog --write` would be refused by name at load."""
+    import json
+
+    from kclassify.catalog import FILE, build
+
+    assert json.loads(FILE.read_text()) == build(), "stale: run python -m kclassify.catalog --write"
