@@ -292,8 +292,8 @@ class Engine:
         from kclassify.tta import view_count, views_of, tta_model
 
         ev = self.recipe.evaluate
-        final = as_float32(self.model)
-        plain = _seconds_per_image(Predictor(final)._fn, batch)
+        final = as_float32(self.model)  # the model itself when it trains in float32
+        plain = _seconds_per_image((self.predict if final is self.model else Predictor(final))._fn, batch)
         if not view_count(ev):
             return plain, 0.0
         tta = Predictor(tta_model(final, views_of(ev), ev.average))._fn
