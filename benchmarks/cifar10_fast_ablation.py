@@ -48,7 +48,17 @@ def run_variant(sets, length, out):
         return {"error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
     m = json.loads((out / "metrics.json").read_text())
     return {"val_top1": round(m["val"]["top1"], 4), "val_top1_tta": round(m.get("val_tta", m["val"])["top1"], 4),
-            "epochs": round(m["steps"] / (45000 // 512), 2), "wall_seconds": round(time.time() - t0, 1)}
+            "epochs": round(m["steps"] * trained_batch(out) / 45000, 2), "wall_seconds": round(time.time() - t0, 1)}
+
+
+def trained_batch(out):
+    """Images the model trained on per step (the kept share of the drawn batch with train.data_filter), so an
+    arm's epochs count the model's own passes over the training images."""
+    from kclassify.recipe import load_recipe
+    from kclassify.train.data_filter import kept_count
+
+    t = load_recipe(str(out / "recipe.yaml")).train
+    return kept_count(t.batch_size, t.data_filter.keep) if t.data_filter else t.batch_size
 
 
 def main():

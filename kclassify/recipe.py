@@ -4,7 +4,7 @@ A typo fails at load time with the key, its section and a close match; a value o
 type or range names the field and what was given.
 """
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Literal, Optional, Union, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -111,6 +111,16 @@ class MuonConfig(Section):
     ns_steps: int = Field(5, ge=1)  # Newton-Schulz iterations
 
 
+class DataFilterConfig(Section):
+    """train.data_filter: a proxy network ranks each drawn batch by its loss and the model trains on
+    the hardest `keep` share (airbench96_faster); train.batch_size is the drawn batch."""
+    # airbench96_faster's proxy: airbench's groups at widths 32/64/64 (ReLU here: faster on a CPU)
+    proxy: ModelConfig = Field(default_factory=lambda: ModelConfig(
+        name="airbench93", params={"widths": [32, 64, 64], "act": "relu"}, init="dirac"))
+    keep: float = Field(0.5, gt=0, lt=1)
+    proxy_every: int = Field(4, ge=1)  # the proxy learns from its own hardest share every Nth step
+
+
 class TrainConfig(Section):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(128, ge=1)
@@ -141,6 +151,7 @@ class TrainConfig(Section):
     class_balance_beta: float = Field(0.999, ge=0, lt=1)
     distill: Optional[DistillConfig] = None  # knowledge distillation from a frozen teacher
     average: Optional[AverageConfig] = None  # EMA, SWA or lookahead; the saved model is the averaged one
+    data_filter: Optional[DataFilterConfig] = None  # train on the hardest share of each batch (fit only)
     # Time budget for the whole command (data, training, final evaluation, exports): the run measures
     # its own speed after a short warm-up and plans its steps to end inside it; epochs becomes a cap.
     budget_minutes: Optional[float] = Field(None, gt=0)
@@ -387,15 +398,9 @@ def registry_problems(recipe):
     from kclassify import catalog
 
     cat = catalog.load()
-    problems = []
-    model = cat["models"].get(recipe.model.name)
-    if model is None:
-        problems.append(f"model.name: unknown model {recipe.model.name!r}{suggest(recipe.model.name, cat['models'])}")
-    else:
-        for key in recipe.model.params:
-            if key not in model["params"]:
-                problems.append(f"model.params: model {recipe.model.name!r} has no parameter {key!r}"
-                                f"{suggest(key, model['params'])}")
+    problems = _model_problems(recipe.model, "model", cat)
+    if recipe.train.data_filter is not None:
+        problems += _model_problems(recipe.train.data_filter.proxy, "train.data_filter.proxy", cat)
     for i, op in enumerate(recipe.augment.ops):
         args = cat["augmentations"].get(op["name"])
         if args is None:
@@ -409,6 +414,14 @@ def registry_problems(recipe):
     else:
         problems += _data_problems(recipe.data)
     return problems
+
+
+def _model_problems(cfg, where, cat):
+    model = cat["models"].get(cfg.name)
+    if model is None:
+        return [f"{where}.name: unknown model {cfg.name!r}{suggest(cfg.name, cat['models'])}"]
+    return [f"{where}.params: model {cfg.name!r} has no parameter {key!r}{suggest(key, model['params'])}"
+            for key in cfg.params if key not in model["params"]]
 
 
 def _data_problems(cfg):
@@ -443,7 +456,9 @@ def _field_names(loc):
     cls = Recipe
     for part in loc:
         field = cls.model_fields.get(part)
-        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+        sections = [t for t in (field.annotation, *get_args(field.annotation)) if isinstance(t, type)
+                    and issubclass(t, BaseModel)] if field is not None else []  # Optional[Section] too
+        if not sections:
             return []
-        cls = field.annotation
+        cls = sections[0]
     return list(cls.model_fields)

@@ -36,7 +36,8 @@ class Rewind(Exception):
 
 
 class Engine:
-    def __init__(self, recipe, run, data, model, strategy, echo=print, callbacks=(), started=None, teacher=None):
+    def __init__(self, recipe, run, data, model, strategy, echo=print, callbacks=(), started=None, teacher=None,
+                 data_filter=None):
         from kclassify.data.pipeline import eval_dataset, steps_per_epoch
 
         self.recipe, self.run, self.data, self.model, self.strategy = recipe, run, data, model, strategy
@@ -44,6 +45,7 @@ class Engine:
         self.echo_every_worker = echo  # the resume point: each worker says where it restarts
         self.user_callbacks = list(callbacks)
         self.teacher = teacher
+        self.data_filter = data_filter  # train/data_filter.py: the proxy that picks each batch's kept images
         self.k = len(data.class_names)
         t = recipe.train
         self.batch = min(t.batch_size, len(data.train))
@@ -95,6 +97,8 @@ class Engine:
             opt = make_optimizer(phase.train, self.spe, self.model, multipliers, total_steps)
             trainer.compile(optimizer=opt, loss=loss, metrics=metrics)
             opt.build(trainer.trainable_variables)
+            if self.data_filter is not None:
+                self.data_filter.compile(phase.train, self.spe, opt._learning_rate, opt.iterations, total_steps)
         return trainer, opt
 
     def _callbacks(self, trainer):
@@ -184,20 +188,27 @@ class Engine:
 
     def _load_checkpoint(self, trainer, entry):
         trainer.load_weights(self.run.dir / "ckpt" / entry["file"])
-        if self.averager is not None and entry.get("averages"):
-            from kclassify.train.averaging import load_arrays
+        self._restore_extras(entry)
 
-            self.averager.restore(load_arrays(self.run.dir / "ckpt" / entry["averages"]))
+    def _restore_extras(self, entry):
+        """The weight averages and the data filter's proxy, kept beside the checkpoint in one file
+        (named `averages` in the state since averaging was its first use)."""
+        if not entry.get("averages") or (self.averager is None and self.data_filter is None):
+            return
+        from kclassify.train.averaging import load_arrays
+
+        arrays = load_arrays(self.run.dir / "ckpt" / entry["averages"])
+        if self.averager is not None:
+            self.averager.restore(arrays)
+        if self.data_filter is not None and not self.data_filter.restore(arrays):
+            self.echo("data filter: the checkpoint has no proxy; a fresh one ranks from here")
 
     def _load_weights_only(self, entry):
         """A checkpoint of an earlier phase: its weights, not its optimizer (each phase has its own)."""
         saved = keras.models.load_model(self.run.dir / "ckpt" / entry["file"], compile=False)
         source = saved if self.teacher is None else saved.get_layer(self.model.name)
         self.model.set_weights(source.get_weights())
-        if self.averager is not None and entry.get("averages"):
-            from kclassify.train.averaging import load_arrays
-
-            self.averager.restore(load_arrays(self.run.dir / "ckpt" / entry["averages"]))
+        self._restore_extras(entry)
 
     # ------------------------------------------------------------------ the loop
 
@@ -221,7 +232,8 @@ class Engine:
                     iterator = self._stream(first_step + local, want[0])
                 if segment is None or want[1] != segment[1]:
                     set_whitening_bias_trainable(self.model, want[1])
-                    train_fn = make_train_function(trainer, self.strategy, self.recipe.runtime.jit_compile)
+                    train_fn = make_train_function(trainer, self.strategy, self.recipe.runtime.jit_compile,
+                                                   self.data_filter.wrap if self.data_filter else None)
                 segment = want
             if new_epoch or step % self.spe == 0:
                 trainer.reset_metrics()
@@ -384,8 +396,10 @@ class Engine:
             self._time_inference()
 
     def _checkpoint(self, trainer):
-        arrays = self.averager.arrays() if self.averager is not None else None
-        self.run.save_checkpoint(trainer, arrays, keep=self.recipe.output.keep_checkpoints)
+        arrays = {}
+        for extra in (self.averager, self.data_filter):
+            arrays.update(extra.arrays() if extra is not None else {})
+        self.run.save_checkpoint(trainer, arrays or None, keep=self.recipe.output.keep_checkpoints)
 
     def _echo_epoch(self, row):
         shown = [f"{k} {row[k]:.4f}" for k in ("loss", "top1", "val_loss", "val_top1") if k in row]

@@ -14,6 +14,9 @@ def check_fit_recipe(recipe):
         raise RecipeError(f"finetune.{changed[0]} is read by `kclassify finetune`, not by `kclassify fit` "
                           "(remove the finetune section, or run kclassify finetune)")
     check_budget_recipe(recipe, "fit")
+    if recipe.train.data_filter is not None and recipe.runtime.strategy != "default":
+        # The proxy learns inside a tf.cond, where a replica context cannot merge its gradients.
+        raise RecipeError(f"train.data_filter runs on one device; not with runtime.strategy {recipe.runtime.strategy} yet")
 
 
 def fit(recipe, out=None, fresh=False, echo=print, callbacks=(), started=None):
@@ -28,26 +31,29 @@ def fit(recipe, out=None, fresh=False, echo=print, callbacks=(), started=None):
             return run.dir
         from kclassify.data import load_data
         from kclassify.export.calibration import hold_out_for_budget
+        from kclassify.train.data_filter import build_filter
         from kclassify.train.engine import Phase
 
         data = hold_out_for_budget(load_data(recipe.data, recipe.runtime.seed, augment=recipe.augment), recipe)
         run.begin(recipe, data, echo)
         run.clear_final()
         model = build_for_run(recipe, data, strategy, fresh_start=not run.state["checkpoints"], echo=echo)
-        engine = make_engine(recipe, run, data, model, strategy, echo, callbacks, started)
+        engine = make_engine(recipe, run, data, model, strategy, echo, callbacks, started,
+                             build_filter(recipe, data, strategy, echo))
         engine.fit([Phase("fit", recipe.train, recipe.train.epochs, setup=lambda m: fit_setup(m, recipe.train))])
         finish_training(engine, echo)
         run.finish(model, data, recipe, echo, budget=engine.budget, started=started)
     return run.dir
 
 
-def make_engine(recipe, run, data, model, strategy, echo, callbacks, started):
+def make_engine(recipe, run, data, model, strategy, echo, callbacks, started, data_filter=None):
     from kclassify.train.engine import Engine
 
     teacher = recipe.train.distill.teacher if recipe.train.distill else None
     echo(f"model: {recipe.model.name}, {model.count_params():,} parameters; replicas: {strategy.num_replicas_in_sync}"
          + (f"; distilling from {teacher}" if teacher else ""))
-    return Engine(recipe, run, data, model, strategy, echo, callbacks, started, teacher=teacher)
+    return Engine(recipe, run, data, model, strategy, echo, callbacks, started, teacher=teacher,
+                  data_filter=data_filter)
 
 
 def build_for_run(recipe, data, strategy, fresh_start, echo=print):

@@ -29,9 +29,10 @@ def worker_of(strategy):
     return 0, 1
 
 
-def make_train_function(trainer, strategy, jit_compile=False):
-    """One compiled training step on the next batch of `iterator`; returns the reduced logs."""
-    step = trainer.train_step
+def make_train_function(trainer, strategy, jit_compile=False, wrap=None):
+    """One compiled training step on the next batch of `iterator`; returns the reduced logs.
+    `wrap(train_step)` gives the step that runs instead (the data filter's)."""
+    step = wrap(trainer.train_step) if wrap else trainer.train_step
     if jit_compile:
         step = tf.function(step, jit_compile=True, reduce_retracing=True)
 

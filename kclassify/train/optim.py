@@ -4,7 +4,7 @@ import keras
 from kclassify.train import schedules  # a module import: safe while schedules is half-initialized
 
 
-def make_optimizer(train, steps_per_epoch, model, multipliers=(), total_steps=None):
+def make_optimizer(train, steps_per_epoch, model, multipliers=(), total_steps=None, learning_rate=None):
     """SGD (momentum, Nesterov), AdamW, or Muon on the conv filters with SGD on the rest
     (train/muon.py), on the recipe's schedule; weight decay skips biases and BatchNorm
     parameters (unless train.bn_weight_decay). `multipliers` [(variable, factor)] scale
@@ -15,8 +15,10 @@ def make_optimizer(train, steps_per_epoch, model, multipliers=(), total_steps=No
     amplified by 1/(1-m) in steady state, so SGD gets wd / (1 - m) to match the papers.
     AdamW is decoupled by definition and takes the value as given. Decay uses the base rate, not
     a variable's multiplied one (airbench decays its x64 BN biases by the same amount).
+    `learning_rate` (a callable) replaces the recipe's schedule: the data filter's proxy follows
+    the model's rate at the model's step.
     """
-    lr = schedules.schedule_from(train, steps_per_epoch, total_steps).adjustable()
+    lr = learning_rate or schedules.schedule_from(train, steps_per_epoch, total_steps).adjustable()
     wd = train.weight_decay or None
     multipliers = [(v, m) for v, m in multipliers if m != 1.0]
     if train.optimizer in ("sgd", "muon"):
