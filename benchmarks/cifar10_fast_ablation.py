@@ -23,6 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # translation + Cutout 12: BEFORE rebuilds it).
 BEFORE = ["model.name=airbench94", "augment.crop_pad=4", "augment.ops=[{name: cutout, length: 12}]",
           "train.optimizer=sgd", "train.lr=0.75", "train.min_lr=0.0525"]
+# airbench96_faster's data filtering: draw 1,024, train on the proxy's hardest 512 (the same step count and rate)
+FILTER = ["train.batch_size=1024", "train.data_filter={keep: 0.5}"]
 VARIANTS = {
     "full recipe": [],
     "no patch whitening (plain trainable 2x2 stem)": ["model.params.whiten=false", "train.whiten_bias_epochs="],
@@ -35,6 +37,8 @@ VARIANTS = {
     # width against epochs: the recipe before, airbench94 (2.6x cheaper a step, 22-29 epochs in 30 minutes)
     "the recipe before: airbench94, SGD, 4-pixel translation + Cutout 12": BEFORE,
     "the recipe before + Muon (train.muon.lr 0.12)": [*BEFORE, "train.optimizer=muon"],
+    "data filter (train on the proxy's hardest 512 of every 1,024)": FILTER,
+    "the recipe before + data filter": [*BEFORE, *FILTER],
 }
 
 
