@@ -59,10 +59,8 @@ def trained_batch(out):
     """Images the model trained on per step (the kept share of the drawn batch with train.data_filter), so an
     arm's epochs count the model's own passes over the training images."""
     from kclassify.recipe import load_recipe
-    from kclassify.train.data_filter import kept_count
 
-    t = load_recipe(str(out / "recipe.yaml")).train
-    return kept_count(t.batch_size, t.data_filter.keep) if t.data_filter else t.batch_size
+    return load_recipe(str(out / "recipe.yaml")).train.trained_batch()
 
 
 def main():

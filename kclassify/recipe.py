@@ -120,6 +120,10 @@ class DataFilterConfig(Section):
     keep: float = Field(0.5, gt=0, lt=1)
     proxy_every: int = Field(4, ge=1)  # the proxy learns from its own hardest share every Nth step
 
+    def kept(self, batch):
+        """Images the model trains on out of a drawn batch of `batch`."""
+        return max(1, int(round(batch * self.keep)))
+
 
 class TrainConfig(Section):
     epochs: int = Field(10, ge=1)
@@ -168,6 +172,12 @@ class TrainConfig(Section):
     # halve the learning rate and go on, up to recovery_trials times; then stop (exit code 3).
     recovery_trials: int = Field(0, ge=0)
     loss_upper_bound: Optional[float] = Field(None, gt=0)
+
+    def trained_batch(self, batch=None):
+        """Images one step trains the model on: the drawn batch (`batch`, where the caller clamped it
+        to the data; else batch_size), or its kept share under data_filter."""
+        batch = batch or self.batch_size
+        return self.data_filter.kept(batch) if self.data_filter else batch
 
     def effective_lr(self):
         return self.lr * (self.batch_size / self.lr_reference_batch if self.lr_reference_batch else 1.0)

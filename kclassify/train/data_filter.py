@@ -14,30 +14,23 @@ The proxy lives beside the model, not in it: it is never saved in model.keras or
 weights and optimizer state go into every checkpoint with the weight averages, so a resumed run
 ranks exactly as the run it continues would have.
 """
-import keras
 import numpy as np
 import tensorflow as tf
 
 PREFIX = "proxy_"  # its arrays' names in a checkpoint's extra-arrays file
 
 
-def kept_count(batch, keep):
-    """Images the model trains on out of a drawn batch of `batch`."""
-    return max(1, int(round(batch * keep)))
-
-
 class DataFilter:
     def __init__(self, cfg, proxy, batch):
         self.cfg, self.proxy = cfg, proxy
-        self.keep = kept_count(batch, cfg.keep)
+        self.keep = cfg.kept(batch)
         self.optimizer = None
         self._learns = None  # a scalar bool tensor function: does the proxy learn at this step
 
     def compile(self, train, steps_per_epoch, schedule, iterations, total_steps):
         """The proxy's optimizer (the recipe's, SGD where it is Muon; its momentum, decay and BatchNorm
-        multipliers) at the model's
-        learning rate of the same step: `schedule(iterations)` of the model's optimizer, so a budget's
-        replan and a recovery's halving reach it too."""
+        multipliers) at the model's learning rate of the same step: `schedule(iterations)` of the
+        model's optimizer, so a budget's replan and a recovery's halving reach it too."""
         from kclassify.train.fit import fit_setup
         from kclassify.train.optim import make_optimizer
 
@@ -46,8 +39,7 @@ class DataFilter:
         self.optimizer = make_optimizer(plain, steps_per_epoch, self.proxy, multipliers, total_steps,
                                         learning_rate=lambda: schedule(iterations))
         self.optimizer.build(self.proxy.trainable_variables)
-        every = int(self.cfg.proxy_every)
-        self._learns = lambda: tf.equal(tf.math.floormod(iterations, every), 0)
+        self._learns = lambda: tf.equal(tf.math.floormod(iterations, self.cfg.proxy_every), 0)
 
     def wrap(self, train_step):
         """A train step on the full drawn batch: rank, let the proxy learn when due, then the
@@ -109,6 +101,6 @@ def build_filter(recipe, data, strategy, echo=print):
 
     set_whitening_bias_trainable(proxy, False)  # airbench's proxy never trains its stem
     batch = min(recipe.train.batch_size, len(data.train))
-    echo(f"data filter: the model trains on the {kept_count(batch, cfg.keep)} hardest of every {batch} images, "
+    echo(f"data filter: the model trains on the {cfg.kept(batch)} hardest of every {batch} images, "
          f"ranked by a proxy {cfg.proxy.name} ({proxy.count_params():,} parameters)")
     return DataFilter(cfg, proxy, batch)
