@@ -180,7 +180,8 @@ class TrainConfig(Section):
         return self.data_filter.kept(batch) if self.data_filter else batch
 
     def effective_lr(self):
-        return self.lr * (self.batch_size / self.lr_reference_batch if self.lr_reference_batch else 1.0)
+        # The gradient averages over the images trained on: under data_filter, the kept share
+        return self.lr * (self.trained_batch() / self.lr_reference_batch if self.lr_reference_batch else 1.0)
 
     @model_validator(mode="after")
     def _milestones_inside(self):

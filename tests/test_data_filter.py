@@ -112,3 +112,11 @@ def test_recipe_checks_of_the_data_filter():
         check_finetune_recipe(validate({**base, "model": {"name": "keras_mobilenet"}}))
     with pytest.raises(RecipeError, match="not with runtime.strategy mirrored"):
         check_fit_recipe(validate({**base, "runtime": {"strategy": "mirrored"}}))
+
+
+def test_the_linear_scaling_rule_and_qat_count_the_kept_images_not_the_drawn_batch():
+    filtered = TrainConfig(batch_size=1024, lr=0.1, lr_reference_batch=512, data_filter={"keep": 0.25})
+    assert filtered.trained_batch() == 256 and filtered.trained_batch(100) == 25
+    assert filtered.effective_lr() == pytest.approx(0.05)  # 256 / 512, not 1024 / 512
+    plain = TrainConfig(batch_size=1024, lr=0.1, lr_reference_batch=512)
+    assert plain.trained_batch() == 1024 and plain.effective_lr() == pytest.approx(0.2)

@@ -74,7 +74,7 @@ class Prepared:
     def training(self):
         """The worker's training settings (job.Training) and a line saying where each came from."""
         cfg, t = self.cfg, self.recipe.train
-        batch = cfg.batch_size or t.batch_size
+        batch = cfg.batch_size or t.trained_batch()  # the batch the run's rate was set for
         one_pass = max(1, math.ceil(len(self.data.train) / batch))
         if self.task == "prune":
             epochs, steps_per_epoch = cfg.epochs if cfg.epochs is not None else cfg.prune_epochs, cfg.steps_per_epoch
