@@ -14,8 +14,6 @@ synchronized statistics, a 2-D input or another axis), run Keras' own code.
 """
 import functools
 
-import tensorflow as tf
-
 # cuDNN's smallest epsilon; the CPU kernel takes any (airbench's is 1e-12).
 _CUDNN_MIN_EPSILON = 1.001e-5
 
@@ -45,6 +43,8 @@ def _fused_call(layer, keras_call):
 
 
 def _fusable(layer, inputs, mask):
+    import tensorflow as tf  # here, so the layers package imports on any Keras backend
+
     rank = len(inputs.shape)
     return (mask is None and not layer.renorm and not layer.synchronized and rank == 4
             and layer.axis in (-1, rank - 1) and inputs.dtype in (tf.float32, tf.bfloat16, tf.float16))
@@ -52,6 +52,8 @@ def _fusable(layer, inputs, mask):
 
 def _train_step_output(layer, x):
     """Normalize `x` by its batch statistics and update the layer's moving statistics."""
+    import tensorflow as tf
+
     channels = x.shape[-1]
     scale = layer.gamma if layer.scale else tf.ones([channels], tf.float32)
     offset = layer.beta if layer.center else tf.zeros([channels], tf.float32)

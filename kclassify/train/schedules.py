@@ -7,8 +7,6 @@ the engine sets without retracing the train step. Their values live in the run's
 """
 import math
 
-import tensorflow as tf
-
 import keras
 from keras import ops
 
@@ -42,6 +40,8 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
     def adjustable(self):
         """Attach the variables that a budget plan (total steps) and a recovery (scale) set."""
         if self._total is None:
+            import tensorflow as tf  # here, so the schedule (and optim.py) import on any Keras backend
+
             self._total = tf.Variable(float(self.total_steps), trainable=False, dtype=tf.float32)
             self._scale = tf.Variable(1.0, trainable=False, dtype=tf.float32)
         return self
