@@ -44,6 +44,8 @@ def parse_args(argv=None):
     p.add_argument("--limit", type=int, default=None, help="train on this many images (a quick check)")
     p.add_argument("--speed-steps", type=int, default=30, help="steps timed per arm of the speed check (0: none)")
     p.add_argument("--json", type=Path, default=None, help="also append every JSON line to this file")
+    p.add_argument("--tf-stream", type=int, default=0, metavar="BATCHES",
+                   help="only time kclassify's own tf.data training stream for this recipe (needs TensorFlow) and exit")
     return p.parse_args(argv)
 
 
@@ -342,8 +344,28 @@ class _HostBatches:
         return current
 
 
+def tf_stream_speed(recipe, data, batches):
+    """Images per second of the TensorFlow engine's training stream for the recipe (gather,
+    alternating flip, translation, one-hot and smoothing, float32 out) on this machine's cores."""
+    from kclassify.data.pipeline import recipe_train_dataset
+
+    ds = iter(recipe_train_dataset(recipe, data.train, len(data.class_names)))
+    for _ in range(3):  # warm up: tracing and the first prefetches
+        next(ds)
+    start = time.perf_counter()
+    for _ in range(batches):
+        x, _ = next(ds)
+    seconds = time.perf_counter() - start
+    return {"tf_data_img_per_s": round(batches * int(x.shape[0]) / seconds, 1), "batches": batches,
+            "cpu_count": os.cpu_count()}
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.tf_stream:
+        recipe, data = load(args)
+        print(json.dumps({"tf_stream": tf_stream_speed(recipe, data, args.tf_stream)}), flush=True)
+        return
     import jax
     import keras
 

@@ -225,6 +225,10 @@ class RuntimeConfig(Section):
     # false: Keras' own ops. Inference always runs Keras' ops, and the QAT worker's tf_keras BatchNorm stays
     # unfused either way (its translation is checked against Keras' arithmetic).
     fused_bn: bool = True
+    # Where a training batch is flipped, augmented, one-hot encoded, smoothed and mixed: host (tf.data
+    # threads), device (inside the compiled train step: the input stream only gathers uint8 images), or
+    # auto: device where TensorFlow sees a GPU, whose step outruns what CPU threads can augment.
+    augment_on: Literal["auto", "host", "device"] = "auto"
     jit_compile: bool = False
     verbose: Literal["auto", 0, 1, 2] = "auto"
 

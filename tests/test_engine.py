@@ -103,6 +103,25 @@ def _wait_for(predicate, timeout=240):
     return predicate()
 
 
+def test_augmentation_inside_the_step_trains_exactly_as_the_host_stream(tmp_path):
+    """runtime.augment_on device (what a GPU gets by default) moves flip, smoothing and class weights
+    into the compiled step; with no random draws the two runs are the same run, step for step."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("data: {source: digits, val_fraction: 0.2}\nmodel: {name: resnet20, params: {width: 0.5}}\n"
+                      "augment: {flip: alternate}\n"
+                      "train: {epochs: 1, batch_size: 64, lr: 0.05, label_smoothing: 0.1, class_balance: loss}\n"
+                      "output: {tensorboard: false, plots: false, report: false, export: [], log_every_steps: 1}\n")
+    losses = {}
+    for where in ("host", "device"):
+        res = run_cli("fit", recipe, "--out", tmp_path / where, "--set", f"runtime.augment_on={where}")
+        assert res.returncode == 0, res.stderr[-1500:]
+        assert ("augmentation: inside the train step" in res.stdout) == (where == "device")
+        rows = (tmp_path / where / "steps.csv").read_text().split()[1:]
+        losses[where] = np.array([float(r.split(",")[1]) for r in rows])
+    assert len(losses["host"]) == 22
+    np.testing.assert_allclose(losses["device"], losses["host"], rtol=1e-5)
+
+
 def test_second_process_on_a_run_folder_exits_2_naming_the_holder_and_a_stale_lock_is_taken_over(tmp_path):
     first = _slow_cli(tmp_path)
     lock = tmp_path / "run" / "run.lock"

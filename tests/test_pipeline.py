@@ -93,6 +93,43 @@ def test_class_weighted_pipeline_yields_sample_weights(tmp_path):
     assert w.shape == (64,) and np.all(w.numpy() > 0)
 
 
+def test_device_preparation_computes_what_the_host_stream_computes(tmp_path):
+    """runtime.augment_on device: the raw stream + recipe_preparer (run in the step) give the host
+    stream's batches: the same images, alternating flips, smoothed targets and class weights."""
+    from kclassify.data import load_data
+    from kclassify.data.pipeline import recipe_preparer, recipe_train_dataset
+
+    recipe = tiny_recipe(tmp_path, augment={"flip": "alternate"},
+                         train={"label_smoothing": 0.1, "class_balance": "loss", "batch_size": 32})
+    train = load_data(recipe.data).train
+    host = recipe_train_dataset(recipe, train, 10, start_step=5).take(12)
+    raw = recipe_train_dataset(recipe, train, 10, start_step=5, raw=True).take(12)
+    prepare = recipe_preparer(recipe, train, 10)
+    for step, (h, r) in enumerate(zip(host, raw)):
+        assert r[0].dtype.name == "uint8" and len(r) == 3  # images, labels, flip mask
+        d = prepare(r)
+        assert len(d) == len(h) == 3
+        for a, b in zip(h, d):
+            np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=f"step {step}")
+    assert any(r[2].numpy().any() for r in raw)  # some images were mirrored
+
+
+def test_device_preparation_mixes_in_the_step(tmp_path):
+    import tensorflow as tf
+
+    from kclassify.data import load_data
+    from kclassify.data.pipeline import recipe_preparer, recipe_train_dataset
+
+    recipe = tiny_recipe(tmp_path, augment={"crop_pad": 1, "mixup_alpha": 1.0}, train={"batch_size": 32})
+    train = load_data(recipe.data).train
+    raw = next(iter(recipe_train_dataset(recipe, train, 10, raw=True)))
+    x, y = tf.function(recipe_preparer(recipe, train, 10))(raw)  # as the compiled step runs it
+    assert x.dtype == tf.float32 and x.shape == (32, 8, 8, 1) and np.allclose(y.numpy().sum(1), 1, atol=1e-5)
+    assert (y.numpy().max(1) < 1).any()  # mixed
+    _, plain = recipe_preparer(recipe, train, 10, mix=False)(raw)
+    np.testing.assert_array_equal(plain.numpy(), tf.one_hot(raw[1], 10).numpy())
+
+
 def test_tta_views_average_as_weighted():
     import keras
 

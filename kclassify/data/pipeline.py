@@ -118,8 +118,22 @@ def streamed_batches(split, plan, start_step=0):
 def training_stream(split, num_classes, plan, augment=None, start_step=0, smooth=None, mixer=None,
                     class_weights=None, flip=False):
     """The endless batch stream of a training run from global step `start_step`."""
+    first = batch_stages(num_classes, augment, flip=flip)[0]
+    ds = raw_stream(split, plan, start_step).map(first, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return _finish(ds, num_classes, smooth, mixer, class_weights)
+
+
+def raw_stream(split, plan, start_step=0):
+    """(uint8 images, int32 labels, alternating-flip mask) batches, before any augmentation."""
     source = streamed_batches if is_streamed(split) else memory_batches
-    ds = source(split, plan, start_step)
+    return source(split, plan, start_step)
+
+
+def batch_stages(num_classes, augment=None, smooth=None, mixer=None, class_weights=None, flip=False):
+    """The functions that turn a raw batch into what train_step takes, in order: flip and
+    augmentation on uint8, then float pixels and one-hot labels (smoothed), MixUp/CutMix last (they
+    mix the smoothed targets), then per-sample class weights. The host stream maps them; with
+    runtime.augment_on device the compiled step runs them (`batch_preparer`)."""
     from kclassify.augment.basic import flip_batch
 
     def augment_batch(x, y, mask):
@@ -129,23 +143,34 @@ def training_stream(split, num_classes, plan, augment=None, start_step=0, smooth
             x = flip_batch(x, tf.random.uniform([tf.shape(x)[0]]) < 0.5)
         return (augment(x) if augment is not None else x), y
 
-    ds = ds.map(augment_batch, num_parallel_calls=AUTOTUNE, deterministic=True)
-    return _finish(ds, num_classes, smooth, mixer, class_weights)
-
-
-def _finish(ds, num_classes, smooth=None, mixer=None, class_weights=None):
-    """Float pixels and one-hot labels, label smoothing, MixUp/CutMix last (they mix the smoothed
-    targets), per-sample class weights."""
     def targets(x, y):
         y = tf.one_hot(y, num_classes)
         return tf.cast(x, tf.float32), smooth(y) if smooth is not None else y
 
-    ds = ds.map(targets, num_parallel_calls=AUTOTUNE)
-    if mixer is not None:
-        ds = ds.map(mixer, num_parallel_calls=AUTOTUNE)
+    stages = [augment_batch, targets] + ([mixer] if mixer is not None else [])
     if class_weights is not None:
         w = tf.constant(class_weights)
-        ds = ds.map(lambda x, y: (x, y, tf.reduce_sum(y * w, axis=-1)), num_parallel_calls=AUTOTUNE)
+        stages.append(lambda x, y: (x, y, tf.reduce_sum(y * w, axis=-1)))
+    return stages
+
+
+def batch_preparer(*args, **kwargs):
+    """batch_stages as one function of a raw batch (a tuple), for inside a train step."""
+    stages = batch_stages(*args, **kwargs)
+
+    def prepare(batch):
+        for stage in stages:
+            batch = stage(*batch)
+        return batch
+
+    return prepare
+
+
+def _finish(ds, num_classes, smooth=None, mixer=None, class_weights=None):
+    """Every stage after augmentation (batch_stages), one map each (as measured in
+    benchmarks/train_speed.py), on (images, labels) batches."""
+    for stage in batch_stages(num_classes, None, smooth, mixer, class_weights)[1:]:
+        ds = ds.map(stage, num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)
 
 
@@ -160,20 +185,44 @@ def steps_per_epoch(split, batch_size, cap=None, workers=1):
     return min(steps, cap) if cap else steps
 
 
-def recipe_train_dataset(recipe, split, num_classes, mix=True, start_step=0, worker=(0, 1)):
-    """The training stream a recipe describes (mix=False: without MixUp/CutMix)."""
+def recipe_train_dataset(recipe, split, num_classes, mix=True, start_step=0, worker=(0, 1), raw=False):
+    """The training stream a recipe describes (mix=False: without MixUp/CutMix). raw=True: the
+    batches before `recipe_preparer`, for a step that prepares them on the device."""
+    t = recipe.train
+    batch = min(t.batch_size, len(split))
+    plan = BatchPlan(split.labels, batch, steps_per_epoch(split, batch, t.steps_per_epoch, worker[1]),
+                     recipe.runtime.seed, "sampling" if t.class_balance == "sampling" else "none", worker)
+    if raw:
+        return raw_stream(split, plan, start_step).prefetch(AUTOTUNE)
+    augment, smooth, mixer, weights, flip = _recipe_stages(recipe, split, num_classes, mix)
+    return training_stream(split, num_classes, plan, augment, start_step, smooth, mixer, weights, flip)
+
+
+def recipe_preparer(recipe, split, num_classes, mix=True):
+    """What the host stream does to a raw batch of the recipe, as one function for a train step."""
+    return batch_preparer(num_classes, *_recipe_stages(recipe, split, num_classes, mix))
+
+
+def _recipe_stages(recipe, split, num_classes, mix):
+    """(augment, smooth, mixer, class weights, flip) of a recipe."""
     from kclassify.augment.basic import batch_augmenter
     from kclassify.augment.mixing import batch_mixer
 
     a, t = recipe.augment, recipe.train
-    batch = min(t.batch_size, len(split))
-    plan = BatchPlan(split.labels, batch, steps_per_epoch(split, batch, t.steps_per_epoch, worker[1]),
-                     recipe.runtime.seed, "sampling" if t.class_balance == "sampling" else "none", worker)
     mixer = batch_mixer(a.mixup_alpha, a.cutmix_alpha, a.mix_switch_prob, a.mix_prob) if mix else None
     weights = (effective_number_weights(split.labels, num_classes, t.class_balance_beta)
                if t.class_balance == "loss" else None)
-    return training_stream(split, num_classes, plan, batch_augmenter(a, flip=False), start_step,
-                           smoother(t.label_smoothing, t.label_smoothing_mode), mixer, weights, a.flip)
+    return (batch_augmenter(a, flip=False), smoother(t.label_smoothing, t.label_smoothing_mode), mixer, weights,
+            a.flip)
+
+
+def augment_on_device(runtime):
+    """runtime.augment_on: device, or auto where TensorFlow sees a GPU (measured: a GPU trains
+    airbench94 at about 280,000 images/s, the host stream gives about 21,000 a core;
+    benchmarks/airbench94_gpu.py)."""
+    if runtime.augment_on == "auto":
+        return bool(tf.config.list_physical_devices("GPU"))
+    return runtime.augment_on == "device"
 
 
 def train_dataset(split, num_classes, batch_size, augment=None, seed=0, balance="none", epochs=1):

@@ -38,7 +38,7 @@ class Rewind(Exception):
 class Engine:
     def __init__(self, recipe, run, data, model, strategy, echo=print, callbacks=(), started=None, teacher=None,
                  data_filter=None):
-        from kclassify.data.pipeline import eval_dataset, steps_per_epoch
+        from kclassify.data.pipeline import augment_on_device, eval_dataset, steps_per_epoch
 
         self.recipe, self.run, self.data, self.model, self.strategy = recipe, run, data, model, strategy
         self.echo = echo if run.chief else (lambda *a, **k: None)
@@ -47,6 +47,9 @@ class Engine:
         self.teacher = teacher
         self.data_filter = data_filter  # train/data_filter.py: the proxy that picks each batch's kept images
         self.k = len(data.class_names)
+        self.augment_on_device = augment_on_device(recipe.runtime)
+        if self.augment_on_device:
+            self.echo("augmentation: inside the train step (runtime.augment_on); the input stream gathers uint8 batches")
         t = recipe.train
         self.batch = min(t.batch_size, len(data.train))
         self.worker = worker_of(strategy)
@@ -216,7 +219,24 @@ class Engine:
         from kclassify.data.pipeline import recipe_train_dataset
 
         return distribute(self.strategy, lambda worker, workers: recipe_train_dataset(
-            self.recipe, self.data.train, self.k, mix=mix, start_step=global_step, worker=(worker, workers)))
+            self.recipe, self.data.train, self.k, mix=mix, start_step=global_step, worker=(worker, workers),
+            raw=self.augment_on_device))
+
+    def _step_wrap(self, mix):
+        """What runs around trainer.train_step: the data filter's ranking, and with runtime.augment_on
+        device the recipe's batch preparation (the stream then carries raw uint8 batches)."""
+        inner = self.data_filter.wrap if self.data_filter else None
+        if not self.augment_on_device:
+            return inner
+        from kclassify.data.pipeline import recipe_preparer
+
+        prepare = recipe_preparer(self.recipe, self.data.train, self.k, mix)
+
+        def wrap(train_step):
+            step = inner(train_step) if inner else train_step
+            return lambda batch: step(prepare(batch))
+
+        return wrap
 
     def _loop(self, index, phase, trainer, opt, schedule, callbacks, first_step):
         s = self.run.state
@@ -230,10 +250,10 @@ class Engine:
             if want != segment:
                 if segment is None or want[0] != segment[0]:
                     iterator = self._stream(first_step + local, want[0])
-                if segment is None or want[1] != segment[1]:
+                if segment is None or want[1] != segment[1] or (self.augment_on_device and want[0] != segment[0]):
                     set_whitening_bias_trainable(self.model, want[1])
                     train_fn = make_train_function(trainer, self.strategy, self.recipe.runtime.jit_compile,
-                                                   self.data_filter.wrap if self.data_filter else None)
+                                                   self._step_wrap(want[0]))
                 segment = want
             if new_epoch or step % self.spe == 0:
                 trainer.reset_metrics()
