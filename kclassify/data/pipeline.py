@@ -8,7 +8,9 @@ multi-worker run takes its own slice of the same global batch. Streamed splits (
 provide `examples(seed, epoch, skip, shard_index, shard_count, training)` and are batched here.
 
 Augmentation runs on uint8 batches with per-image draws (translation, flip, the registered ops),
-then labels become one-hot (label smoothing and MixUp/CutMix need it), smoothed, and mixed.
+then labels become one-hot (label smoothing and MixUp/CutMix need it), smoothed, and mixed: the
+stages of `batch_stages`, mapped here by tf.data threads, or run inside the compiled train step
+(runtime.augment_on device, a GPU's default) on the raw stream's uint8 batches.
 """
 import numpy as np
 import tensorflow as tf
