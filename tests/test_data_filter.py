@@ -70,7 +70,8 @@ def test_the_proxy_state_round_trips_through_checkpoint_arrays():
     assert not fresh.restore({"w0": np.zeros(1)})  # an averages file written without a filter
 
 
-def test_a_filtered_fit_learns_saves_only_the_model_and_checkpoints_the_proxy(tmp_path, tiny_npz):
+@pytest.mark.parametrize("augment_on", ["host", "device"])  # device: the filter ranks batches prepared in the step
+def test_a_filtered_fit_learns_saves_only_the_model_and_checkpoints_the_proxy(tmp_path, tiny_npz, augment_on):
     import keras
 
     from conftest import tiny_recipe
@@ -80,7 +81,8 @@ def test_a_filtered_fit_learns_saves_only_the_model_and_checkpoints_the_proxy(tm
     recipe = tiny_recipe(tmp_path, data={"source": "npz", "path": str(tiny_npz), "val_fraction": 0.2},
                          model={"name": "airbench93", "params": {"widths": [16, 16, 16], "act": "relu"}},
                          train={"epochs": 6, "batch_size": 24, "lr": 0.1, "warmup_epochs": 0,
-                                "data_filter": {"proxy": TINY_PROXY, "keep": 0.5, "proxy_every": 2}})
+                                "data_filter": {"proxy": TINY_PROXY, "keep": 0.5, "proxy_every": 2}},
+                         augment={"crop_pad": 2, "flip": "alternate"}, runtime={"augment_on": augment_on})
     lines = []
     run = fit(recipe, echo=lines.append)
     assert any("trains on the 12 hardest of every 24 images" in str(line) for line in lines), lines
