@@ -69,10 +69,27 @@ def load(args):
     fixed = ["runtime.fused_bn=false", "runtime.sync_bn=false"]  # both are TensorFlow-kernel options
     limit = [f"data.limit={args.limit}"] if args.limit else []
     recipe = load_recipe(args.recipe, [*args.overrides, *fixed, *limit])
+    refused = [] if args.tf_stream else unsupported(recipe)
+    if refused:  # before any data is read
+        sys.exit(f"error: this benchmark's step does not implement {', '.join(refused)}; "
+                 "train such recipes with `kclassify fit`")
     t = time.time()
     data = load_data(recipe.data, recipe.runtime.seed, augment=recipe.augment)
     log(f"data: {len(data.train)} train / {len(data.val)} val images in {time.time() - t:.1f} s")
     return recipe, data
+
+
+def unsupported(recipe):
+    """The recipe fields this script's step does not implement (it refuses them rather than ignore them)."""
+    a, t = recipe.augment, recipe.train
+    found = [name for name, on in (
+        ("augment.ops", bool(a.ops)), ("augment.mixup_alpha/cutmix_alpha", a.mixup_alpha > 0 or a.cutmix_alpha > 0),
+        ("augment.random_resized_crop", bool(a.random_resized_crop)), ("train.data_filter", t.data_filter is not None),
+        ("train.distill", t.distill is not None), ("train.optimizer muon", t.optimizer == "muon"),
+        ("train.class_balance", t.class_balance != "none"), ("train.budget_minutes", bool(t.budget_minutes)),
+        ("train.average other than lookahead", t.average is not None and t.average.kind != "lookahead"))
+        if on]
+    return found
 
 
 class Trainer:
