@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, run_cli, tiny_recipe
-from kclassify.errors import RecipeError
 
 QUIET = {"echo": lambda *a: None}
 
