@@ -3,12 +3,13 @@ quantization-aware training to an int8 .tflite with uint8 input, pruning to a ta
 and a parent process that never switches to legacy Keras."""
 import json
 import os
+import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import ROOT, run_cli
 from kclassify.qat import QATError, missing_packages
 
 needs_tfmot = pytest.mark.skipif(bool(missing_packages()),
@@ -339,6 +340,57 @@ def test_without_tfmot_the_commands_exit_2_with_the_install_hint(monkeypatch, ca
             cli.main()
         assert exit_info.value.code == 2
         assert 'pip install "kclassify[qat]"' in capsys.readouterr().err
+
+
+_STEP_AUGMENT = """
+import json, sys
+from kclassify.qat import worker
+from kclassify.qat.job import Augment, Training
+
+worker.isolate()
+import numpy as np
+import tensorflow as tf
+import tf_keras as K
+
+rng = np.random.default_rng(0)
+data = {"images": rng.integers(0, 255, (96, 8, 8, 3)).astype("uint8"), "labels": rng.integers(0, 3, 96)}
+losses = {}
+for on_device in (False, True):
+    K.utils.set_random_seed(0)
+    model = K.Sequential([K.Input((8, 8, 3)), K.layers.Rescaling(1 / 255), K.layers.Flatten(), K.layers.Dense(3)])
+    augment = Augment(crop_pad=0, pad_mode="reflect", flip=False, on_device=on_device)
+    train = Training(epochs=2, steps_per_epoch=None, batch_size=32, optimizer="sgd", lr=0.01, momentum=0.0,
+                     weight_decay=0.0, freeze_bn=False, calibration_batches=1, range_log_every=0, seed=0,
+                     augment=augment)
+    history, _ = worker.fine_tune(model, train, data)
+    first = next(iter(worker.train_dataset(data["images"], data["labels"], 32, augment, 0, False)))[0]
+    losses[str(on_device)] = {"loss": [row["loss"] for row in history], "dtype": first.dtype.name}
+
+
+class Probe:  # a train step that returns what it was given
+    def train_step(self, data):
+        return data
+
+
+probe = Probe()
+worker.augment_in_step(probe, Augment(crop_pad=2, pad_mode="constant", flip=False, on_device=True))
+x, _ = probe.train_step((np.full((16, 8, 8, 3), 255, "uint8"), np.zeros(16, "int32")))
+losses["probe"] = {"dtype": x.dtype.name, "shifted": float((x.numpy() == 0).any(axis=(1, 2, 3)).mean())}
+print(json.dumps(losses))
+"""
+
+
+@needs_tfmot
+def test_the_worker_augments_inside_the_step_when_the_recipe_says_device(tmp_path):
+    """runtime.augment_on reaches QAT and pruning: with on_device the batches stay uint8 and the
+    tf_keras step augments them, computing what the tf.data map computes."""
+    out = subprocess.run([sys.executable, "-c", _STEP_AUGMENT], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    runs = json.loads(out.stdout.strip().splitlines()[-1])
+    assert runs["False"]["dtype"] == "float32" and runs["True"]["dtype"] == "uint8"
+    np.testing.assert_allclose(runs["True"]["loss"], runs["False"]["loss"], rtol=1e-5)
+    assert runs["probe"]["dtype"] == "float32" and runs["probe"]["shifted"] > 0.5  # the step translated them
 
 
 @needs_tfmot

@@ -218,13 +218,13 @@ def _recipe_stages(recipe, split, num_classes, mix):
             a.flip)
 
 
-def augment_on_device(runtime):
-    """runtime.augment_on: device, or auto where TensorFlow sees a GPU (measured: a GPU trains
+def augment_on_device(setting):
+    """runtime.augment_on `setting`: device, or auto where TensorFlow sees a GPU (measured: a GPU trains
     airbench94 at about 280,000 images/s, the host stream gives about 21,000 a core;
     benchmarks/airbench94_gpu.py)."""
-    if runtime.augment_on == "auto":
+    if setting == "auto":
         return bool(tf.config.list_physical_devices("GPU"))
-    return runtime.augment_on == "device"
+    return setting == "device"
 
 
 def train_dataset(split, num_classes, batch_size, augment=None, seed=0, balance="none", epochs=1):

@@ -9,7 +9,8 @@ child rejects a missing or unknown field. Standard library only: the child impor
      "data": {"train": ".../train.npz", "val": ".../val.npz", "calibration": ".../calibration.npz"},
      "train": {"epochs": 1, "steps_per_epoch": 400, "batch_size": 32, "optimizer": "adamw", "lr": 3e-05,
                "momentum": 0.9, "weight_decay": 0.0001, "freeze_bn": true, "calibration_batches": 8,
-               "range_log_every": 25, "seed": 0, "augment": {"crop_pad": 8, "pad_mode": "reflect", "flip": true}},
+               "range_log_every": 25, "seed": 0, "augment": {"crop_pad": 8, "pad_mode": "reflect", "flip": true,
+                                                       "on_device": false}},
      "out": ".../model_qat_int8.tflite", "prune": null, "models": []}
 """
 import json
@@ -44,6 +45,7 @@ class Augment:
     crop_pad: int
     pad_mode: str  # reflect | constant
     flip: bool
+    on_device: bool  # runtime.augment_on as the parent resolved it: augment inside the compiled step
 
 
 @dataclass(frozen=True)

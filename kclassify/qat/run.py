@@ -73,6 +73,8 @@ class Prepared:
 
     def training(self):
         """The worker's training settings (job.Training) and a line saying where each came from."""
+        from kclassify.data.pipeline import augment_on_device
+
         cfg, t = self.cfg, self.recipe.train
         batch = cfg.batch_size or t.trained_batch()  # the batch the run's rate was set for
         one_pass = max(1, math.ceil(len(self.data.train) / batch))
@@ -95,7 +97,8 @@ class Prepared:
                             freeze_bn=cfg.prune_freeze_bn if self.task == "prune" else cfg.freeze_bn,
                             calibration_batches=cfg.calibration_batches, range_log_every=cfg.range_log_every,
                             seed=self.recipe.runtime.seed,
-                            augment=Augment(crop_pad=aug.crop_pad, pad_mode=aug.pad_mode, flip=bool(aug.flip)))
+                            augment=Augment(crop_pad=aug.crop_pad, pad_mode=aug.pad_mode, flip=bool(aug.flip),
+                                            on_device=augment_on_device(self.recipe.runtime.augment_on)))
         why = f"{steps} steps ({epochs} x {steps_per_epoch or one_pass}), {optimizer} lr {lr:g} ({lr_why})"
         return training, why
 

@@ -226,9 +226,9 @@ def pin_input_range(q_model):
 
 # ---------------------------------------------------------------- training
 
-def train_dataset(images, labels, batch_size, augment, seed, repeat):
-    """Shuffled training batches with the recipe's translation and flip, drawn per image
-    (augment.basic's translate_batch and flip_batch: the functions training uses)."""
+def augmenter(augment):
+    """(uint8 images, labels) -> (float32 images, labels) with the recipe's translation and flip,
+    drawn per image (augment.basic's translate_batch and flip_batch: the functions training uses)."""
     import tensorflow as tf
 
     from kclassify.augment.basic import flip_batch, translate_batch
@@ -240,12 +240,28 @@ def train_dataset(images, labels, batch_size, augment, seed, repeat):
             x = flip_batch(x, tf.random.uniform([tf.shape(x)[0]]) < 0.5)
         return tf.cast(x, tf.float32), y
 
+    return augmented
+
+
+def train_dataset(images, labels, batch_size, augment, seed, repeat):
+    """Shuffled training batches, augmented here unless augment.on_device (then `augment_in_step`)."""
+    import tensorflow as tf
+
     ds = tf.data.Dataset.from_tensor_slices((images, labels.astype("int32")))
     ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
-    ds = ds.batch(batch_size).map(augmented, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size)
+    if not augment.on_device:
+        ds = ds.map(augmenter(augment), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def augment_in_step(model, augment):
+    """runtime.augment_on device: the compiled train step augments the raw batch (tf_keras's fit
+    calls model.train_step)."""
+    prepare, step = augmenter(augment), model.train_step
+    model.train_step = lambda data: step(prepare(*data))
 
 
 def optimizer(train, total_steps):
@@ -328,6 +344,8 @@ def fine_tune(model, train, data, callbacks=()):
 
     ds = train_dataset(images, labels, train.batch_size, train.augment, train.seed,
                        repeat=train.steps_per_epoch is not None)
+    if train.augment.on_device:
+        augment_in_step(model, train.augment)
     model.fit(ds, epochs=train.epochs, steps_per_epoch=steps, verbose=0, callbacks=[Progress(), *callbacks])
     return history, steps
 

@@ -47,7 +47,7 @@ class Engine:
         self.teacher = teacher
         self.data_filter = data_filter  # train/data_filter.py: the proxy that picks each batch's kept images
         self.k = len(data.class_names)
-        self.augment_on_device = augment_on_device(recipe.runtime)
+        self.augment_on_device = augment_on_device(recipe.runtime.augment_on)
         if self.augment_on_device:
             self.echo("augmentation: inside the train step (runtime.augment_on); the input stream gathers uint8 batches")
         t = recipe.train
