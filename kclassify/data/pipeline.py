@@ -120,9 +120,9 @@ def streamed_batches(split, plan, start_step=0):
 def training_stream(split, num_classes, plan, augment=None, start_step=0, smooth=None, mixer=None,
                     class_weights=None, flip=False):
     """The endless batch stream of a training run from global step `start_step`."""
-    first = batch_stages(num_classes, augment, flip=flip)[0]
-    ds = raw_stream(split, plan, start_step).map(first, num_parallel_calls=AUTOTUNE, deterministic=True)
-    return _finish(ds, num_classes, smooth, mixer, class_weights)
+    first, *rest = batch_stages(num_classes, augment, smooth, mixer, class_weights, flip)
+    return _mapped(raw_stream(split, plan, start_step).map(first, num_parallel_calls=AUTOTUNE, deterministic=True),
+                   rest)
 
 
 def raw_stream(split, plan, start_step=0):
@@ -168,10 +168,10 @@ def batch_preparer(*args, **kwargs):
     return prepare
 
 
-def _finish(ds, num_classes, smooth=None, mixer=None, class_weights=None):
-    """Every stage after augmentation (batch_stages), one map each (as measured in
+def _mapped(ds, stages):
+    """The stages after augmentation (batch_stages), one map each (as measured in
     benchmarks/train_speed.py), on (images, labels) batches."""
-    for stage in batch_stages(num_classes, None, smooth, mixer, class_weights)[1:]:
+    for stage in stages:
         ds = ds.map(stage, num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)
 
@@ -261,4 +261,4 @@ def eval_dataset(split, num_classes, batch_size=None, views=1):
         n = len(split)
         ds = tf.data.Dataset.range(0, n, batch_size).map(
             lambda i: (images[i:tf.minimum(i + batch_size, n)], labels[i:tf.minimum(i + batch_size, n)]))
-    return _finish(ds, num_classes)
+    return _mapped(ds, batch_stages(num_classes)[1:])  # float pixels and one-hot labels, nothing else
