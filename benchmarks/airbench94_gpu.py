@@ -128,6 +128,7 @@ class Trainer:
 
     # -- the compiled pieces -------------------------------------------------------------------
     def _augment(self, x, flip, key):
+        """augment.basic's flip_batch and translate_batch in JAX (TensorFlow ops cannot run on the device)."""
         import jax
         import jax.numpy as jnp
 
@@ -149,7 +150,7 @@ class Trainer:
         eps = t.label_smoothing
         if not eps:
             return y
-        if t.label_smoothing_mode == "uniform":  # kclassify.data.pipeline.smoother's two formulas
+        if t.label_smoothing_mode == "uniform":  # kclassify.data.pipeline.smoother's two formulas, in JAX
             return y * (1.0 - eps) + eps / self.k
         return y * (1.0 - eps) + (1.0 - y) * eps / (self.k - 1)
 
