@@ -2,7 +2,8 @@
 seconds for one or more schedule lengths and seeds, and where the step's time goes.
 
     KERAS_BACKEND=jax python benchmarks/airbench94_gpu.py [--recipe cifar10_airbench94] [--set k=v ...]
-        [--epochs 10 16] [--seeds 3] [--budget-seconds 420] [--limit N] [--json FILE]
+        [--epochs 10 16] [--seeds 3] [--arm 'KEY=VALUE;KEY=VALUE' ...] [--budget-seconds 420] [--limit N]
+        [--json FILE]
 
 Why JAX: the device machines this project is lent carry JAX with CUDA and no TensorFlow, and a
 TensorFlow GPU install (the wheel and its CUDA 12 libraries, over 2 GB) cannot travel to them.
@@ -10,7 +11,8 @@ So this file runs the library's parts that are plain Keras and leaves out its Te
 the recipe (kclassify.recipe), the data and its stratified split (kclassify.data, PIL decoder), the
 network with its Dirac and patch-whitening initialization (fit.build_for_run), the trainable set
 and BN-bias multipliers (fit.fit_setup), the optimizer with the recipe's decay
-(optim.make_optimizer), the schedule (schedules.WarmupSchedule, read as a per-step table so one
+(optim.make_optimizer: SGD, or Muon on the conv filters with SGD on the rest, each rate fed
+per step), the schedule (schedules.WarmupSchedule, read as a per-step table so one
 compiled step serves every length) and the TTA model (kclassify.tta) are kclassify's. The step is
 this file's: the 45,000 training images stay on the GPU as uint8 and each batch is gathered,
 flipped (alternating) and translated inside the compiled step. `speed` in the output says why:
@@ -37,6 +39,9 @@ def parse_args(argv=None):
     p.add_argument("--recipe", default="cifar10_airbench94")
     p.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE")
     p.add_argument("--epochs", type=float, nargs="+", default=None, help="schedule lengths (default: the recipe's)")
+    p.add_argument("--arm", action="append", default=[], dest="arms", metavar="'KEY=VALUE;KEY=VALUE'",
+                   help="a variant of the recipe (more --set, ';'-separated) trained on the same data; repeat "
+                        "for several (each compiles its own step). Default: the recipe alone")
     p.add_argument("--seeds", type=int, default=1, help="runs per length, seeds runtime.seed + 0, 1, ...")
     p.add_argument("--precision", default="mixed_bfloat16", choices=["mixed_bfloat16", "float32"])
     p.add_argument("--budget-seconds", type=float, default=None,
@@ -62,21 +67,35 @@ def log(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
-def load(args):
-    from kclassify.data import load_data
+def arm_recipes(args):
+    """{arm label: recipe}: the recipe with --set, then each --arm's settings on top. Every arm is
+    checked before any data is read, and must train on the base recipe's data."""
     from kclassify.recipe import load_recipe
 
     fixed = ["runtime.fused_bn=false", "runtime.sync_bn=false"]  # both are TensorFlow-kernel options
     limit = [f"data.limit={args.limit}"] if args.limit else []
-    recipe = load_recipe(args.recipe, [*args.overrides, *fixed, *limit])
-    refused = [] if args.tf_stream else unsupported(recipe)
-    if refused:  # before any data is read
-        sys.exit(f"error: this benchmark's step does not implement {', '.join(refused)}; "
-                 "train such recipes with `kclassify fit`")
+    base = load_recipe(args.recipe, [*args.overrides, *fixed, *limit])
+    arms = {"recipe": base} if not args.arms else {
+        arm: load_recipe(args.recipe, [*args.overrides, *[kv.strip() for kv in arm.split(";") if kv.strip()],
+                                       *fixed, *limit]) for arm in args.arms}
+    for label, recipe in arms.items():
+        refused = [] if args.tf_stream else unsupported(recipe)
+        if refused:
+            sys.exit(f"error: this benchmark's step does not implement {', '.join(refused)} ({label}); "
+                     "train such recipes with `kclassify fit`")
+        if recipe.data != base.data or recipe.augment.random_resized_crop != base.augment.random_resized_crop:
+            sys.exit(f"error: arm {label!r} changes the data; run it as a separate command")
+    return base, arms
+
+
+def load(args):
+    from kclassify.data import load_data
+
+    recipe, arms = arm_recipes(args)
     t = time.time()
     data = load_data(recipe.data, recipe.runtime.seed, augment=recipe.augment)
     log(f"data: {len(data.train)} train / {len(data.val)} val images in {time.time() - t:.1f} s")
-    return recipe, data
+    return recipe, arms, data
 
 
 def unsupported(recipe):
@@ -85,8 +104,7 @@ def unsupported(recipe):
     found = [name for name, on in (
         ("augment.ops", bool(a.ops)), ("augment.mixup_alpha/cutmix_alpha", a.mixup_alpha > 0 or a.cutmix_alpha > 0),
         ("augment.random_resized_crop", bool(a.random_resized_crop)), ("train.data_filter", t.data_filter is not None),
-        ("train.distill", t.distill is not None), ("train.optimizer muon", t.optimizer == "muon"),
-        ("train.class_balance", t.class_balance != "none"), ("train.budget_minutes", bool(t.budget_minutes)),
+        ("train.distill", t.distill is not None), ("train.class_balance", t.class_balance != "none"), ("train.budget_minutes", bool(t.budget_minutes)),
         ("train.average other than lookahead", t.average is not None and t.average.kind != "lookahead"))
         if on]
     return found
@@ -112,7 +130,7 @@ class Trainer:
         multipliers = fit_setup(self.model, t)
         self.opt = make_optimizer(t, self.spe, self.model, multipliers, learning_rate=1.0)
         self.opt.build(self.model.trainable_variables)
-        self.lr_index = next(i for i, v in enumerate(self.opt.variables) if v is self.opt._learning_rate)
+        self.rate_feeds = self._rate_feeds()
         from kclassify.layers.whitening import whitening_layers
 
         biases = [layer.bias for layer in whitening_layers(self.model) if layer.bias is not None]
@@ -125,6 +143,23 @@ class Trainer:
         self.compute_only = jax.jit(self._compute)
         self.lookahead = jax.jit(self._lookahead)
         self.jnp = jnp
+
+    def _rate_feeds(self):
+        """(index in the optimizer's variables, factor of the table's rate) for each rate variable
+        the step feeds: the SGD's, and with train.optimizer muon ConvMuon's at train.muon.lr over the
+        schedule's peak (what kclassify.train.muon.ScaledSchedule gives it under `kclassify fit`)."""
+        from kclassify.train.muon import ConvMuon
+        from kclassify.train.schedules import schedule_from
+
+        def index_of(variable):
+            return next(i for i, v in enumerate(self.opt.variables) if v is variable)
+
+        feeds = [(index_of(self.opt._learning_rate), 1.0)]
+        if self.recipe.train.optimizer == "muon":
+            muon = next(o for o in self.opt.optimizers if isinstance(o, ConvMuon))
+            peak = schedule_from(self.recipe.train, self.spe).base_lr
+            feeds.append((index_of(muon._learning_rate), self.recipe.train.muon.lr / peak))
+        return feeds
 
     # -- the compiled pieces -------------------------------------------------------------------
     def _augment(self, x, flip, key):
@@ -166,7 +201,8 @@ class Trainer:
 
         (loss, ntv), grads = jax.value_and_grad(loss_of, has_aux=True)(tv, ntv)
         ov = list(ov)
-        ov[self.lr_index] = jnp.asarray(lr, ov[self.lr_index].dtype)
+        for i, factor in self.rate_feeds:  # the SGD's rate, and Muon's at its share of it
+            ov[i] = jnp.asarray(lr * factor, ov[i].dtype)
         new_tv, ov = self.opt.stateless_apply(ov, grads, tv)
         for i in self.whiten_index:  # past train.whiten_bias_epochs the bias keeps its value
             new_tv[i] = jnp.where(whiten_on, new_tv[i], tv[i])
@@ -381,7 +417,7 @@ def tf_stream_speed(recipe, data, batches):
 def main(argv=None):
     args = parse_args(argv)
     if args.tf_stream:
-        recipe, data = load(args)
+        recipe, _, data = load(args)
         print(json.dumps({"tf_stream": tf_stream_speed(recipe, data, args.tf_stream)}), flush=True)
         return
     import jax
@@ -389,7 +425,7 @@ def main(argv=None):
 
     started = time.time()
     keras.config.set_dtype_policy(args.precision)
-    recipe, data = load(args)
+    recipe, arms, data = load(args)
     devices = [f"{d.platform}:{d.device_kind}" for d in jax.devices()]
     out = open(args.json, "a") if args.json else None
 
@@ -403,39 +439,45 @@ def main(argv=None):
     emit({"backend": keras.backend.backend(), "jax": jax.__version__, "keras": keras.__version__, "devices": devices,
           "precision": args.precision, "recipe": args.recipe, "overrides": args.overrides,
           "train_images": len(data.train), "val_images": len(data.val)})
-    t = time.time()
-    trainer = Trainer(recipe, data)
-    trainer.warm_up()
-    emit({"setup_seconds": round(time.time() - t, 1), "steps_per_epoch": trainer.spe,
-          "parameters": trainer.model.count_params()})
-    if args.speed_steps:
-        emit({"speed": trainer.speed(args.speed_steps)})
     results, pace = [], None  # pace: wall seconds of a run per training step, evaluation included
-    for epochs in args.epochs or [recipe.train.epochs]:  # a length given twice runs more seeds
-        for _ in range(args.seeds):
-            seed = recipe.runtime.seed + sum(r["epochs"] == epochs for r in results)
-            steps = round(epochs * trainer.spe)
-            if args.budget_seconds and pace and time.time() - started + pace * steps > args.budget_seconds:
-                emit({"skipped": {"epochs": epochs, "seed": seed, "reason": "budget"}})
-                continue
-            t = time.time()
-            result = trainer.train(epochs, seed)
-            result["wall_seconds"] = round(time.time() - t, 1)
-            pace = max(pace or 0.0, (time.time() - t) / steps)
-            results.append(result)
-            emit({"run": result})
+    for label, arm in arms.items():
+        t = time.time()
+        trainer = Trainer(arm, data)
+        trainer.warm_up()
+        emit({"arm": label, "setup_seconds": round(time.time() - t, 1), "steps_per_epoch": trainer.spe,
+              "parameters": trainer.model.count_params()})
+        if args.speed_steps:
+            emit({"arm": label, "speed": trainer.speed(args.speed_steps)})
+        done = []
+        for epochs in args.epochs or [arm.train.epochs]:  # a length given twice runs more seeds
+            for _ in range(args.seeds):
+                seed = arm.runtime.seed + sum(r["epochs"] == epochs for r in done)
+                steps = round(epochs * trainer.spe)
+                if args.budget_seconds and pace and time.time() - started + pace * steps > args.budget_seconds:
+                    emit({"skipped": {"arm": label, "epochs": epochs, "seed": seed, "reason": "budget"}})
+                    continue
+                t = time.time()
+                result = {"arm": label, **trainer.train(epochs, seed)}
+                result["wall_seconds"] = round(time.time() - t, 1)
+                pace = max(pace or 0.0, (time.time() - t) / steps)
+                done.append(result)
+                emit({"run": result})
+        results.extend(done)
     emit({"summary": summarize(results), "total_seconds": round(time.time() - started, 1)})
 
 
 def summarize(results, thresholds=(0.90, 0.91, 0.92, 0.93, 0.94)):
-    """Mean figures per schedule length, and for each accuracy the training seconds of the
-    shortest length whose mean TTA figure reaches it (airbench's "time to 94%"; None: none did)."""
-    lengths = _per_length(results)
-    reached = {}
-    for target in thresholds:
-        done = [row for row in lengths if row["val_top1_tta_mean"] >= target]
-        reached[f"{target:.2f}"] = min((row["train_seconds_mean"] for row in done), default=None)
-    return {"lengths": lengths, "train_seconds_to_tta_top1": reached}
+    """Per arm: mean figures per schedule length, and for each accuracy the training seconds of
+    the shortest length whose mean TTA figure reaches it (airbench's "time to 94%"; None: none did)."""
+    out = {}
+    for label in dict.fromkeys(r["arm"] for r in results):
+        lengths = _per_length([r for r in results if r["arm"] == label])
+        reached = {}
+        for target in thresholds:
+            done = [row for row in lengths if row["val_top1_tta_mean"] >= target]
+            reached[f"{target:.2f}"] = min((row["train_seconds_mean"] for row in done), default=None)
+        out[label] = {"lengths": lengths, "train_seconds_to_tta_top1": reached}
+    return out
 
 
 def _per_length(results):

@@ -116,10 +116,15 @@ class MuonSGD(keras.optimizers.MultiOptimizer):
 
 def muon_sgd(sgd, model, cfg):
     """MuonSGD of `sgd` for every variable but the conv kernels, ConvMuon for those, at cfg.lr
-    times the run's schedule shape (cfg: the recipe's train.muon)."""
+    times the run's schedule shape (cfg: the recipe's train.muon). Where the SGD has no schedule
+    (a caller feeds its rate into the variable step by step, as benchmarks/airbench94_gpu.py
+    does), Muon gets a variable of its own at cfg.lr for the caller to feed alike."""
     schedule = sgd._learning_rate
-    factor = cfg.lr / float(schedule.base_lr)
-    muon = ConvMuon(ScaledSchedule(schedule, factor), momentum=cfg.momentum, nesterov=cfg.nesterov,
+    if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+        rate = ScaledSchedule(schedule, cfg.lr / float(schedule.base_lr))
+    else:
+        rate = cfg.lr
+    muon = ConvMuon(rate, momentum=cfg.momentum, nesterov=cfg.nesterov,
                     normalize_weights=cfg.normalize_weights, ns_steps=cfg.ns_steps)
     kernels = muon_variables(model)
     routes = keras.optimizers.OptimizerMap(sgd, {re.escape(v.path): muon for v in kernels})
