@@ -441,6 +441,9 @@ def main(argv=None):
           "train_images": len(data.train), "val_images": len(data.val)})
     results, pace = [], None  # pace: wall seconds of a run per training step, evaluation included
     for label, arm in arms.items():
+        if args.budget_seconds and time.time() - started > args.budget_seconds:
+            emit({"skipped": {"arm": label, "reason": "budget"}})
+            continue
         t = time.time()
         trainer = Trainer(arm, data)
         trainer.warm_up()
