@@ -48,7 +48,7 @@ def view_log_probs(model, images, views, batch):
     """{(dy, dx, flip): log-probabilities of every image under that view}."""
     import numpy as np
 
-    from kclassify.tta import TTAViews
+    from kclassify.tta import EPS, TTAViews
 
     out = {}
     for view in views:
@@ -56,7 +56,7 @@ def view_log_probs(model, images, views, batch):
         probs = np.concatenate([model.predict(np.asarray(cut(images[i:i + batch].astype("float32"))),
                                               batch_size=batch, verbose=0)
                                 for i in range(0, len(images), batch)])
-        out[view] = np.log(np.clip(probs, 1e-7, 1.0))
+        out[view] = np.log(np.clip(probs, EPS, 1.0))
     return out
 
 

@@ -122,8 +122,10 @@ def muon_sgd(sgd, model, cfg):
     schedule = sgd._learning_rate
     if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
         rate = ScaledSchedule(schedule, cfg.lr / float(schedule.base_lr))
-    else:
+    elif isinstance(schedule, keras.Variable):  # a fed rate
         rate = cfg.lr
+    else:  # a callable rate: Muon could not follow it at its own peak
+        raise TypeError(f"train.optimizer muon needs the SGD's rate as a schedule or a variable, got {schedule!r}")
     muon = ConvMuon(rate, momentum=cfg.momentum, nesterov=cfg.nesterov,
                     normalize_weights=cfg.normalize_weights, ns_steps=cfg.ns_steps)
     kernels = muon_variables(model)
