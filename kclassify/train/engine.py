@@ -250,6 +250,7 @@ class Engine:
             if want != segment:
                 if segment is None or want[0] != segment[0]:
                     iterator = self._stream(first_step + local, want[0])
+                # the step holds the whitening bias's trainability and, preparing batches on the device, the mixer
                 if segment is None or want[1] != segment[1] or (self.augment_on_device and want[0] != segment[0]):
                     set_whitening_bias_trainable(self.model, want[1])
                     train_fn = make_train_function(trainer, self.strategy, self.recipe.runtime.jit_compile,
