@@ -111,6 +111,15 @@ class MuonConfig(Section):
     ns_steps: int = Field(5, ge=1)  # Newton-Schulz iterations
 
 
+class LowResConfig(Section):
+    """train.low_res: progressive resizing (fast.ai; FFCV's ResNet-50 160 -> 192 px). The first
+    `fraction` of a phase's steps train on the augmented batch resized (bilinear, antialiased) to
+    `size` x `size`, the rest at the data's size: a step costs about (size / side)^2 as much, so a
+    budgeted run plans more steps. The network must take any input size (global pooling)."""
+    size: int = Field(ge=8)
+    fraction: float = Field(gt=0, lt=1)
+
+
 class DataFilterConfig(Section):
     """train.data_filter: a proxy network ranks each drawn batch by its loss and the model trains on
     the hardest `keep` share (airbench96_faster); train.batch_size is the drawn batch."""
@@ -167,6 +176,7 @@ class TrainConfig(Section):
     bn_bias_lr_mult: float = Field(1.0, gt=0)
     bn_weight_decay: bool = False
     whiten_bias_epochs: Optional[float] = Field(None, ge=0)  # patch-whitening stem: bias trains this long
+    low_res: Optional[LowResConfig] = None  # the early steps on smaller images
     val_every: int = Field(1, ge=0)  # epochs between validations while training (0: only at the end)
     # Recovery: on a NaN loss or one above loss_upper_bound, restore the last good checkpoint,
     # halve the learning rate and go on, up to recovery_trials times; then stop (exit code 3).

@@ -45,9 +45,11 @@ def test_mix_off_epochs_and_whitening_bias_segments():
 
     recipe = validate({"train": {"epochs": 10, "whiten_bias_epochs": 3}, "augment": {"mixup_alpha": 0.2, "mix_off_epochs": 3}})
     seg = [segment_at(recipe.augment, recipe.train, 4, 40, step) for step in (0, 11, 12, 27, 28, 39)]
-    assert seg == [(True, True), (True, True), (True, False), (True, False), (False, False), (False, False)]
+    assert seg == [(True, True, False), (True, True, False), (True, False, False), (True, False, False),
+                   (False, False, False), (False, False, False)]
     plain = validate({"train": {"epochs": 10}, "augment": {"mix_off_epochs": 3}})
-    assert segment_at(plain.augment, plain.train, 4, 40, 39) == (False, True)
+    assert segment_at(plain.augment, plain.train, 4, 40, 39) == (False, True, False)
+    assert [segment_at(plain.augment, plain.train, 4, 40, step, 13)[2] for step in (0, 12, 13)] == [True, True, False]
 
 
 def test_augment_preview_writes_a_grid(tmp_path):

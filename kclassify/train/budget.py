@@ -41,15 +41,26 @@ class Budget:
         exports = sum(EXPORT_SECONDS + (self.calibration + 2 * self.val_images) * per_image for _ in self.exports)
         return 1.1 * evaluate + exports + REPORT_SECONDS + self.ckpt_seconds
 
-    def plan(self, steps_done, steps_per_epoch, val_every, cap, checkpoints_per_epoch=1.0):
-        """Total steps of training that fit: training, its validations and checkpoints, then the
-        final steps, all before the deadline less a safety margin."""
-        left = self.deadline - time.time() - self.margin - self.final_seconds()
+    def plan(self, steps_done, steps_per_epoch, val_every, cap, checkpoints_per_epoch=1.0, low_res=None):
+        """(total steps of training that fit, how many of them train at low resolution): training,
+        its validations and checkpoints, then the final steps, all before the deadline less a safety
+        margin. `seconds_per_step` is a full-size step's; `low_res` (fraction, cost), while training
+        is still in its low-resolution part: that share of all the steps costs `cost` of a step each."""
+        left = max(self.deadline - time.time() - self.margin - self.final_seconds(), 0.0)
         per_epoch = (self.val_seconds / val_every if val_every else 0.0) + self.ckpt_seconds * checkpoints_per_epoch
-        per_step = self.seconds_per_step + per_epoch / steps_per_epoch
-        total = steps_done + max(int(left / per_step), 0)
+        overhead = per_epoch / steps_per_epoch
+        full = self.seconds_per_step + overhead
         self.replans += 1
-        return max(min(total, cap), steps_done)
+        total, low_steps = steps_done + int(left / full), steps_done
+        if low_res is not None:
+            fraction, cost = low_res
+            low = cost * self.seconds_per_step + overhead
+            # low x (fraction T - done) + full x (1 - fraction) T = left, while fraction T > done
+            t = (left + low * steps_done) / (low * fraction + full * (1.0 - fraction))
+            if fraction * t > steps_done:
+                total, low_steps = int(t), int(round(fraction * t))
+        total = max(min(total, cap), steps_done)
+        return total, min(low_steps, total)
 
     def out_of_time(self):
         return time.time() + self.final_seconds() + self.margin >= self.deadline

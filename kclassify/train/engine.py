@@ -9,6 +9,7 @@ cap, the DropBlock schedule, TensorBoard, the time budget, checkpoints, recovery
 Steps are counted globally (across phases): the data stream is a function of the global step, so a
 resume at any checkpoint continues with the data order it would have had.
 """
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -68,6 +69,7 @@ class Engine:
                                          view_count(recipe.evaluate), recipe.output.export, calibration)
         self.averager = self._averager()
         self.phase_total = None
+        self.low_res = low_res_shape(t.low_res, data.train.image_shape)  # (h, w, cost of a step) or None
 
     # ------------------------------------------------------------------ set-up
 
@@ -222,21 +224,47 @@ class Engine:
             self.recipe, self.data.train, self.k, mix=mix, start_step=global_step, worker=(worker, workers),
             raw=self.augment_on_device))
 
-    def _step_wrap(self, mix):
-        """What runs around trainer.train_step: the data filter's ranking, and with runtime.augment_on
-        device the recipe's batch preparation (the stream then carries raw uint8 batches)."""
+    def _step_wrap(self, mix, low):
+        """What runs around trainer.train_step: the data filter's ranking, with runtime.augment_on
+        device the recipe's batch preparation (the stream then carries raw uint8 batches), and in
+        train.low_res's steps the resize of the prepared batch."""
         inner = self.data_filter.wrap if self.data_filter else None
-        if not self.augment_on_device:
-            return inner
-        from kclassify.data.pipeline import recipe_preparer
+        stages = []
+        if self.augment_on_device:
+            from kclassify.data.pipeline import recipe_preparer
 
-        prepare = recipe_preparer(self.recipe, self.data.train, self.k, mix)
+            stages.append(recipe_preparer(self.recipe, self.data.train, self.k, mix))
+        if low:
+            stages.append(batch_resizer(*self.low_res[:2]))
+        if not stages:
+            return inner
 
         def wrap(train_step):
             step = inner(train_step) if inner else train_step
-            return lambda batch: step(prepare(batch))
+
+            def prepared(batch):
+                for stage in stages:
+                    batch = stage(batch)
+                return step(batch)
+
+            return prepared
 
         return wrap
+
+    def _low_res_steps(self):
+        """Steps of this phase at train.low_res's size: its fraction of the planned steps, or what
+        the plan fixed once the full size began (a replan must not send training back to it)."""
+        if self.low_res is None:
+            return 0
+        plan = self.run.state.get("plan") or {}
+        if "low_res_steps" in plan:
+            return int(plan["low_res_steps"])
+        return int(round(self.recipe.train.low_res.fraction * self.phase_total))
+
+    def _step_cost(self, first, last):
+        """Steps first..last-1 of this phase in full-size steps (a low_res step costs less)."""
+        low = max(0, min(last, self._low_res_steps()) - first)
+        return (last - first - low) + low * (self.low_res[2] if self.low_res else 1.0)
 
     def _loop(self, index, phase, trainer, opt, schedule, callbacks, first_step):
         s = self.run.state
@@ -246,22 +274,31 @@ class Engine:
         epoch_start, new_epoch = time.time(), True  # a resume mid-epoch begins its epoch too
         while s["phase_step"] < self.phase_total:
             local, step = s["phase_step"], s["step"]
-            want = segment_at(self.recipe.augment, self.recipe.train, self.spe, self.phase_total, local)
+            want = segment_at(self.recipe.augment, self.recipe.train, self.spe, self.phase_total, local,
+                              self._low_res_steps())
             if want != segment:
                 if segment is None or want[0] != segment[0]:
                     iterator = self._stream(first_step + local, want[0])
-                # the step holds the whitening bias's trainability and, preparing batches on the device, the mixer
-                if segment is None or want[1] != segment[1] or (self.augment_on_device and want[0] != segment[0]):
+                # the step holds the whitening bias's trainability, the input size and, preparing batches
+                # on the device, the mixer
+                if segment is None or want[1:] != segment[1:] or (self.augment_on_device and want[0] != segment[0]):
                     set_whitening_bias_trainable(self.model, want[1])
+                    if want[2]:
+                        self.echo(f"low_res: steps {local + 1}-{self._low_res_steps()} of the phase train at "
+                                  f"{self.low_res[0]}x{self.low_res[1]}")
                     train_fn = make_train_function(trainer, self.strategy, self.recipe.runtime.jit_compile,
-                                                   self._step_wrap(want[0]))
+                                                   self._step_wrap(want[0], want[2]))
                 segment = want
             if new_epoch or step % self.spe == 0:
                 trainer.reset_metrics()
                 callbacks.on_epoch_begin(step // self.spe)
                 epoch_start, new_epoch = time.time(), False
             callbacks.on_train_batch_begin(step % self.spe)
-            logs = train_fn(iterator)
+            if segment[2]:
+                with any_input_size(trainer, self.model):
+                    logs = train_fn(iterator)
+            else:
+                logs = train_fn(iterator)
             s["phase_step"], s["step"] = local + 1, step + 1
             callbacks.on_train_batch_end(step % self.spe, logs)
             self._maybe_plan(local + 1, schedule)
@@ -304,7 +341,7 @@ class Engine:
         t0, l0 = self._timer
         if time.perf_counter() - t0 < 10.0 and local < budgets.WARMUP_STEPS + 4 * budgets.TIMED_STEPS:
             return
-        b.seconds_per_step = (time.perf_counter() - t0) / (local - l0)
+        b.seconds_per_step = (time.perf_counter() - t0) / self._step_cost(l0, local)
         self._time_inference()
         self._replan(schedule, first=True)
 
@@ -338,12 +375,18 @@ class Engine:
         per_epoch = 1.0 + (self.spe / self.recipe.output.checkpoint_every_steps
                            if self.recipe.output.checkpoint_every_steps else 0.0)
         cap = t.epochs * self.spe
-        total = b.plan(s["phase_step"], self.spe, t.val_every, cap, per_epoch)
+        done = s["phase_step"]
+        low = None
+        if self.low_res is not None and done < self._low_res_steps():
+            low = (t.low_res.fraction, self.low_res[2])
+        total, low_steps = b.plan(done, self.spe, t.val_every, cap, per_epoch, low)
         self.phase_total = total
         self.total_epochs = math.ceil(total / self.spe)
         schedule.set(total_steps=total)
         s["plan"] = b.record(total, s["phase_step"])
         s["plan"]["total_steps"] = total
+        if self.low_res is not None:
+            s["plan"]["low_res_steps"] = low_steps if low is not None else min(self._low_res_steps(), done)
         if first:
             self.echo(f"budget: {b.minutes:g} min; {1.0 / b.seconds_per_step:.2f} steps/s measured; planned "
                       f"{total} steps ({total / self.spe:.2f} epochs), {b.final_seconds():.0f} s kept for the final "
@@ -412,7 +455,8 @@ class Engine:
     def _timed_epoch(self, seconds):
         """Learn the speed of the epoch that just ended (its steps, without validation)."""
         steps = self.spe if self.run.state["step"] % self.spe == 0 else self.run.state["step"] % self.spe
-        self.budget.seconds_per_step = seconds / max(steps, 1)
+        last = self.run.state["phase_step"]
+        self.budget.seconds_per_step = seconds / max(self._step_cost(max(last - steps, 0), last), 1e-9)
         if self.budget.seconds_per_image is None:  # a resumed run keeps its plan but times inference again
             self._time_inference()
 
@@ -439,12 +483,64 @@ class Engine:
             f.write(line)
 
 
-def segment_at(augment, train, steps_per_epoch, total, local):
-    """(MixUp/CutMix on, whitening bias trains) at step `local` of a phase of `total` steps."""
+def segment_at(augment, train, steps_per_epoch, total, local, low_res_steps=0):
+    """(MixUp/CutMix on, whitening bias trains, smaller images) at step `local` of a phase of
+    `total` steps whose first `low_res_steps` train at train.low_res's size."""
     mixing = augment.mixup_alpha > 0 or augment.cutmix_alpha > 0
     mix = mixing and local < total - augment.mix_off_epochs * steps_per_epoch
     whiten = train.whiten_bias_epochs is None or local < train.whiten_bias_epochs * steps_per_epoch
-    return mix, whiten
+    return mix, whiten, local < low_res_steps
+
+
+def low_res_shape(low_res, image_shape):
+    """(height, width, cost of a step against a full-size one) of train.low_res on images of
+    `image_shape`: the longer side becomes low_res.size, the other in proportion; the cost is the
+    pixel ratio (measured, airbench95 at batch 512 on a CPU: 24 of 32 px cost 0.54 of a step, 0.5625
+    the pixels)."""
+    if low_res is None:
+        return None
+    from kclassify.errors import RecipeError
+
+    h, w = int(image_shape[0]), int(image_shape[1])
+    if low_res.size >= max(h, w):
+        raise RecipeError(f"train.low_res.size {low_res.size} must be below the images' longer side ({max(h, w)})")
+    scale = low_res.size / max(h, w)
+    lh, lw = max(1, round(h * scale)), max(1, round(w * scale))
+    return lh, lw, (lh * lw) / (h * w)
+
+
+@contextlib.contextmanager
+def any_input_size(*models):
+    """Keras checks a functional model's input against its Input's shape; train.low_res's steps feed
+    smaller images to networks that take any size, so the check is relaxed to rank and channels
+    while they run (the saved model keeps its Input)."""
+    from keras.layers import InputSpec
+
+    held = []
+    for model in dict.fromkeys(models):
+        specs = model.input_spec
+        held.append((model, getattr(model, "_manual_input_spec", None), hasattr(model, "_manual_input_spec")))
+        model.input_spec = [InputSpec(shape=(None,) * (len(sp.shape) - 1) + (sp.shape[-1],), name=sp.name,
+                                      allow_last_axis_squeeze=True) for sp in specs]
+    try:
+        yield
+    finally:
+        for model, spec, had in held:
+            if had:
+                model.input_spec = spec
+            else:
+                del model._manual_input_spec
+
+
+def batch_resizer(height, width):
+    """A prepared batch with its images resized (bilinear, antialiased: no aliasing on the way down)."""
+    import tensorflow as tf
+
+    def resize(batch):
+        x = tf.image.resize(batch[0], (height, width), method="bilinear", antialias=True)
+        return (tf.cast(x, batch[0].dtype), *batch[1:])
+
+    return resize
 
 
 def set_whitening_bias_trainable(model, trainable):
