@@ -116,7 +116,7 @@ class LowResConfig(Section):
     `fraction` of a phase's steps train on the augmented batch resized (bilinear, antialiased) to
     `size` x `size`, the rest at the data's size: a step costs about (size / side)^2 as much, so a
     budgeted run plans more steps. The network must take any input size (global pooling)."""
-    size: int = Field(ge=8)
+    size: int = Field(ge=4)
     fraction: float = Field(gt=0, lt=1)
 
 

@@ -46,6 +46,9 @@ def check_finetune_recipe(recipe):
                               "schedule from its own learning rate (finetune.phases[].lr)")
     if recipe.model.init != "default":
         raise RecipeError("model.init is for training from scratch; kclassify finetune starts from pretrained weights")
+    if t.low_res is not None:
+        raise RecipeError("train.low_res is read by kclassify fit: a pretrained backbone's phases train at the "
+                          "data's size")
     if t.data_filter is not None:
         raise RecipeError("train.data_filter is read by kclassify fit: a proxy trained from scratch cannot rank "
                           "images for a pretrained backbone")

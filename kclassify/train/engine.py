@@ -70,6 +70,8 @@ class Engine:
         self.averager = self._averager()
         self.phase_total = None
         self.low_res = low_res_shape(t.low_res, data.train.image_shape)  # (h, w, cost of a step) or None
+        if self.low_res:
+            check_any_size(model, recipe.model.name, self.low_res[:2])
 
     # ------------------------------------------------------------------ set-up
 
@@ -283,9 +285,8 @@ class Engine:
                 # on the device, the mixer
                 if segment is None or want[1:] != segment[1:] or (self.augment_on_device and want[0] != segment[0]):
                     set_whitening_bias_trainable(self.model, want[1])
-                    if want[2]:
-                        self.echo(f"low_res: steps {local + 1}-{self._low_res_steps()} of the phase train at "
-                                  f"{self.low_res[0]}x{self.low_res[1]}")
+                    if segment is not None and segment[2] and not want[2]:
+                        self.echo(f"low_res: step {local + 1} on trains at the data's size")
                     train_fn = make_train_function(trainer, self.strategy, self.recipe.runtime.jit_compile,
                                                    self._step_wrap(want[0], want[2]))
                 segment = want
@@ -388,9 +389,11 @@ class Engine:
         if self.low_res is not None:
             s["plan"]["low_res_steps"] = low_steps if low is not None else min(self._low_res_steps(), done)
         if first:
-            self.echo(f"budget: {b.minutes:g} min; {1.0 / b.seconds_per_step:.2f} steps/s measured; planned "
-                      f"{total} steps ({total / self.spe:.2f} epochs), {b.final_seconds():.0f} s kept for the final "
-                      "evaluation and exports")
+            low = (f" (the first {s['plan']['low_res_steps']} at {self.low_res[0]}x{self.low_res[1]})"
+                   if self.low_res else "")
+            self.echo(f"budget: {b.minutes:g} min; {1.0 / b.seconds_per_step:.2f} steps/s measured (full size); planned "
+                      f"{total} steps ({total / self.spe:.2f} epochs){low}, {b.final_seconds():.0f} s kept for the "
+                      "final evaluation and exports")
 
     def _check_loss(self, logs, index):
         t = self.recipe.train
@@ -507,6 +510,21 @@ def low_res_shape(low_res, image_shape):
     scale = low_res.size / max(h, w)
     lh, lw = max(1, round(h * scale)), max(1, round(w * scale))
     return lh, lw, (lh * lw) / (h * w)
+
+
+def check_any_size(model, name, size):
+    """train.low_res needs a network that takes smaller images (global pooling, no Flatten head)."""
+    import keras
+
+    from kclassify.errors import RecipeError
+
+    shape = (1, *size, model.input_shape[-1])
+    try:
+        with any_input_size(model):
+            model.compute_output_spec(keras.KerasTensor(shape))
+    except Exception as err:  # noqa: BLE001  (Keras says why in a ValueError or a TypeError)
+        raise RecipeError(f"train.low_res: model {name!r} cannot take {size[0]}x{size[1]} images "
+                          f"({str(err).splitlines()[0][:200]})") from None
 
 
 @contextlib.contextmanager

@@ -17,6 +17,8 @@ def check_fit_recipe(recipe):
     if recipe.train.data_filter is not None and recipe.runtime.strategy != "default":
         # The proxy learns inside a tf.cond, where a replica context cannot merge its gradients.
         raise RecipeError(f"train.data_filter runs on one device; not with runtime.strategy {recipe.runtime.strategy} yet")
+    if recipe.train.low_res is not None and recipe.train.distill is not None:
+        raise RecipeError("train.low_res with train.distill: the teacher would see the smaller images too")
 
 
 def fit(recipe, out=None, fresh=False, echo=print, callbacks=(), started=None):
@@ -32,9 +34,10 @@ def fit(recipe, out=None, fresh=False, echo=print, callbacks=(), started=None):
         from kclassify.data import load_data
         from kclassify.export.calibration import hold_out_for_budget
         from kclassify.train.data_filter import build_filter
-        from kclassify.train.engine import Phase
+        from kclassify.train.engine import Phase, low_res_shape
 
         data = hold_out_for_budget(load_data(recipe.data, recipe.runtime.seed, augment=recipe.augment), recipe)
+        low_res_shape(recipe.train.low_res, data.train.image_shape)  # a size the images allow, before the model
         run.begin(recipe, data, echo)
         run.clear_final()
         model = build_for_run(recipe, data, strategy, fresh_start=not run.state["checkpoints"], echo=echo)

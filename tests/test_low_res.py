@@ -1,0 +1,123 @@
+"""train.low_res (progressive resizing): the first share of the steps train on smaller images, a
+budgeted run plans its steps at their cost, and what cannot work is refused by name."""
+import json
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import tiny_recipe
+
+QUIET = {"echo": lambda *a: None}
+
+
+def _budget(seconds_per_step):
+    from kclassify.train.budget import Budget
+
+    b = Budget(1.0, time.time(), val_images=0, eval_views=0, exports=[], calibration_images=0)
+    b.seconds_per_step = seconds_per_step
+    return b
+
+
+def test_the_plan_spends_the_time_left_at_each_steps_cost():
+    plain = _budget(0.1)
+    total, low = plain.plan(0, 100, 0, 10 ** 6)
+    left = plain.deadline - time.time() - plain.margin - plain.final_seconds()
+    assert low == 0 and abs(total * 0.1 - left) < 0.2
+
+    b = _budget(0.1)
+    total, low = b.plan(0, 100, 0, 10 ** 6, low_res=(0.5, 0.5))
+    assert abs(low - 0.5 * total) <= 1
+    spent = low * 0.05 + (total - low) * 0.1  # a low-resolution step costs half
+    assert abs(spent - left) < 0.3 and total > 1.3 * 0.95 * (left / 0.1)
+
+    # Past its low-resolution share (a replan after steps ran slower) the plan is a plain one.
+    late = _budget(0.1)
+    total, low = late.plan(300, 100, 0, 10 ** 6, low_res=(0.5, 0.5))
+    assert low == 300 and abs((total - 300) * 0.1 - left) < 0.3
+    assert late.plan(0, 100, 0, 50, low_res=(0.5, 0.5)) == (50, 25)  # the epochs cap holds
+
+
+def test_low_res_shape_and_its_cost():
+    from kclassify.errors import RecipeError
+    from kclassify.recipe import LowResConfig
+    from kclassify.train.engine import low_res_shape
+
+    assert low_res_shape(None, (32, 32, 3)) is None
+    assert low_res_shape(LowResConfig(size=24, fraction=0.5), (32, 32, 3)) == (24, 24, 0.5625)
+    assert low_res_shape(LowResConfig(size=16, fraction=0.5), (24, 32, 3)) == (12, 16, 0.25)
+    with pytest.raises(RecipeError, match="below the images' longer side"):
+        low_res_shape(LowResConfig(size=32, fraction=0.5), (32, 32, 3))
+
+
+def test_a_network_that_needs_its_full_size_is_refused():
+    from kclassify.errors import RecipeError
+    from kclassify.train.engine import check_any_size
+
+    inp = keras.Input((8, 8, 1))
+    flat = keras.Model(inp, keras.layers.Dense(3)(keras.layers.Flatten()(keras.layers.Conv2D(4, 3)(inp))))
+    with pytest.raises(RecipeError, match="cannot take 6x6 images"):
+        check_any_size(flat, "flat", (6, 6))
+    pooled = keras.Model(inp, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inp))))
+    check_any_size(pooled, "pooled", (6, 6))
+    assert pooled.input_spec[0].shape == (None, 8, 8, 1)  # the check leaves the Input's spec as it was
+
+
+def test_the_first_share_of_the_steps_trains_on_smaller_images(tmp_path, monkeypatch):
+    """Digits (8x8) with low_res 6 for half the steps: the resize runs in exactly those steps, the
+    model trains through the switch and is saved (and loads) at the data's size."""
+    from kclassify.train import engine
+    from kclassify.train.fit import fit
+
+    resized = tf.Variable(0, dtype=tf.int64)
+    real = engine.batch_resizer
+
+    def counting(height, width):
+        assert (height, width) == (6, 6)
+        resize = real(height, width)
+
+        def step(batch):
+            resized.assign_add(1)
+            return resize(batch)
+
+        return step
+
+    monkeypatch.setattr(engine, "batch_resizer", counting)
+    recipe = tiny_recipe(tmp_path, train={"epochs": 4, "low_res": {"size": 6, "fraction": 0.5}})
+    run = fit(recipe, **QUIET)
+    state = json.loads((run / "ckpt" / "state.json").read_text())
+    steps = state["step"]
+    assert int(resized.numpy()) == round(0.5 * steps) and steps > 0
+    model = keras.models.load_model(run / "model.keras")
+    assert model.input_shape[1:3] == (8, 8)
+    assert json.loads((run / "metrics.json").read_text())["val"]["top1"] > 0.6
+
+
+@pytest.mark.parametrize("fields,match", [
+    ({"train": {"low_res": {"size": 6, "fraction": 1.0}}}, "fraction"),
+    ({"train": {"low_res": {"size": 6, "fraction": 0.5, "sise": 4}}}, "sise"),
+])
+def test_recipe_typos_in_low_res_fail_at_load(fields, match):
+    from kclassify.errors import RecipeError
+    from kclassify.recipe import validate
+
+    with pytest.raises((RecipeError, ValueError), match=match):
+        validate(fields)
+
+
+def test_low_res_is_refused_where_it_cannot_hold(tmp_path):
+    from kclassify.errors import RecipeError
+    from kclassify.finetune.run import check_finetune_recipe
+    from kclassify.train.fit import check_fit_recipe, fit
+
+    low = {"low_res": {"size": 6, "fraction": 0.5}}
+    with pytest.raises(RecipeError, match="teacher"):
+        check_fit_recipe(tiny_recipe(tmp_path, train={**low, "distill": {"teacher": str(tmp_path / "t.keras")}}))
+    with pytest.raises(RecipeError, match="train.low_res is read by kclassify fit"):
+        check_finetune_recipe(tiny_recipe(tmp_path, model={"name": "keras_mobilenet", "params": {}},
+                                          train=low))
+    with pytest.raises(RecipeError, match="longer side"):
+        fit(tiny_recipe(tmp_path, train={"low_res": {"size": 8, "fraction": 0.5}}), **QUIET)
+    assert not (tmp_path / "run" / "model.keras").exists()
