@@ -35,8 +35,8 @@ def test_the_plan_spends_the_time_left_at_each_steps_cost():
 
     # Past its low-resolution share (a replan after steps ran slower) the plan is a plain one.
     late = _budget(0.1)
-    total, low = late.plan(300, 100, 0, 10 ** 6, low_res=(0.5, 0.5))
-    assert low == 300 and abs((total - 300) * 0.1 - left) < 0.3
+    total, low = late.plan(500, 100, 0, 10 ** 6, low_res=(0.5, 0.5))
+    assert low == 500 and abs((total - 500) * 0.1 - left) < 0.3
     assert late.plan(0, 100, 0, 50, low_res=(0.5, 0.5)) == (50, 25)  # the epochs cap holds
 
 
@@ -65,11 +65,9 @@ def test_a_network_that_needs_its_full_size_is_refused():
     assert pooled.input_spec[0].shape == (None, 8, 8, 1)  # the check leaves the Input's spec as it was
 
 
-def test_the_first_share_of_the_steps_trains_on_smaller_images(tmp_path, monkeypatch):
-    """Digits (8x8) with low_res 6 for half the steps: the resize runs in exactly those steps, the
-    model trains through the switch and is saved (and loads) at the data's size."""
+def _count_resized_steps(monkeypatch):
+    """A counter of the train steps that resized their batch (the resize runs in the graph)."""
     from kclassify.train import engine
-    from kclassify.train.fit import fit
 
     resized = tf.Variable(0, dtype=tf.int64)
     real = engine.batch_resizer
@@ -85,6 +83,15 @@ def test_the_first_share_of_the_steps_trains_on_smaller_images(tmp_path, monkeyp
         return step
 
     monkeypatch.setattr(engine, "batch_resizer", counting)
+    return resized
+
+
+def test_the_first_share_of_the_steps_trains_on_smaller_images(tmp_path, monkeypatch):
+    """Digits (8x8) with low_res 6 for half the steps: the resize runs in exactly those steps, the
+    model trains through the switch and is saved (and loads) at the data's size."""
+    from kclassify.train.fit import fit
+
+    resized = _count_resized_steps(monkeypatch)
     recipe = tiny_recipe(tmp_path, train={"epochs": 4, "low_res": {"size": 6, "fraction": 0.5}})
     run = fit(recipe, **QUIET)
     state = json.loads((run / "ckpt" / "state.json").read_text())
@@ -93,6 +100,24 @@ def test_the_first_share_of_the_steps_trains_on_smaller_images(tmp_path, monkeyp
     model = keras.models.load_model(run / "model.keras")
     assert model.input_shape[1:3] == (8, 8)
     assert json.loads((run / "metrics.json").read_text())["val"]["top1"] > 0.6
+
+
+def test_a_budgeted_run_records_where_the_full_size_began(tmp_path, monkeypatch):
+    """Replans after the switch keep the step it happened at; the run ends inside its budget."""
+    from kclassify.train.fit import fit
+
+    resized = _count_resized_steps(monkeypatch)
+    budget = 0.5  # minutes
+    recipe = tiny_recipe(tmp_path, train={"epochs": 200, "budget_minutes": budget, "warmup_epochs": 0,
+                                          "warmup_fraction": 0.1, "batch_size": 32,
+                                          "low_res": {"size": 6, "fraction": 0.3}})
+    t = time.time()
+    run = fit(recipe, started=t, **QUIET)
+    assert time.time() - t < 60 * budget
+    b = json.loads((run / "metrics.json").read_text())["budget"]
+    assert b["replans"] >= 3 and int(resized.numpy()) == b["low_res_steps"]
+    # Where it switched is the plan of that moment (early plans of so short a run are rough); it stays.
+    assert 0 < b["low_res_steps"] < b["planned_steps"], b
 
 
 @pytest.mark.parametrize("fields,match", [
@@ -117,7 +142,7 @@ def test_low_res_is_refused_where_it_cannot_hold(tmp_path):
         check_fit_recipe(tiny_recipe(tmp_path, train={**low, "distill": {"teacher": str(tmp_path / "t.keras")}}))
     with pytest.raises(RecipeError, match="train.low_res is read by kclassify fit"):
         check_finetune_recipe(tiny_recipe(tmp_path, model={"name": "keras_mobilenet", "params": {}},
-                                          train=low))
+                                          train={**low, "warmup_epochs": 0}))
     with pytest.raises(RecipeError, match="longer side"):
         fit(tiny_recipe(tmp_path, train={"low_res": {"size": 8, "fraction": 0.5}}), **QUIET)
     assert not (tmp_path / "run" / "model.keras").exists()

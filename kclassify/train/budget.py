@@ -51,16 +51,17 @@ class Budget:
         overhead = per_epoch / steps_per_epoch
         full = self.seconds_per_step + overhead
         self.replans += 1
-        total, low_steps = steps_done + int(left / full), steps_done
+        total = steps_done + int(left / full)
         if low_res is not None:
             fraction, cost = low_res
             low = cost * self.seconds_per_step + overhead
             # low x (fraction T - done) + full x (1 - fraction) T = left, while fraction T > done
+            # (which holds exactly when it also holds for the plain plan's T)
             t = (left + low * steps_done) / (low * fraction + full * (1.0 - fraction))
-            if fraction * t > steps_done:
-                total, low_steps = int(t), int(round(fraction * t))
+            total = int(t) if fraction * t > steps_done else total
         total = max(min(total, cap), steps_done)
-        return total, min(low_steps, total)
+        low_steps = min(max(steps_done, int(round(low_res[0] * total))), total) if low_res else steps_done
+        return total, low_steps
 
     def out_of_time(self):
         return time.time() + self.final_seconds() + self.margin >= self.deadline

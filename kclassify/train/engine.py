@@ -376,9 +376,9 @@ class Engine:
         per_epoch = 1.0 + (self.spe / self.recipe.output.checkpoint_every_steps
                            if self.recipe.output.checkpoint_every_steps else 0.0)
         cap = t.epochs * self.spe
-        done = s["phase_step"]
+        done, low_before = s["phase_step"], self._low_res_steps()
         low = None
-        if self.low_res is not None and done < self._low_res_steps():
+        if self.low_res is not None and done < low_before:
             low = (t.low_res.fraction, self.low_res[2])
         total, low_steps = b.plan(done, self.spe, t.val_every, cap, per_epoch, low)
         self.phase_total = total
@@ -387,7 +387,7 @@ class Engine:
         s["plan"] = b.record(total, s["phase_step"])
         s["plan"]["total_steps"] = total
         if self.low_res is not None:
-            s["plan"]["low_res_steps"] = low_steps if low is not None else min(self._low_res_steps(), done)
+            s["plan"]["low_res_steps"] = low_steps if low is not None else low_before
         if first:
             low = (f" (the first {s['plan']['low_res_steps']} at {self.low_res[0]}x{self.low_res[1]})"
                    if self.low_res else "")
@@ -514,15 +514,12 @@ def low_res_shape(low_res, image_shape):
 
 def check_any_size(model, name, size):
     """train.low_res needs a network that takes smaller images (global pooling, no Flatten head)."""
-    import keras
-
     from kclassify.errors import RecipeError
 
-    shape = (1, *size, model.input_shape[-1])
-    try:
+    try:  # one image through the network: Keras' shape inference lets a Dense take the wrong width
         with any_input_size(model):
-            model.compute_output_spec(keras.KerasTensor(shape))
-    except Exception as err:  # noqa: BLE001  (Keras says why in a ValueError or a TypeError)
+            model(np.zeros((1, *size, model.input_shape[-1]), np.float32), training=False)
+    except Exception as err:  # noqa: BLE001  (Keras or TensorFlow says why: ValueError, InvalidArgumentError)
         raise RecipeError(f"train.low_res: model {name!r} cannot take {size[0]}x{size[1]} images "
                           f"({str(err).splitlines()[0][:200]})") from None
 
