@@ -146,3 +146,19 @@ def test_low_res_is_refused_where_it_cannot_hold(tmp_path):
     with pytest.raises(RecipeError, match="longer side"):
         fit(tiny_recipe(tmp_path, train={"low_res": {"size": 8, "fraction": 0.5}}), **QUIET)
     assert not (tmp_path / "run" / "model.keras").exists()
+
+
+def test_low_res_with_the_data_filter_resizes_for_the_proxy_too(tmp_path, tiny_npz):
+    """The proxy ranks the batch the model trains on: both take the 24x24 images of the early steps."""
+    from kclassify.train.fit import fit
+
+    proxy = {"name": "airbench93", "params": {"widths": [8, 8, 8], "act": "relu"}, "init": "dirac"}
+    recipe = tiny_recipe(tmp_path, data={"source": "npz", "path": str(tiny_npz), "val_fraction": 0.2},
+                         model={"name": "airbench93", "params": {"widths": [16, 16, 16], "act": "relu"}},
+                         train={"epochs": 6, "batch_size": 24, "lr": 0.1, "warmup_epochs": 0,
+                                "low_res": {"size": 24, "fraction": 0.5},
+                                "data_filter": {"proxy": proxy, "keep": 0.5, "proxy_every": 2}})
+    lines = []
+    run = fit(recipe, echo=lines.append)
+    assert any("low_res: step" in str(line) for line in lines), lines
+    assert json.loads((run / "metrics.json").read_text())["val"]["top1"] > 0.6  # 3 colour classes

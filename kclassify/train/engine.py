@@ -72,6 +72,8 @@ class Engine:
         self.low_res = low_res_shape(t.low_res, data.train.image_shape)  # (h, w, cost of a step) or None
         if self.low_res:
             check_any_size(model, recipe.model.name, self.low_res[:2])
+            if data_filter is not None:
+                check_any_size(data_filter.proxy, "the data filter's proxy", self.low_res[:2])
 
     # ------------------------------------------------------------------ set-up
 
@@ -296,7 +298,7 @@ class Engine:
                 epoch_start, new_epoch = time.time(), False
             callbacks.on_train_batch_begin(step % self.spe)
             if segment[2]:
-                with any_input_size(trainer, self.model):
+                with any_input_size(trainer, self.model, *([self.data_filter.proxy] if self.data_filter else [])):
                     logs = train_fn(iterator)
             else:
                 logs = train_fn(iterator)
@@ -498,8 +500,8 @@ def segment_at(augment, train, steps_per_epoch, total, local, low_res_steps=0):
 def low_res_shape(low_res, image_shape):
     """(height, width, cost of a step against a full-size one) of train.low_res on images of
     `image_shape`: the longer side becomes low_res.size, the other in proportion; the cost is the
-    pixel ratio (measured, airbench95 at batch 512 on a CPU: 24 of 32 px cost 0.54 of a step, 0.5625
-    the pixels)."""
+    pixel ratio, until epochs are timed (measured, airbench95 at batch 512 on a CPU: 24 of 32 px cost
+    0.57-0.59 of a step, 0.5625 the pixels)."""
     if low_res is None:
         return None
     from kclassify.errors import RecipeError
