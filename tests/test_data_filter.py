@@ -80,14 +80,15 @@ def test_a_filtered_fit_learns_saves_only_the_model_and_checkpoints_the_proxy(tm
 
     recipe = tiny_recipe(tmp_path, data={"source": "npz", "path": str(tiny_npz), "val_fraction": 0.2},
                          model={"name": "airbench93", "params": {"widths": [16, 16, 16], "act": "relu"}},
-                         train={"epochs": 6, "batch_size": 24, "lr": 0.1, "warmup_epochs": 0,
+                         train={"epochs": 16, "batch_size": 24, "lr": 0.1, "warmup_epochs": 0,
                                 "data_filter": {"proxy": TINY_PROXY, "keep": 0.5, "proxy_every": 2}},
                          augment={"crop_pad": 2, "flip": "alternate"}, runtime={"augment_on": augment_on})
     lines = []
     run = fit(recipe, echo=lines.append)
     assert any("trains on the 12 hardest of every 24 images" in str(line) for line in lines), lines
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["val"]["top1"] > 0.6, metrics["val"]  # 3 colour classes; chance is 0.33
+    # 3 colour classes; chance is 0.33 (6 epochs, 18 steps, sat on the edge: one run in two read chance)
+    assert metrics["val"]["top1"] > 0.6, metrics["val"]
     from kclassify.models import build_model
 
     model = keras.models.load_model(run / "model.keras")

@@ -155,7 +155,7 @@ def test_low_res_with_the_data_filter_resizes_for_the_proxy_too(tmp_path, tiny_n
     proxy = {"name": "airbench93", "params": {"widths": [8, 8, 8], "act": "relu"}, "init": "dirac"}
     recipe = tiny_recipe(tmp_path, data={"source": "npz", "path": str(tiny_npz), "val_fraction": 0.2},
                          model={"name": "airbench93", "params": {"widths": [16, 16, 16], "act": "relu"}},
-                         train={"epochs": 6, "batch_size": 24, "lr": 0.1, "warmup_epochs": 0,
+                         train={"epochs": 16, "batch_size": 24, "lr": 0.1, "warmup_epochs": 0,
                                 "low_res": {"size": 24, "fraction": 0.5},
                                 "data_filter": {"proxy": proxy, "keep": 0.5, "proxy_every": 2}})
     lines = []
