@@ -105,6 +105,7 @@ def unsupported(recipe):
         ("augment.ops", bool(a.ops)), ("augment.mixup_alpha/cutmix_alpha", a.mixup_alpha > 0 or a.cutmix_alpha > 0),
         ("augment.random_resized_crop", bool(a.random_resized_crop)), ("train.data_filter", t.data_filter is not None),
         ("train.distill", t.distill is not None), ("train.class_balance", t.class_balance != "none"), ("train.budget_minutes", bool(t.budget_minutes)),
+        ("train.low_res", t.low_res is not None),
         ("train.average other than lookahead", t.average is not None and t.average.kind != "lookahead"))
         if on]
     return found
