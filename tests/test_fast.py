@@ -219,6 +219,44 @@ def test_muon_steps_conv_filters_as_airbench_and_leaves_the_rest_to_sgd():
     assert int(opt.iterations.numpy()) == 4 and not np.allclose(before, rest[0].numpy())
 
 
+def test_muon_runs_newton_schulz_in_the_runs_bfloat16_and_stays_airbenchs_step():
+    """train.muon.ns_dtype auto: the iteration runs in bfloat16 when the run computes in it (half
+    its float32 cost on a CPU), float32 otherwise; the step in bfloat16 stays airbench's float64
+    step within bfloat16's rounding, and the optimizer's config keeps the choice."""
+    import keras
+
+    from kclassify.train.fit import fit_setup
+    from kclassify.train.muon import ConvMuon, muon_variables, ns_dtype
+    from kclassify.train.optim import make_optimizer
+
+    recipe = validate({"train": {"optimizer": "muon", "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0,
+                                 "schedule": "constant", "muon": {"lr": 0.3, "momentum": 0.6}}})
+    assert ns_dtype(recipe.train.muon) == "float32"  # the tests' float32 policy
+    assert ns_dtype(recipe.train.muon.model_copy(update={"ns_dtype": "bfloat16"})) == "bfloat16"
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        assert ns_dtype(recipe.train.muon) == "bfloat16"
+        model = build_model("airbench93", 10, (32, 32, 3))
+        opt = make_optimizer(recipe.train, 1, model, fit_setup(model, recipe.train))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    muon = next(o for o in opt.optimizers if isinstance(o, ConvMuon))
+    assert muon.ns_dtype == "bfloat16" and keras.optimizers.deserialize(
+        keras.optimizers.serialize(muon)).ns_dtype == "bfloat16"
+    kernel = muon_variables(model)[-1]
+    opt.build(model.trainable_variables)
+    start = np.transpose(kernel.numpy(), (3, 2, 0, 1)).astype("float64")
+    grad = np.random.default_rng(0).normal(size=kernel.shape).astype("float32")
+    grads = [grad if v is kernel else np.zeros(v.shape, "float32") for v in model.trainable_variables]
+    opt.apply_gradients(zip(grads, model.trainable_variables))
+    ref, _ = _airbench_muon_step(start, np.transpose(grad, (3, 2, 0, 1)), 0.0, 0.3, 0.6)
+    scaled = start * np.sqrt(len(start)) / np.linalg.norm(start)
+    got_step = np.transpose(kernel.numpy(), (3, 2, 0, 1)) - scaled
+    ref_step = ref - scaled
+    assert np.linalg.norm(got_step - ref_step) < 0.06 * np.linalg.norm(ref_step)  # 0.026 here; a wrong step: ~1
+    assert np.abs(got_step - ref_step).max() > 1e-6  # bfloat16 did round: the iteration did not run in float32
+
+
 def test_muon_with_a_fed_rate_gets_a_rate_variable_of_its_own():
     """make_optimizer(learning_rate=1.0) (a caller that feeds the rate step by step, as
     benchmarks/airbench94_gpu.py does) gives ConvMuon a plain rate variable at train.muon.lr beside

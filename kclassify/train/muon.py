@@ -8,7 +8,9 @@ so a conv net would get no Muon at all. ConvMuon flattens a kernel (kh, kw, cin,
 (cout, cin * kh * kw)) and, as airbench94_muon does, uses plain heavy-ball momentum with
 Nesterov, rescales each filter bank to norm sqrt(cout) before the step (the weights live on a
 sphere, so a step's size is its angle), and takes the orthogonalized update at the raw rate
-(no Moonlight rms scaling, no weight decay on the filters)."""
+(no Moonlight rms scaling, no weight decay on the filters). The Newton-Schulz iteration may run
+in bfloat16 (airbench94_muon does): its input is normalized to norm 1, so bfloat16's range is
+never tested, and its eight mantissa bits are what the bfloat16 convolutions see anyway."""
 import re
 
 import keras
@@ -19,13 +21,15 @@ from keras import ops
 class ConvMuon(keras.optimizers.Muon):
     """keras.optimizers.Muon for 2-D and 4-D (conv) kernels; see the module's docstring."""
 
-    def __init__(self, learning_rate=0.24, momentum=0.6, nesterov=True, normalize_weights=True, ns_steps=5, **kwargs):
+    def __init__(self, learning_rate=0.24, momentum=0.6, nesterov=True, normalize_weights=True, ns_steps=5,
+                 ns_dtype=None, **kwargs):
         kwargs.setdefault("weight_decay", None)
         kwargs.setdefault("rms_rate", None)
         kwargs.setdefault("exclude_embeddings", False)
         super().__init__(learning_rate=learning_rate, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps,
                          **kwargs)
         self.normalize_weights = normalize_weights
+        self.ns_dtype = ns_dtype  # None: the variable's own dtype
 
     def _should_use_adamw(self, variable):
         return len(variable.shape) not in (2, 4)  # everything it is given should be a kernel
@@ -36,6 +40,8 @@ class ConvMuon(keras.optimizers.Muon):
         g = ops.add(gradient, ops.multiply(m, self.momentum)) if self.nesterov else m
         shape = tuple(variable.shape)
         matrix = ops.reshape(g, (-1, shape[-1]))
+        if self.ns_dtype:
+            matrix = ops.cast(matrix, self.ns_dtype)
         update = ops.reshape(self.zeropower_via_newtonschulz5(matrix, self.ns_steps), shape)
         if self.normalize_weights:
             norm = ops.sqrt(ops.sum(ops.square(variable)))
@@ -43,7 +49,7 @@ class ConvMuon(keras.optimizers.Muon):
         self.assign_sub(variable, ops.multiply(ops.cast(lr, variable.dtype), ops.cast(update, variable.dtype)))
 
     def get_config(self):
-        return {**super().get_config(), "normalize_weights": self.normalize_weights}
+        return {**super().get_config(), "normalize_weights": self.normalize_weights, "ns_dtype": self.ns_dtype}
 
 
 @keras.saving.register_keras_serializable(package="kclassify")
@@ -114,6 +120,14 @@ class MuonSGD(keras.optimizers.MultiOptimizer):
         self._iterations.assign_add(1)
 
 
+def ns_dtype(cfg):
+    """The Newton-Schulz iteration's dtype for train.muon (cfg): auto follows the global policy,
+    which the run has set by the time it builds its optimizer."""
+    if cfg.ns_dtype != "auto":
+        return cfg.ns_dtype
+    return "bfloat16" if keras.mixed_precision.global_policy().compute_dtype == "bfloat16" else "float32"
+
+
 def muon_sgd(sgd, model, cfg):
     """MuonSGD of `sgd` for every variable but the conv kernels, ConvMuon for those, at cfg.lr
     times the run's schedule shape (cfg: the recipe's train.muon). Where the SGD has no schedule
@@ -127,7 +141,7 @@ def muon_sgd(sgd, model, cfg):
     else:  # a callable rate: Muon could not follow it at its own peak
         raise TypeError(f"train.optimizer muon needs the SGD's rate as a schedule or a variable, got {schedule!r}")
     muon = ConvMuon(rate, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                    normalize_weights=cfg.normalize_weights, ns_steps=cfg.ns_steps)
+                    normalize_weights=cfg.normalize_weights, ns_steps=cfg.ns_steps, ns_dtype=ns_dtype(cfg))
     kernels = muon_variables(model)
     routes = keras.optimizers.OptimizerMap(sgd, {re.escape(v.path): muon for v in kernels})
     return MuonSGD(routes)
