@@ -4,6 +4,7 @@ ratio, not the absolute figures). Also the achieved training GFLOP/s against a m
 
     python benchmarks/train_speed.py [--model airbench94] [--batch 512] [--precision auto] [--steps 12]
     python benchmarks/train_speed.py --sweep       # one subprocess per setting: what helps on this CPU
+    python benchmarks/train_speed.py --layers      # each layer's forward + backward: where a step goes
 
 Prints JSON: kclassify_img_per_s, keras_img_per_s, ratio (same work: no augmentation on either
 side; kclassify trains BatchNorm through the fused kernel, runtime.fused_bn), ratio_same_ops
@@ -175,6 +176,69 @@ def measure(args):
             "cpu": cpu_model(), "cpu_flags": cpu_flags(), "threads": os.environ.get("TF_NUM_INTRAOP_THREADS", "default")}
 
 
+def _timed(fn, arg, reps):
+    """Seconds a call of a tf.function, its results fetched, after two untimed calls (tracing)."""
+    import tensorflow as tf
+
+    def call():
+        return [o.numpy() for o in tf.nest.flatten(fn(arg)) if o is not None]
+
+    call()
+    call()
+    t = time.perf_counter()
+    for _ in range(reps):
+        call()
+    return (time.perf_counter() - t) / reps
+
+
+def layer_times(args):
+    """Each layer alone, forward and backward (its input's gradient and its weights') on a batch of
+    random inputs in the run's precision, against one whole training step of the same network: the
+    layers that take a step's time, and the GFLOP/s each arithmetic layer reaches."""
+    import tensorflow as tf
+
+    from kclassify import runtime
+    from kclassify.layers.fused_bn import fuse_batchnorm
+    from kclassify.profile import layer_macs
+    from kclassify.recipe import RuntimeConfig
+
+    runtime.setup(RuntimeConfig(precision=args.precision, verbose=0), echo=lambda *a: None)
+    import keras
+
+    model = build(args, ([125.0] * 3, [63.0] * 3))
+    if not args.keras_bn:
+        fuse_batchnorm(model)  # as kclassify fit trains it (runtime.fused_bn)
+    rows = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        x = tf.cast(tf.random.normal((args.batch, *layer.input.shape[1:])), layer.input.dtype)
+
+        @tf.function
+        def forward_backward(x, layer=layer):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                loss = tf.reduce_sum(tf.cast(layer(x, training=True), "float32")) * 1e-3
+            return tape.gradient(loss, [x, *layer.trainable_variables])
+
+        seconds = _timed(forward_backward, x, args.steps)
+        macs = layer_macs(layer)
+        rows.append({"layer": layer.name, "class": type(layer).__name__, "ms": round(1e3 * seconds, 1),
+                     **({"gflops": round(6 * macs * args.batch / seconds / 1e9, 1)} if macs else {})})
+    x = tf.cast(tf.random.uniform((args.batch, *model.input_shape[1:]), 0, 255), "float32")
+    y = tf.one_hot(tf.random.uniform((args.batch,), 0, 10, "int32"), 10)
+    step = _timed(tf.function(model.train_step), (x, y), args.steps)
+    total = sum(r["ms"] for r in rows)
+    return {"model": args.model, "params": json.loads(args.params), "batch": args.batch,
+            "precision": keras.mixed_precision.global_policy().name, "train_step_ms": round(1e3 * step, 1),
+            "layers_sum_ms": round(total, 1),
+            "share": {k: round(sum(r["ms"] for r in rows if r["class"] == k) / total, 3)
+                      for k in sorted({r["class"] for r in rows})},
+            "layers": rows, "matmul_peak_gflops": {"float32": round(matmul_peak("float32"), 1),
+                                                   "bfloat16": round(matmul_peak("bfloat16"), 1)},
+            "cpu": cpu_model(), "cpu_flags": cpu_flags()}
+
+
 SWEEP = [
     ("default (batch 512, auto precision)", [], {}),
     ("batch 256", ["--batch", "256"], {}),
@@ -218,10 +282,12 @@ def main():
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--keras-bn", action="store_true", help="runtime.fused_bn false (Keras' own BatchNorm ops)")
     parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--layers", action="store_true", help="each layer's forward + backward against a whole step")
     parser.add_argument("--only-kclassify", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    print(json.dumps(sweep(args) if args.sweep else measure(args), indent=1))
+    run = sweep if args.sweep else layer_times if args.layers else measure
+    print(json.dumps(run(args), indent=1))
 
 
 if __name__ == "__main__":
