@@ -70,10 +70,14 @@ class Engine:
         self.averager = self._averager()
         self.phase_total = None
         self.low_res = low_res_shape(t.low_res, data.train.image_shape)  # (h, w, cost of a step) or None
+        self.small_input_networks = ()  # what takes the small batches: the model, and the proxy that ranks them
         if self.low_res:
-            check_any_size(model, recipe.model.name, self.low_res[:2])
+            named = [(recipe.model.name, model)]
             if data_filter is not None:
-                check_any_size(data_filter.proxy, "the data filter's proxy", self.low_res[:2])
+                named.append(("the data filter's proxy", data_filter.proxy))
+            for name, network in named:
+                check_any_size(network, name, self.low_res[:2])
+            self.small_input_networks = tuple(network for _, network in named)
 
     # ------------------------------------------------------------------ set-up
 
@@ -298,7 +302,7 @@ class Engine:
                 epoch_start, new_epoch = time.time(), False
             callbacks.on_train_batch_begin(step % self.spe)
             if segment[2]:
-                with any_input_size(trainer, self.model, *([self.data_filter.proxy] if self.data_filter else [])):
+                with any_input_size(trainer, *self.small_input_networks):
                     logs = train_fn(iterator)
             else:
                 logs = train_fn(iterator)
