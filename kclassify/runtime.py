@@ -53,11 +53,18 @@ def quiet_conversion():
 def quiet_tensorflow():
     """Import TensorFlow with its start-up chatter filtered out of stderr."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if "tensorflow" in sys.modules:
+    if sys.modules.get("tensorflow") is not None:
         return
     with filtered_stderr():
-        import tensorflow as tf
+        try:
+            import tensorflow as tf
+        except ModuleNotFoundError as exc:
+            if exc.name != "tensorflow":
+                raise
+            from kclassify.errors import KClassifyError
 
+            raise KClassifyError(f"TensorFlow is not installed in this Python ({sys.executable}); "
+                                 "`pip install -e .` in the kclassify checkout installs it with the rest") from None
         tf.config.list_physical_devices()
 
 

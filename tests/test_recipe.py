@@ -108,6 +108,18 @@ def test_cli_bad_override_value(tmp_path):
     assert out.returncode == 2 and "train.batch_size" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_cli_without_tensorflow_says_how_to_install_it(tmp_path):
+    """A Python where TensorFlow is missing (None in sys.modules makes its import fail as if absent)
+    gets one line saying what to install, exit code 2, no traceback."""
+    code = ("import sys; sys.modules['tensorflow'] = None\n"
+            f"sys.argv = ['kclassify', 'fit', 'quickstart', '--out', {str(tmp_path / 'r')!r}]\n"
+            "from kclassify.cli import main; main()")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 2, out.stderr
+    assert "TensorFlow is not installed" in out.stderr and "pip install -e ." in out.stderr
+    assert "Traceback" not in out.stderr
+
+
 def test_cli_recipes_list_and_show():
     listed = run_cli("recipes", "list")
     assert listed.returncode == 0 and "cifar10_cpu" in listed.stdout and "quickstart" in listed.stdout
