@@ -9,8 +9,10 @@ ratio, not the absolute figures). Also the achieved training GFLOP/s against a m
 Prints JSON: kclassify_img_per_s, keras_img_per_s, ratio (same work: no augmentation on either
 side; kclassify trains BatchNorm through the fused kernel, runtime.fused_bn), ratio_same_ops
 (kclassify with Keras' own BatchNorm ops, as model.fit runs them: the loops alone),
-kclassify_aug_img_per_s (with the recipe's translate + alternating flip), gflops, the peaks, and the
-CPU flags that matter.
+kclassify_aug_img_per_s (with the recipe's translate + alternating flip),
+kclassify_native_conv_grad_img_per_s and conv_grad_speedup (runtime.conv_filter_grad native against
+the default auto, which computes filter gradients as matrix products where they are faster), gflops,
+the peaks, and the CPU flags that matter.
 """
 import argparse
 import json
@@ -101,7 +103,7 @@ def plain_fit_rate(model, x, y, batch, steps):
     return batch * steps / timer.seconds
 
 
-def kclassify_rate(args, x, y, steps, augment, fused_bn=True):
+def kclassify_rate(args, x, y, steps, augment, fused_bn=True, conv_grad=None):
     """kclassify's engine (recipe -> Run -> Engine.fit) on the same arrays: img/s of epoch 2."""
     import numpy as np
 
@@ -117,7 +119,8 @@ def kclassify_rate(args, x, y, steps, augment, fused_bn=True):
         "augment": {"crop_pad": 2, "flip": "alternate"} if augment else {},
         "train": {"epochs": 2, "batch_size": args.batch, "steps_per_epoch": steps, "lr": 0.1, "momentum": 0.85,
                   "label_smoothing": 0.2, "bn_momentum": 0.6, "val_every": 0},
-        "runtime": {"jit_compile": args.jit, "verbose": 0, "fused_bn": fused_bn and not args.keras_bn},
+        "runtime": {"jit_compile": args.jit, "verbose": 0, "fused_bn": fused_bn and not args.keras_bn,
+                    "conv_filter_grad": conv_grad or args.conv_grad},
         "output": {"tensorboard": False, "plots": False, "report": False, "keep_checkpoints": 1}})
     small = Split(x[:64], y[:64].astype(np.int32))
     data = Dataset(Split(x, y.astype(np.int32)), small, [str(i) for i in range(10)])
@@ -147,7 +150,7 @@ def measure(args):
     n = args.batch * args.steps
     x, y, source = arrays(n)
     stats = (x.reshape(-1, 3).mean(0).tolist(), x.reshape(-1, 3).std(0).tolist())
-    plain, ours, ours_keras_bn, ours_aug = [], [], [], []
+    plain, ours, ours_keras_bn, ours_aug, ours_native_grad = [], [], [], [], []
     for _ in range(args.rounds):
         if not args.only_kclassify:
             plain.append(plain_fit_rate(build(args, stats), x, y, args.batch, args.steps))
@@ -155,6 +158,7 @@ def measure(args):
         if not args.only_kclassify:
             ours_keras_bn.append(kclassify_rate(args, x, y, args.steps, augment=False, fused_bn=False))
             ours_aug.append(kclassify_rate(args, x, y, args.steps, augment=True))
+            ours_native_grad.append(kclassify_rate(args, x, y, args.steps, augment=False, conv_grad="native"))
     if args.only_kclassify:
         return {"kclassify_img_per_s": round(float(np.median(ours)), 1), "batch": args.batch,
                 "precision": keras.mixed_precision.global_policy().name}
@@ -168,8 +172,12 @@ def measure(args):
             "kclassify_keras_bn_img_per_s": round(float(np.median(ours_keras_bn)), 1),
             "ratio_same_ops": round(float(np.median(ours_keras_bn)) / plain_rate, 3),
             "kclassify_aug_img_per_s": round(float(np.median(ours_aug)), 1),
+            # runtime.conv_filter_grad native: every filter gradient from the convolution kernel's own pass
+            "kclassify_native_conv_grad_img_per_s": round(float(np.median(ours_native_grad)), 1),
+            "conv_grad_speedup": round(ours_rate / float(np.median(ours_native_grad)), 3),
             "rounds": {"kclassify": [round(r, 1) for r in ours], "kclassify_keras_bn": [round(r, 1) for r in ours_keras_bn],
-                       "keras": [round(r, 1) for r in plain]},
+                       "keras": [round(r, 1) for r in plain],
+                       "kclassify_native_conv_grad": [round(r, 1) for r in ours_native_grad]},
             "macs_per_image": macs, "train_gflops": round(ours_rate * 6 * macs / 1e9, 1),
             "matmul_peak_gflops": {"float32": round(matmul_peak("float32"), 1),
                                    "bfloat16": round(matmul_peak("bfloat16"), 1)},
@@ -253,6 +261,8 @@ SWEEP = [
     ("inter-op threads 1", [], {"TF_NUM_INTEROP_THREADS": "1"}),
     ("intra-op threads 1", [], {"TF_NUM_INTRAOP_THREADS": "1"}),
     ("oneDNN off", [], {"TF_ENABLE_ONEDNN_OPTS": "0"}),
+    ("conv filter gradients native (runtime.conv_filter_grad)", ["--conv-grad", "native"], {}),
+    ("conv filter gradients as matrix products everywhere", ["--conv-grad", "matmul"], {}),
 ]
 
 
@@ -281,6 +291,8 @@ def main():
     parser.add_argument("--jit", action="store_true")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--keras-bn", action="store_true", help="runtime.fused_bn false (Keras' own BatchNorm ops)")
+    parser.add_argument("--conv-grad", default="auto", choices=["auto", "native", "matmul"],
+                        help="runtime.conv_filter_grad for kclassify's loop")
     parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--layers", action="store_true", help="each layer's forward + backward against a whole step")
     parser.add_argument("--only-kclassify", action="store_true", help=argparse.SUPPRESS)

@@ -130,14 +130,18 @@ class Engine:
 
     def fit(self, phases):
         """Run the phases from the run's state; returns the state."""
+        from kclassify.layers.conv_grad import filter_gradients
+
         self.phases = phases
         self.total_epochs = sum(p.epochs for p in phases)
-        while True:
-            try:
-                self._run_phases()
-                break
-            except Rewind:
-                continue
+        per_replica = max(1, self.batch // self.strategy.num_replicas_in_sync)
+        with filter_gradients(self.model, per_replica, self.recipe.runtime.conv_filter_grad, self.echo):
+            while True:
+                try:
+                    self._run_phases()
+                    break
+                except Rewind:
+                    continue
         self.run.state["done"] = True
         self.run.commit()
         return self.run.state
