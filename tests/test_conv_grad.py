@@ -88,6 +88,7 @@ def test_auto_times_each_eligible_layer_at_the_batch():
     assert [(layer.name, native, matmul) for layer, native, matmul in chosen] == [("same3", 10.0, 5.0)]
     native, matmul = conv_grad._time_both(model.get_layer("same3"), (16, 8, 8, 3))
     assert native > 0 and matmul > 0
+    assert conv_grad._time_both(model.get_layer("same3"), (16, 8, 8, 3)) == (native, matmul)  # once per shape
 
 
 def test_route_trains_like_tensorflow_and_ends_with_the_block(tmp_path):

@@ -17,6 +17,7 @@ forward and input gradient are TensorFlow's own ops, only the filter gradient ch
 layer stays Keras' Conv2D (saved files, exports and inference never see the route).
 """
 import contextlib
+import functools
 import time
 
 MODES = ("auto", "native", "matmul")
@@ -79,13 +80,18 @@ def choose(model, batch, mode):
     if tf.config.list_physical_devices("GPU"):
         return []
     chosen = []
-    for layer in layers:
-        shape = _input_shape(layer)
-        if shape is None:
-            continue
-        native, matmul = _time_both(layer, (batch, *shape))
-        if matmul < _MARGIN * native:
-            chosen.append((layer, native, matmul))
+    logger, level = tf.get_logger(), tf.get_logger().level
+    logger.setLevel("ERROR")  # one trace per layer shape is the point here, not a retracing problem
+    try:
+        for layer in layers:
+            shape = _input_shape(layer)
+            if shape is None:
+                continue
+            native, matmul = _time_both(layer, (batch, *shape))
+            if matmul < _MARGIN * native:
+                chosen.append((layer, native, matmul))
+    finally:
+        logger.setLevel(level)
     return chosen
 
 
@@ -98,11 +104,16 @@ def _input_shape(layer):
 
 
 def _time_both(layer, shape):
-    """Milliseconds of the kernel's filter gradient and of the products, best of two calls each."""
+    """Milliseconds of the kernel's filter gradient and of the products, best of two calls each;
+    timed once per shape in a process (a ResNet repeats a few shapes many times)."""
+    return _timed_shape(tuple(shape), layer.kernel_size[0], layer.filters, layer.compute_dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _timed_shape(shape, k, co, dtype):
     import tensorflow as tf
 
-    dtype = tf.as_dtype(layer.compute_dtype)
-    k, co = layer.kernel_size[0], layer.filters
+    dtype = tf.as_dtype(dtype)
     x = tf.cast(tf.random.normal(shape), dtype)
     dy = tf.cast(tf.random.normal((*shape[:3], co)), dtype)
     native = tf.function(lambda x, dy: tf.compat.v1.nn.conv2d_backprop_filter(
