@@ -5,6 +5,7 @@ ratio, not the absolute figures). Also the achieved training GFLOP/s against a m
     python benchmarks/train_speed.py [--model airbench94] [--batch 512] [--precision auto] [--steps 12]
     python benchmarks/train_speed.py --sweep       # one subprocess per setting: what helps on this CPU
     python benchmarks/train_speed.py --layers      # each layer's forward + backward: where a step goes
+    python benchmarks/train_speed.py --conv-grad-ab  # runtime.conv_filter_grad auto against native
 
 Prints JSON: kclassify_img_per_s, keras_img_per_s, ratio (same work: no augmentation on either
 side; kclassify trains BatchNorm through the fused kernel, runtime.fused_bn), ratio_same_ops
@@ -184,6 +185,59 @@ def measure(args):
             "cpu": cpu_model(), "cpu_flags": cpu_flags(), "threads": os.environ.get("TF_NUM_INTRAOP_THREADS", "default")}
 
 
+def conv_grad_ab(args):
+    """runtime.conv_filter_grad (auto, or --conv-grad matmul) against native on two copies of one
+    model, fused BatchNorm as fit trains it, each round timing both back to back (this class of box
+    drifts by up to 2x between minutes): medians of the per-step seconds."""
+    import contextlib
+
+    import numpy as np
+
+    from kclassify import runtime
+    from kclassify.recipe import RuntimeConfig
+
+    runtime.setup(RuntimeConfig(precision=args.precision, verbose=0), echo=lambda *a: None)
+    import keras
+
+    from kclassify.layers.conv_grad import filter_gradients
+    from kclassify.layers.fused_bn import fuse_batchnorm
+
+    x, labels, source = arrays(args.batch * 2)
+    y = keras.utils.to_categorical(labels, 10)
+    stats = (x.reshape(-1, 3).mean(0).tolist(), x.reshape(-1, 3).std(0).tolist())
+    mode = "auto" if args.conv_grad == "native" else args.conv_grad
+    models, routed = {}, []
+    with contextlib.ExitStack() as stack:
+        for name in ("native", mode):
+            models[name] = build(args, stats)
+            fuse_batchnorm(models[name])
+        models[mode].set_weights(models["native"].get_weights())
+        stack.enter_context(filter_gradients(models[mode], args.batch, mode, echo=routed.append))
+        times = {name: [] for name in models}
+
+        class StepTimer(keras.callbacks.Callback):
+            def on_train_batch_begin(self, batch, logs=None):
+                self.t = time.perf_counter()
+
+            def on_train_batch_end(self, batch, logs=None):
+                self.seen.append(time.perf_counter() - self.t)
+
+        for model in models.values():
+            model.fit(x, y, batch_size=args.batch, epochs=1, verbose=0)  # tracing
+        for _ in range(args.rounds):
+            for name, model in models.items():
+                timer = StepTimer()
+                timer.seen = times[name]
+                model.fit(x, y, batch_size=args.batch, epochs=1, verbose=0, callbacks=[timer])
+    native, other = float(np.median(times["native"])), float(np.median(times[mode]))
+    return {"model": args.model, "params": json.loads(args.params), "batch": args.batch, "data": source,
+            "precision": keras.mixed_precision.global_policy().name, "mode": mode, "routed": routed,
+            "native_s_per_step": round(native, 3), f"{mode}_s_per_step": round(other, 3),
+            "speedup": round(native / other, 3),
+            "steps": {name: [round(t, 2) for t in seen] for name, seen in times.items()},
+            "cpu": cpu_model(), "cpu_flags": cpu_flags()}
+
+
 def _timed(fn, arg, reps):
     """Seconds a call of a tf.function, its results fetched, after two untimed calls (tracing)."""
     import tensorflow as tf
@@ -293,12 +347,14 @@ def main():
     parser.add_argument("--keras-bn", action="store_true", help="runtime.fused_bn false (Keras' own BatchNorm ops)")
     parser.add_argument("--conv-grad", default="auto", choices=["auto", "native", "matmul"],
                         help="runtime.conv_filter_grad for kclassify's loop")
+    parser.add_argument("--conv-grad-ab", action="store_true",
+                        help="filter gradients routed (runtime.conv_filter_grad) against native, steps interleaved")
     parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--layers", action="store_true", help="each layer's forward + backward against a whole step")
     parser.add_argument("--only-kclassify", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    run = sweep if args.sweep else layer_times if args.layers else measure
+    run = sweep if args.sweep else layer_times if args.layers else conv_grad_ab if args.conv_grad_ab else measure
     print(json.dumps(run(args), indent=1))
 
 
