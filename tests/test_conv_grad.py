@@ -45,15 +45,15 @@ def test_matmul_filter_gradient_in_bfloat16_stays_close():
     assert np.linalg.norm(routed - native) / np.linalg.norm(native) < 0.02
 
 
-def _model():
+def _model(dtype=None):
     inputs = keras.Input((8, 8, 3))
-    x = keras.layers.Conv2D(8, 3, padding="same", name="same3")(inputs)
+    x = keras.layers.Conv2D(8, 3, padding="same", name="same3", dtype=dtype)(inputs)
     x = keras.layers.Conv2D(8, 3, padding="valid", name="valid")(x)
     x = keras.layers.Conv2D(8, 3, strides=2, padding="same", name="strided")(x)
     x = keras.layers.Conv2D(8, 3, padding="same", dilation_rate=2, name="dilated")(x)
     x = keras.layers.Conv2D(8, 2, padding="same", name="even")(x)
     x = keras.layers.DepthwiseConv2D(3, padding="same", name="depthwise")(x)
-    x = keras.layers.Conv2D(8, 5, padding="same", name="same5")(x)
+    x = keras.layers.Conv2D(8, 5, padding="same", name="same5", dtype=dtype)(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     return keras.Model(inputs, keras.layers.Dense(2)(x))
 
@@ -68,11 +68,12 @@ def test_only_stride_one_same_odd_convolutions_that_train_are_eligible():
 
 
 def test_auto_times_each_eligible_layer_at_the_batch():
-    """auto (no GPU here) times both ways for every eligible layer and routes only where the
-    products win by the margin; each decision carries its measured milliseconds."""
+    """auto (no GPU here) times both ways for every eligible layer that computes in bfloat16 and
+    routes only where the products win by the margin; each decision carries its measured
+    milliseconds. A float32 model is left to the kernel without timing."""
     from kclassify.layers import conv_grad
 
-    model = _model()
+    model = _model("mixed_bfloat16")
     calls = []
 
     def fake(layer, shape):
@@ -86,6 +87,12 @@ def test_auto_times_each_eligible_layer_at_the_batch():
         conv_grad._time_both = original
     assert calls == [("same3", (16, 8, 8, 3)), ("same5", (16, 3, 3, 8))]
     assert [(layer.name, native, matmul) for layer, native, matmul in chosen] == [("same3", 10.0, 5.0)]
+    calls.clear()
+    original, conv_grad._time_both = conv_grad._time_both, fake
+    try:
+        assert choose(_model(), 16, "auto") == [] and calls == []
+    finally:
+        conv_grad._time_both = original
     native, matmul = conv_grad._time_both(model.get_layer("same3"), (16, 8, 8, 3))
     assert native > 0 and matmul > 0
     assert conv_grad._time_both(model.get_layer("same3"), (16, 8, 8, 3)) == (native, matmul)  # once per shape

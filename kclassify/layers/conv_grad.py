@@ -9,8 +9,8 @@ matrix product: the input shifted by the tap, flattened to (pixels, in_channels)
 times the output gradient flattened to (pixels, out_channels). Those k*k products run on the
 matrix units at their rate: 79 ms at 7x7 and 17 at 3x3 above. Where the map is large and the
 channels few (31x31, 24->128) the kernel wins, and on CPUs without AMX and on GPUs it usually
-does, so `auto` times both at the run's batch and shapes and routes a layer only where the
-products win.
+does, so `auto` times both at the run's batch and shapes in a bfloat16 run on a CPU and routes a
+layer only where the products win.
 
 `filter_gradients(model, batch, mode)` routes the chosen layers while the run trains: the layer's
 forward and input gradient are TensorFlow's own ops, only the filter gradient changes, and the
@@ -68,8 +68,8 @@ def routed_conv(x, kernel):
 
 def choose(model, batch, mode):
     """[(layer, native ms, matmul ms)] for the layers to route: all eligible ones for `matmul`,
-    none for `native`, and for `auto` those whose filter gradient the products compute faster at
-    this batch (none on a GPU, where cuDNN's kernels win)."""
+    none for `native`, and for `auto` those computing in bfloat16 whose filter gradient the
+    products compute faster at this batch (none on a GPU, where cuDNN's kernels win)."""
     import tensorflow as tf
 
     layers = [layer for layer in model._flatten_layers(include_self=False) if eligible(layer)]
@@ -79,6 +79,8 @@ def choose(model, batch, mode):
         return [(layer, None, None) for layer in layers]
     if tf.config.list_physical_devices("GPU"):
         return []
+    # The slow kernel is oneDNN's bfloat16 one; float32 runs keep the kernel without spending start-up time on it.
+    layers = [layer for layer in layers if layer.compute_dtype == "bfloat16"]
     chosen = []
     logger, level = tf.get_logger(), tf.get_logger().level
     logger.setLevel("ERROR")  # one trace per layer shape is the point here, not a retracing problem
