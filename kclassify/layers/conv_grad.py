@@ -1,20 +1,21 @@
 """A convolution's filter gradient as k*k matrix products, where that is faster than the kernel's own.
 
 On Intel CPUs with AMX (Sapphire Rapids and later), oneDNN's bfloat16 backward-weights kernel
-(brgconv_bwd_w) runs 2-12x slower than the forward pass of the same convolution when the feature
+(brgconv_bwd_w) runs 2-6x slower than the forward pass of the same convolution when the feature
 map is small and the channels many: measured on a 2-core Xeon (amx_bf16), batch 512, 3x3 convs,
 384->384 channels at 7x7: forward 99-114 ms, filter gradient 229-483 ms; at 3x3: 31-47 against
 201-211 ms. For a stride-1 'same' convolution the filter gradient is, per kernel tap (i, j), one
 matrix product: the input shifted by the tap, flattened to (pixels, in_channels), transposed,
 times the output gradient flattened to (pixels, out_channels). Those k*k products run on the
 matrix units at their rate: 79 ms at 7x7 and 17 at 3x3 above. Where the map is large and the
-channels few (31x31, 24->128) the kernel wins, and on CPUs without AMX and on GPUs it usually
-does, so `auto` times both at the run's batch and shapes in a bfloat16 run on a CPU and routes a
-layer only where the products win.
+channels few (31x31, 24->128) the kernel wins. Other CPUs were not measured, so `auto` times both
+at the run's batch and shapes in a bfloat16 run on a CPU and routes a layer only where the
+products win; on a GPU it keeps cuDNN's kernels.
 
 `filter_gradients(model, batch, mode)` routes the chosen layers while the run trains: the layer's
 forward and input gradient are TensorFlow's own ops, only the filter gradient changes, and the
-layer stays Keras' Conv2D (saved files, exports and inference never see the route).
+layer stays Keras' Conv2D (saved files and exports never see the route; the final evaluation runs
+after it ends).
 """
 import contextlib
 import functools
