@@ -21,7 +21,6 @@ import contextlib
 import functools
 import time
 
-MODES = ("auto", "native", "matmul")
 _MARGIN = 0.9  # route only when the products take under 90% of the kernel's time
 
 
