@@ -72,7 +72,8 @@ def arm_recipes(args):
     checked before any data is read, and must train on the base recipe's data."""
     from kclassify.recipe import load_recipe
 
-    fixed = ["runtime.fused_bn=false", "runtime.sync_bn=false"]  # both are TensorFlow-kernel options
+    # TensorFlow-kernel options: this script's step runs on JAX
+    fixed = ["runtime.fused_bn=false", "runtime.sync_bn=false", "runtime.conv_filter_grad=native"]
     limit = [f"data.limit={args.limit}"] if args.limit else []
     base = load_recipe(args.recipe, [*args.overrides, *fixed, *limit])
     arms = {"recipe": base} if not args.arms else {

@@ -70,6 +70,11 @@ def arrays(n):
     return rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n), "random uint8"
 
 
+def channel_stats(x):
+    """(mean, std) per channel of uint8 images, for the model's normalization layer."""
+    return x.reshape(-1, 3).mean(0).tolist(), x.reshape(-1, 3).std(0).tolist()
+
+
 def build(args, mean_std):
     import keras
 
@@ -150,7 +155,7 @@ def measure(args):
 
     n = args.batch * args.steps
     x, y, source = arrays(n)
-    stats = (x.reshape(-1, 3).mean(0).tolist(), x.reshape(-1, 3).std(0).tolist())
+    stats = channel_stats(x)
     plain, ours, ours_keras_bn, ours_aug, ours_native_grad = [], [], [], [], []
     for _ in range(args.rounds):
         if not args.only_kclassify:
@@ -204,7 +209,7 @@ def conv_grad_ab(args):
 
     x, labels, source = arrays(args.batch * 2)
     y = keras.utils.to_categorical(labels, 10)
-    stats = (x.reshape(-1, 3).mean(0).tolist(), x.reshape(-1, 3).std(0).tolist())
+    stats = channel_stats(x)
     mode = "auto" if args.conv_grad == "native" else args.conv_grad
     models, routed = {}, []
     with contextlib.ExitStack() as stack:

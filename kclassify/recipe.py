@@ -242,6 +242,7 @@ class RuntimeConfig(Section):
     # products instead of the convolution kernel's own backward pass (kclassify/layers/conv_grad.py;
     # oneDNN's bfloat16 kernel is slow on AMX CPUs at small feature maps). auto: in a bfloat16 run on a
     # CPU, timed per layer shape at start-up and routed where faster; native: never; matmul: every such layer.
+    # The same gradients either way, so kclassify qat / prune (tf_keras worker) train with TensorFlow's own.
     conv_filter_grad: Literal["auto", "native", "matmul"] = "auto"
     # Where a training batch is flipped, augmented, one-hot encoded, smoothed and mixed: host (tf.data
     # threads), device (inside the compiled train step: the input stream only gathers uint8 images), or

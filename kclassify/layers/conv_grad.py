@@ -19,7 +19,6 @@ after it ends).
 """
 import contextlib
 import functools
-import time
 
 _MARGIN = 0.9  # route only when the products take under 90% of the kernel's time
 
@@ -28,11 +27,12 @@ def eligible(layer):
     """A stride-1, undilated, ungrouped, 'same' Conv2D with an odd square kernel that trains."""
     import keras
 
-    k = layer.kernel_size if isinstance(layer, keras.layers.Conv2D) else None
-    return (type(layer) is keras.layers.Conv2D and layer.trainable and layer.built
+    if type(layer) is not keras.layers.Conv2D:
+        return False
+    k = layer.kernel_size
+    return (layer.trainable and layer.built and k[0] == k[1] and k[0] % 2 == 1
             and tuple(layer.strides) == (1, 1) and tuple(layer.dilation_rate) == (1, 1) and layer.groups == 1
-            and layer.padding == "same" and layer.data_format == "channels_last"
-            and k[0] == k[1] and k[0] % 2 == 1)
+            and layer.padding == "same" and layer.data_format == "channels_last")
 
 
 def filter_grad_by_matmul(x, dy, k):
@@ -125,13 +125,10 @@ def _timed_shape(shape, k, co, dtype):
 
 
 def _best_ms(fn, *args):
-    fn(*args).numpy()
-    best = float("inf")
-    for _ in range(2):
-        t = time.perf_counter()
-        fn(*args).numpy()
-        best = min(best, time.perf_counter() - t)
-    return best * 1e3
+    from kclassify.train.budget import timed
+
+    fn(*args).numpy()  # tracing
+    return 1e3 * min(timed(lambda: fn(*args).numpy())[1] for _ in range(2))
 
 
 @contextlib.contextmanager
