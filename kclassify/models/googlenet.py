@@ -46,4 +46,4 @@ def googlenet(num_classes, input_shape, mean=None, std=None, bn_momentum=0.9, ac
     return keras.Model(inputs, outputs, name="googlenet")
 
 
-register("googlenet", googlenet, "googlenet", input_size=224)
+register("googlenet", googlenet, "googlenet", slow=True, input_size=224)  # 12 s of the fast tier at 32x32
