@@ -374,11 +374,18 @@ def _finish(run, model, data, recipe, echo=print, budget=None, started=None):
 
     from kclassify.models import as_float32
 
-    state, finishing = run.state, time.time()
+    state, finishing, parts = run.state, time.time(), {}
+
+    def part(name, fn, *args):
+        t = time.time()
+        out = fn(*args)
+        parts[name] = round(time.time() - t, 2)
+        return out
+
     model = as_float32(model)  # mixed precision trains; the saved and exported network is float32
     if run.chief:
-        keras.Model(model.input, model.output, name=model.name).save(run.model_path)
-    reports, arrays = _final_evaluation(model, data, recipe, echo)
+        part("save", keras.Model(model.input, model.output, name=model.name).save, run.model_path)
+    reports, arrays = part("evaluate", _final_evaluation, model, data, recipe, echo)
     metrics = {**{name: {k: r[k] for k in ("top1", "top5", "loss")} for name, r in reports.items()},
                "epochs": state["epoch"], "steps": state["step"], "train_seconds": round(state["train_seconds"], 1),
                "params": int(model.count_params()), "model": recipe.model.name,
@@ -389,12 +396,12 @@ def _finish(run, model, data, recipe, echo=print, budget=None, started=None):
         metrics["recoveries"] = state["recoveries"]
     if not run.chief:
         return metrics
-    _write_evaluation(run, reports, arrays, recipe.output.plots)
+    part("write", _write_evaluation, run, reports, arrays, recipe.output.plots)
     run.write_json("metrics.json", metrics)
-    _exports(run, model, data, recipe, echo)
+    part("exports", _exports, run, model, data, recipe, echo)
     if recipe.output.report:
-        _html_report(run, data, arrays["probs"], echo)
-    _record_time(metrics, state, budget, started, echo, finishing)
+        part("report", _html_report, run, data, arrays["probs"], echo)
+    _record_time(metrics, state, budget, started, echo, finishing, parts)
     run.write_json("metrics.json", metrics)
     echo(json.dumps({k: metrics[k] for k in ("val", "val_tta", "epochs", "steps", "wall_seconds") if k in metrics}))
     return metrics
@@ -435,19 +442,26 @@ def _write_evaluation(run, reports, arrays, plots):
         plot_history(run.dir / "history.csv", run.dir / "curves.png")
 
 
-def _record_time(metrics, state, budget, started, echo, finishing):
+def _record_time(metrics, state, budget, started, echo, finishing, parts):
     """The plan and the command's wall time, for a budgeted run the promise kept (or not), with
-    what the final steps took against the time the plan kept for them."""
+    what the final steps took (each part's seconds) against the time the plan kept for them."""
     if budget is not None:
         metrics["budget"] = {**state["plan"], **budget.record(state["plan"]["total_steps"], state["step"]),
-                             "final_seconds": round(time.time() - finishing, 1)}
+                             "final_seconds": round(time.time() - finishing, 1), "final_parts": parts}
     if started is None:
         return
     metrics["wall_seconds"] = round(time.time() - started, 1)
-    if budget is not None:
-        metrics["budget"]["actual_wall_seconds"] = metrics["wall_seconds"]
-        echo(f"budget: {budget.minutes:g} min ({60 * budget.minutes:.0f} s); the command took "
-             f"{metrics['wall_seconds']:.0f} s")
+    if budget is None:
+        return
+    b = metrics["budget"]
+    b.update(actual_wall_seconds=metrics["wall_seconds"], training_ended_seconds=round(finishing - started, 1))
+    echo(f"budget: {budget.minutes:g} min ({60 * budget.minutes:.0f} s); the command took {metrics['wall_seconds']:.0f} s")
+    if metrics["wall_seconds"] > 60 * budget.minutes:
+        # Say where the time went: a stall (a busy or swapping machine) shows as one part far over.
+        took = ", ".join(f"{k} {v:.1f} s" for k, v in parts.items())
+        echo(f"budget: over by {metrics['wall_seconds'] - 60 * budget.minutes:.1f} s; training ended at "
+             f"{b['training_ended_seconds']:.0f} s and the final steps took {b['final_seconds']:.1f} s ({took}) "
+             f"against {b['reserved_final_seconds']:.1f} s kept and a {b['margin_seconds']:.1f} s margin")
 
 
 def _exports(run, model, data, recipe, echo):

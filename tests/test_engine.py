@@ -235,9 +235,35 @@ def test_budget_planner_stops_inside_the_budget_on_a_slowed_run(tmp_path):
     wall = time.time() - t
     metrics = json.loads((run / "metrics.json").read_text())
     b = metrics["budget"]
-    assert wall < 60 * budget and b["actual_wall_seconds"] < 60 * budget
+    history = json.loads((run / "ckpt" / "state.json").read_text())["history"]
+    seen = {"wall": round(wall, 1), **b, "epoch_seconds": [h["seconds"] for h in history]}
+    assert wall < 60 * budget and b["actual_wall_seconds"] < 60 * budget, seen
     assert 0 < b["final_seconds"] <= b["reserved_final_seconds"] + b["margin_seconds"], b
+    assert set(b["final_parts"]) == {"save", "evaluate", "write", "exports", "report"}, b
+    assert sum(b["final_parts"].values()) <= b["final_seconds"] + 0.1 and b["training_ended_seconds"] < 60 * budget
     assert b["inference_ms_per_image"] > 0 and b["tta_ms_per_image"] > 0, b  # timed on the final network
     assert b["replans"] >= 2 and b["planned_steps"] == metrics["steps"] < 200 * 44
     lrs = [h["lr"] for h in json.loads((run / "ckpt" / "state.json").read_text())["history"]]
     assert lrs[-1] < 0.05 * lrs[0] + 1e-6  # the schedule spanned the steps actually run
+
+
+def test_an_overrun_budget_says_where_its_time_went():
+    """A command that ends past its budget names the overrun, when training ended and each final
+    part's seconds against what was kept for them."""
+    from kclassify.run import _record_time
+    from kclassify.train.budget import Budget
+
+    now = time.time()
+    budget = Budget(0.5, now - 40.0, val_images=100, eval_views=0, exports=[], calibration_images=0)
+    said, metrics = [], {}
+    parts = {"save": 0.2, "evaluate": 14.5, "write": 0.3, "exports": 0.0, "report": 0.4}
+    _record_time(metrics, {"plan": {"total_steps": 90}, "step": 90}, budget, now - 40.0, said.append, now - 16.0, parts)
+    b = metrics["budget"]
+    assert b["final_parts"] == parts and b["training_ended_seconds"] == 24.0 and 40.0 <= b["actual_wall_seconds"] < 41
+    over = said[-1]
+    assert over.startswith("budget: over by 10.") and "training ended at 24 s" in over and "evaluate 14.5 s" in over
+    assert f"against {b['reserved_final_seconds']:.1f} s kept" in over
+
+    said.clear()
+    _record_time({}, {"plan": {"total_steps": 90}, "step": 90}, budget, now - 20.0, said.append, now - 2.0, parts)
+    assert len(said) == 1 and "over by" not in said[0]  # inside the budget: one line, no alarm
