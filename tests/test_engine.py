@@ -267,3 +267,21 @@ def test_an_overrun_budget_says_where_its_time_went():
     said.clear()
     _record_time({}, {"plan": {"total_steps": 90}, "step": 90}, budget, now - 20.0, said.append, now - 2.0, parts)
     assert len(said) == 1 and "over by" not in said[0]  # inside the budget: one line, no alarm
+
+
+def test_the_final_reserve_grows_when_the_machine_gets_busier():
+    """Inference is timed once; when steps later run 3x slower (another job on the machine), the
+    time kept for the final evaluation and exports grows with them, and shrinks back after."""
+    from kclassify.train.budget import EXPORT_SECONDS, REPORT_SECONDS, Budget
+
+    b = Budget(30.0, time.time(), val_images=5000, eval_views=6, exports=["int8"], calibration_images=500)
+    b.seconds_per_step = 0.5
+    b.inference_timed(0.002, 0.010)
+    fixed = EXPORT_SECONDS + REPORT_SECONDS
+    quiet = b.final_seconds() - fixed
+    assert b.load() == 1.0 and abs(quiet - (1.1 * 5000 * 0.012 + 5500 * 0.002 * 1 + 5000 * 0.002)) < 1e-6
+    b.seconds_per_step = 1.5
+    assert b.load() == 3.0 and abs((b.final_seconds() - fixed) - 3 * quiet) < 1e-6
+    assert b.record(100, 10)["load_since_inference_timed"] == 3.0
+    b.seconds_per_step = 0.5
+    assert abs((b.final_seconds() - fixed) - quiet) < 1e-6

@@ -28,18 +28,30 @@ class Budget:
         self.seconds_per_step = None
         self.seconds_per_image = None  # the final network's inference, measured on validation batches
         self.seconds_per_tta_image = 0.0  # the same with every test-time view
+        self.step_when_timed = None  # seconds_per_step when inference was timed
         self.val_seconds = 0.0  # one validation pass while training
         self.ckpt_seconds = 0.0  # one checkpoint save
         self.replans = 0
 
     def final_seconds(self):
         """What still happens after the last training step: evaluation (plain and every TTA view),
-        each export (conversion, calibration, its LiteRT measurement), the report."""
-        per_image = self.seconds_per_image or 0.002
-        per_tta = self.seconds_per_tta_image or (self.eval_views * per_image)
+        each export (conversion, calibration, its LiteRT measurement), the report. Inference was
+        timed once; a machine that has since become busier (slower steps) evaluates slower too."""
+        per_image = (self.seconds_per_image or 0.002) * self.load()
+        per_tta = (self.seconds_per_tta_image * self.load()) or (self.eval_views * per_image)
         evaluate = self.val_images * (per_image + (per_tta if self.eval_views else 0.0))
         exports = sum(EXPORT_SECONDS + (self.calibration + 2 * self.val_images) * per_image for _ in self.exports)
         return 1.1 * evaluate + exports + REPORT_SECONDS + self.ckpt_seconds
+
+    def inference_timed(self, per_image, per_tta_image):
+        self.seconds_per_image, self.seconds_per_tta_image = per_image, per_tta_image
+        self.step_when_timed = self.seconds_per_step
+
+    def load(self):
+        """How much slower (or faster) a step is now than when inference was timed."""
+        if not self.step_when_timed or not self.seconds_per_step:
+            return 1.0
+        return self.seconds_per_step / self.step_when_timed
 
     def plan(self, steps_done, steps_per_epoch, val_every, cap, checkpoints_per_epoch=1.0, low_res=None):
         """(total steps of training that fit, how many of them train at low resolution): training,
@@ -71,6 +83,7 @@ class Budget:
                 "seconds_per_step": round(self.seconds_per_step or 0.0, 4),
                 "inference_ms_per_image": round(1e3 * (self.seconds_per_image or 0.0), 3),
                 "tta_ms_per_image": round(1e3 * self.seconds_per_tta_image, 3),
+                "load_since_inference_timed": round(self.load(), 2),
                 "reserved_final_seconds": round(self.final_seconds(), 1), "margin_seconds": round(self.margin, 1),
                 "replans": self.replans,
                 "planned_wall_seconds": round(60.0 * self.minutes - self.margin, 1)}

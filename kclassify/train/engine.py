@@ -360,7 +360,7 @@ class Engine:
         b = self.budget
         batch = next(iter(self.val_ds.take(1)))[0]
         b.val_seconds = _seconds_per_image(self.predict._fn, batch) * len(self.data.val)
-        b.seconds_per_image, b.seconds_per_tta_image = self._time_final_evaluation(batch)
+        b.inference_timed(*self._time_final_evaluation(batch))
 
     def _time_final_evaluation(self, batch):
         """Seconds an image for the final report, timed on the network it will run: the float32
