@@ -271,7 +271,8 @@ def test_an_overrun_budget_says_where_its_time_went():
 
 def test_the_final_reserve_grows_when_the_machine_gets_busier():
     """Inference is timed once; when steps later run 3x slower (another job on the machine), the
-    time kept for the final evaluation and exports grows with them, and shrinks back after."""
+    time kept for the final evaluation and exports grows with them, and shrinks back after (never
+    below what was measured)."""
     from kclassify.train.budget import EXPORT_SECONDS, REPORT_SECONDS, Budget
 
     b = Budget(30.0, time.time(), val_images=5000, eval_views=6, exports=["int8"], calibration_images=500)
@@ -283,5 +284,6 @@ def test_the_final_reserve_grows_when_the_machine_gets_busier():
     b.seconds_per_step = 1.5
     assert b.load() == 3.0 and abs((b.final_seconds() - fixed) - 3 * quiet) < 1e-6
     assert b.record(100, 10)["load_since_inference_timed"] == 3.0
-    b.seconds_per_step = 0.5
-    assert abs((b.final_seconds() - fixed) - quiet) < 1e-6
+    for quieter in (0.5, 0.2):  # back to the timed speed, or faster: the measured reserve holds
+        b.seconds_per_step = quieter
+        assert abs((b.final_seconds() - fixed) - quiet) < 1e-6

@@ -48,10 +48,11 @@ class Budget:
         self.step_when_timed = self.seconds_per_step
 
     def load(self):
-        """How much slower (or faster) a step is now than when inference was timed."""
+        """How much slower a step is now than when inference was timed; never below 1 (a full-size
+        step estimated from low-resolution ones can read slow early, and the measured reserve holds)."""
         if not self.step_when_timed or not self.seconds_per_step:
             return 1.0
-        return self.seconds_per_step / self.step_when_timed
+        return max(self.seconds_per_step / self.step_when_timed, 1.0)
 
     def plan(self, steps_done, steps_per_epoch, val_every, cap, checkpoints_per_epoch=1.0, low_res=None):
         """(total steps of training that fit, how many of them train at low resolution): training,
