@@ -373,13 +373,13 @@ def _finish(run, model, data, recipe, echo=print, budget=None, started=None):
     import keras
 
     from kclassify.models import as_float32
+    from kclassify.train.budget import timed
 
     state, finishing, parts = run.state, time.time(), {}
 
     def part(name, fn, *args):
-        t = time.time()
-        out = fn(*args)
-        parts[name] = round(time.time() - t, 2)
+        out, seconds = timed(lambda: fn(*args))
+        parts[name] = round(seconds, 2)
         return out
 
     model = as_float32(model)  # mixed precision trains; the saved and exported network is float32

@@ -37,8 +37,9 @@ class Budget:
         """What still happens after the last training step: evaluation (plain and every TTA view),
         each export (conversion, calibration, its LiteRT measurement), the report. Inference was
         timed once; a machine that has since become busier (slower steps) evaluates slower too."""
-        per_image = (self.seconds_per_image or 0.002) * self.load()
-        per_tta = (self.seconds_per_tta_image * self.load()) or (self.eval_views * per_image)
+        load = self.load()
+        per_image = (self.seconds_per_image or 0.002) * load
+        per_tta = (self.seconds_per_tta_image * load) or (self.eval_views * per_image)
         evaluate = self.val_images * (per_image + (per_tta if self.eval_views else 0.0))
         exports = sum(EXPORT_SECONDS + (self.calibration + 2 * self.val_images) * per_image for _ in self.exports)
         return 1.1 * evaluate + exports + REPORT_SECONDS + self.ckpt_seconds
