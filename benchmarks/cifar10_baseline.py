@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 START = time.time()
-ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-train.tar.gz"
+ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-train-png.tar.gz"
 
 
 def load(archive):

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "cifar10-train.tar.gz"
+DATA = ROOT.parent / "shared" / "data" / "cifar10-train-png.tar.gz"
 
 # name: (folder: "all" or "subset", image size, data.cache_gb, batch size, steps per epoch, validation images).
 # At 224 the batch is 16, and validation batches are the training batch: ResNet-9's own activations at

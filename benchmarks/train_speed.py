@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CIFAR = ROOT.parent / "shared" / "data" / "cifar10-train.tar.gz"
+CIFAR = ROOT.parent / "shared" / "data" / "cifar10-train-png.tar.gz"
 
 
 def cpu_flags():

@@ -203,7 +203,7 @@ def test_pipeline_crops_and_flips_differ_per_image():
 
 @pytest.mark.slow
 def test_real_cifar10_folder_loads():
-    archive = shared_file("data/cifar10-train.tar.gz")
+    archive = shared_file("data/cifar10-train-png.tar.gz")
     data = load_data(DataConfig(source="image_folder", path=str(archive), subdir="train", val_count=5000))
     assert data.input_shape == (32, 32, 3) and len(data.train) == 45000 and len(data.val) == 5000
     assert np.bincount(data.val.labels).tolist() == [500] * 10
