@@ -121,7 +121,7 @@ class Trainer:
         import jax.numpy as jnp
         import keras
 
-        from kclassify.train.fit import build_for_run, fit_setup
+        from kclassify.train.setup import build_for_run, fit_setup
         from kclassify.train.optim import make_optimizer
 
         self.recipe, self.data, t = recipe, data, recipe.train
@@ -243,7 +243,7 @@ class Trainer:
         """A new network's weights (the recipe's initialization, seeded) and zeroed optimizer slots."""
         import keras
 
-        from kclassify.train.fit import build_for_run
+        from kclassify.train.setup import build_for_run
 
         keras.utils.set_random_seed(seed)
         recipe = self.recipe.model_copy(update={"runtime": self.recipe.runtime.model_copy(update={"seed": seed})})

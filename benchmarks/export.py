@@ -40,8 +40,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     from kclassify import runtime
-    from kclassify.export import ExportJob
-    from kclassify.export.compare import compare_modes
+    from kclassify.commands.export import ExportJob
+    from kclassify.tflite.compare import compare_modes
 
     runtime.quiet_tensorflow()
     for run in args.runs:

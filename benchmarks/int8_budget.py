@@ -26,14 +26,14 @@ from int8_table import machine  # noqa: E402  (benchmarks/ is the script's folde
 
 def calibration_sweep(run, counts, seeds):
     """The post-training int8 drop against the calibration count (several draws each)."""
-    from kclassify.evaluate import predict
-    from kclassify.export import ExportJob
-    from kclassify.export.calibration import calibration_images
-    from kclassify.export.convert import convert
+    from kclassify.inference import predict
+    from kclassify.commands.export import ExportJob
+    from kclassify.data.holdout import calibration_images
+    from kclassify.tflite.convert import convert
     from kclassify.kit import kitlib
 
     job = ExportJob(run)
-    kit = kitlib()
+    kit = kitlib
     idx, s_images, s_labels = job.search
     float_val = float((job.keras_probs.argmax(1) == np.asarray(job.val.labels)).mean())
     float_search = float((predict(job.model, s_images).argmax(1) == s_labels).mean())
@@ -56,7 +56,7 @@ def calibration_sweep(run, counts, seeds):
 
 def qat_sweep(run, fractions, steps):
     """QAT at fractions of the run's last peak rate: fake-quant and .tflite top-1, range settling."""
-    from kclassify.qat.run import last_peak_lr, qat
+    from kclassify.commands.qat import last_peak_lr, qat
     from kclassify.run import Run
 
     peak = last_peak_lr(Run.load(run).recipe)

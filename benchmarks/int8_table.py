@@ -42,7 +42,7 @@ def latencies(files, rounds=3, runs=100):
     """{file: {threads: median ms}}, batch 1, measured in interleaved rounds."""
     from kclassify.kit import kitlib
 
-    kit = kitlib()
+    kit = kitlib
     out = {f: {1: [], 2: []} for f in files}
     for _ in range(rounds):
         for threads in (1, 2):
@@ -58,8 +58,8 @@ def timed(fn, *args, **kwargs):
 
 def table(run, max_drop, qat_steps, echo):
     """The four files of one run, measured; returns the summary dict."""
-    from kclassify.export import ExportJob
-    from kclassify.qat.run import qat
+    from kclassify.commands.export import ExportJob
+    from kclassify.commands.qat import qat
 
     run = Path(run)
     job = ExportJob(run)

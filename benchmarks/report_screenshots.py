@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 import browser  # noqa: E402
-from kclassify.report import SECTIONS  # noqa: E402
+from kclassify.commands.report import SECTIONS  # noqa: E402
 
 
 def shrink(src, dest, colours=256):

@@ -117,7 +117,7 @@ def kclassify_rate(args, x, y, steps, augment, fused_bn=True, conv_grad=None):
     from kclassify.recipe import validate
     from kclassify.run import Run
     from kclassify.train.engine import Engine, Phase
-    from kclassify.train.fit import build_for_run, fit_setup
+    from kclassify.train.setup import build_for_run, fit_setup
     import tensorflow as tf
 
     recipe = validate({
@@ -151,7 +151,7 @@ def measure(args):
     runtime.setup(RuntimeConfig(precision=args.precision, verbose=0), echo=lambda *a: None)
     import keras
 
-    from kclassify.profile import profile_model
+    from kclassify.commands.profile import profile_model
 
     n = args.batch * args.steps
     x, y, source = arrays(n)
@@ -266,7 +266,7 @@ def layer_times(args):
 
     from kclassify import runtime
     from kclassify.layers.fused_bn import fuse_batchnorm
-    from kclassify.profile import layer_macs
+    from kclassify.commands.profile import layer_macs
     from kclassify.recipe import RuntimeConfig
 
     runtime.setup(RuntimeConfig(precision=args.precision, verbose=0), echo=lambda *a: None)

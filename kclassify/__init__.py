@@ -1,48 +1,31 @@
 """kclassify: image classification on Keras 3 from recipe files.
 
 The public API is kclassify.fit / finetune / evaluate / export / build_model (kclassify.api).
-Importing kclassify is light (no TensorFlow), so a recipe is checked in milliseconds. The custom
-Keras objects kclassify saves into .keras files are registered the moment Keras itself is
-imported, so `import kclassify; keras.models.load_model(...)` works in any order.
+Importing kclassify stays free of TensorFlow, so a recipe is checked in milliseconds: the API
+functions are looked up on first use, and the custom Keras objects kclassify saves into .keras
+files are registered the moment Keras itself is imported, so `import kclassify;
+keras.models.load_model(...)` works in any order.
 """
 import importlib.abc
 import importlib.machinery
-import importlib.util
 import sys
+
+from kclassify.registration import register_custom_objects
 
 __version__ = "0.1.0"
 
 API = ("fit", "finetune", "evaluate", "export", "build_model")
 
 
-def _api_function(name):
-    def get(module):
-        import kclassify.api
+def __getattr__(name):
+    """kclassify.fit and the other API functions, importing kclassify.api on first use (so
+    processes that need only part of the package, such as the QAT worker, do not load it)."""
+    if name in API:
+        # The TensorFlow-free boundary: kclassify.api is imported only when a function is asked for.
+        from kclassify import api
 
-        return getattr(kclassify.api, name)
-
-    def ignore(module, value):
-        """Importing the submodule kclassify.evaluate (or .export) binds it on its package; the
-        API function of the same name stays what `kclassify.evaluate` means (the submodule is
-        in sys.modules, where `from kclassify.evaluate import ...` finds it)."""
-
-    return property(get, ignore)
-
-
-class _Package(type(sys)):
-    """The kclassify module, with the public API as lazy attributes (kclassify.api is imported
-    on first use, so processes that only need part of the package, such as the QAT worker, do
-    not load it)."""
-
-
-for _name in API:
-    setattr(_Package, _name, _api_function(_name))
-sys.modules[__name__].__class__ = _Package
-
-
-def register_custom_objects():
-    """Import every module that registers Keras objects under package 'kclassify'."""
-    import kclassify.custom_objects  # noqa: F401
+        return getattr(api, name)
+    raise AttributeError(f"module 'kclassify' has no attribute {name!r}")
 
 
 class _AfterKerasImport(importlib.abc.MetaPathFinder):

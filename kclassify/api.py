@@ -20,11 +20,11 @@ def _prepared(recipe, overrides, sections, command=None, schedule=None):
 
     cfg = recipe_from(recipe, overrides, sections)
     if command == "fit":
-        from kclassify.train.fit import check_fit_recipe
+        from kclassify.commands.checks import check_fit_recipe
 
         check_fit_recipe(cfg)
     elif command == "finetune":
-        from kclassify.finetune.run import check_finetune_recipe, resolve_phases
+        from kclassify.commands.checks import check_finetune_recipe, resolve_phases
 
         cfg = resolve_phases(cfg, schedule)
         check_finetune_recipe(cfg)
@@ -35,7 +35,7 @@ def _prepared(recipe, overrides, sections, command=None, schedule=None):
 def fit(recipe, *, out=None, fresh=False, teacher=None, overrides=(), callbacks=(), echo=print, **sections):
     """Train a recipe (resuming its run folder when interrupted); returns the `Run`."""
     from kclassify.run import Run
-    from kclassify.train.fit import fit as run_fit
+    from kclassify.commands.fit import fit as run_fit
 
     extra = [f"train.distill.teacher={teacher}"] if teacher else []
     cfg = _prepared(recipe, [*overrides, *extra], sections, "fit")
@@ -46,7 +46,7 @@ def finetune(recipe, *, schedule=None, out=None, fresh=False, dry_run=False, ove
              **sections):
     """Fine-tune a pretrained backbone in phases (`schedule` like "head:3,top2:3,all:6");
     returns the `Run` (None for a dry run)."""
-    from kclassify.finetune.run import finetune as run_finetune
+    from kclassify.commands.finetune import finetune as run_finetune
     from kclassify.run import Run
 
     cfg = _prepared(recipe, overrides, sections, "finetune", schedule)
@@ -59,7 +59,7 @@ def evaluate(model_or_run, *, data=None, tta=None, json_out=None, echo=print):
     """Top-1/top-5, per-class table and confusion matrix of a model or run (its recipe's TTA
     unless `tta` names a preset); returns the report dict."""
     from kclassify import runtime
-    from kclassify.evaluate import run_evaluate
+    from kclassify.commands.evaluate import run_evaluate
 
     runtime.quiet_tensorflow()
     return run_evaluate(model_or_run, data, json_out, echo=echo, tta=tta)
@@ -75,8 +75,8 @@ def export(model_or_run, quant="int8", *, out=None, data=None, calibration_image
     from kclassify import runtime
 
     runtime.quiet_tensorflow()
-    from kclassify.export import ExportJob
-    from kclassify.export.report import RECIPE
+    from kclassify.commands.export import ExportJob
+    from kclassify.commands.export import RECIPE
 
     job = model_or_run if isinstance(model_or_run, ExportJob) else ExportJob(
         model_or_run, data_spec=data, calibration_count=calibration_images, input_size=input_size)
@@ -103,23 +103,14 @@ def _tta_wrapped(model, preset):
 def augment_preview(recipe, out, count=32, data=None, echo=print):
     """A grid of `count` training images as the recipe's training pipeline delivers them (crops,
     flips, ops, MixUp/CutMix, smoothed labels), written to `out`; `data` skips loading it again."""
-    import numpy as np
-
     from kclassify import runtime
     from kclassify.recipe import recipe_from
 
     recipe = recipe_from(recipe)
     runtime.setup(recipe.runtime, echo=lambda *a: None)
-    from kclassify.augment.preview import write_grid
-    from kclassify.data import load_data
-    from kclassify.data.pipeline import recipe_train_dataset
+    from kclassify.commands.augment import write_preview
 
-    data = data or load_data(recipe.data, recipe.runtime.seed, augment=recipe.augment)
-    recipe = recipe.model_copy(deep=True)
-    recipe.train.batch_size = min(count, len(data.train))
-    images, targets = next(iter(recipe_train_dataset(recipe, data.train, len(data.class_names))))[:2]
-    write_grid(np.clip(images.numpy(), 0, 255).astype(np.uint8), targets.numpy(), data.class_names, out)
-    echo(f"wrote {out}: {len(images)} augmented training images of recipe {recipe.name}")
+    write_preview(recipe, out, count, data, echo)
 
 
 def build_model(name, num_classes, input_shape, **params):

@@ -5,7 +5,7 @@ import sys
 import click
 
 from kclassify.errors import KClassifyError
-from kclassify.export.modes import MODES as EXPORT_MODES
+from kclassify.tflite.modes import MODES as EXPORT_MODES
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before anything imports TensorFlow
 
@@ -74,7 +74,7 @@ def evaluate(model_or_run, spec, json_out, tta):
 def launch(recipe, workers, overrides, out, fresh, command):
     """Run RECIPE on N local workers (MultiWorkerMirroredStrategy over localhost ports): for testing
     a cluster set-up on one machine. Each worker's output is prefixed with its index."""
-    from kclassify.launch import launch_local
+    from kclassify.commands.launch import launch_local
 
     sys.exit(launch_local(recipe, workers, overrides, out, fresh, command, echo=click.echo))
 
@@ -86,7 +86,7 @@ def report(run, out):
     """One self-contained HTML page about a finished run: metrics, data, curves, weak classes,
     confused pairs, wrong images, calibration, augmentation and exports."""
     from kclassify import runtime
-    from kclassify.report import write_report
+    from kclassify.commands.report import write_report
 
     runtime.quiet_tensorflow()
     write_report(run, out or os.path.join(run, "report.html"), echo=click.echo)
@@ -117,7 +117,7 @@ def export(model_or_run, tflite, quant, compare, out, spec, calibration_images, 
     """Export a run (or .keras file) to a builtins-only .tflite and measure it with LiteRT."""
     import kclassify
     from kclassify import runtime
-    from kclassify.export import ExportJob, copy_kit
+    from kclassify.commands.export import ExportJob, copy_kit
 
     if compare and tta:
         raise click.UsageError("--tta makes one file; --compare exports every mode without views: use one")
@@ -126,7 +126,7 @@ def export(model_or_run, tflite, quant, compare, out, spec, calibration_images, 
     if debug_quant:
         job.debug("int8" if quant in ("float32", "float16", "dynamic") else quant, click.echo)
     if compare:
-        from kclassify.export.compare import compare_modes
+        from kclassify.tflite.compare import compare_modes
 
         compare_modes(job, folder=out, echo=click.echo)
     else:
@@ -235,7 +235,7 @@ def models_list(fast, json_out):
     from kclassify import runtime
 
     runtime.quiet_tensorflow()
-    from kclassify.profile import format_table, models_table
+    from kclassify.commands.profile import format_table, models_table
 
     rows = models_table(include_slow=not fast)
     for line in format_table(rows):
@@ -255,7 +255,7 @@ def profile(name_or_file, input_size, num_classes, json_out):
     from kclassify import runtime
 
     runtime.quiet_tensorflow()
-    from kclassify.profile import run_profile
+    from kclassify.commands.profile import run_profile
 
     run_profile(name_or_file, input_size, num_classes, json_out, echo=click.echo)
 
@@ -279,7 +279,7 @@ def qat(run, epochs, steps, lr, keep, batch_size, steps_per_epoch, out):
     from kclassify import runtime
 
     runtime.quiet_tensorflow()
-    from kclassify.qat.run import qat as run_qat
+    from kclassify.commands.qat import qat as run_qat
 
     run_qat(run, epochs=epochs, lr=lr, batch_size=batch_size, steps_per_epoch=steps_per_epoch, steps=steps, keep=keep,
             out=out, echo=click.echo)
@@ -304,7 +304,7 @@ def prune(run, sparsity, schedule, epochs, lr, batch_size, steps_per_epoch, int8
     from kclassify import runtime
 
     runtime.quiet_tensorflow()
-    from kclassify.qat.run import prune as run_prune
+    from kclassify.commands.qat import prune as run_prune
 
     run_prune(run, sparsity=sparsity, schedule=schedule, epochs=epochs, lr=lr, batch_size=batch_size,
               steps_per_epoch=steps_per_epoch, int8=int8 or None, out=out, echo=click.echo)

@@ -4,9 +4,9 @@ import numpy as np
 
 from kclassify.kit import kitlib
 
-classification_report = kitlib().classification_report
-format_report = kitlib().format_report
-format_confusion = kitlib().format_confusion
+classification_report = kitlib.classification_report
+format_report = kitlib.format_report
+format_confusion = kitlib.format_confusion
 
 
 def cross_entropy(probs, labels):

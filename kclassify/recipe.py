@@ -3,15 +3,19 @@
 A typo fails at load time with the key, its section and a close match; a value of the wrong
 type or range names the field and what was given.
 """
+import copy
+import importlib.util
 from pathlib import Path
-from typing import Literal, Optional, Union, get_args
+from typing import get_args, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator, ValidationError
 
+from kclassify import catalog
+from kclassify.data.spec import check_data
 from kclassify.errors import RecipeError
-from kclassify.export.modes import MODES as EXPORT_MODES
 from kclassify.registry import suggest
+from kclassify.tflite.modes import MODES as EXPORT_MODES
 
 
 class Section(BaseModel):
@@ -374,8 +378,6 @@ def load_recipe(name_or_path, overrides=(), sections=None):
 
 def recipe_from(recipe, overrides=(), sections=None):
     """A validated Recipe from a Recipe, a dict of sections, or a YAML file / shipped recipe name."""
-    import copy
-
     if isinstance(recipe, Recipe):
         return _apply(recipe.model_dump(mode="json"), overrides, sections, recipe.name)
     if isinstance(recipe, dict):
@@ -429,8 +431,6 @@ def validate(raw, source="recipe"):
 def registry_problems(recipe):
     """Names and arguments checked against the registries' catalog (no TensorFlow): the model and
     its parameters, every augmentation op and its arguments, the data source and its fields."""
-    from kclassify import catalog
-
     cat = catalog.load()
     problems = _model_problems(recipe.model, "model", cat)
     if recipe.train.data_filter is not None:
@@ -460,11 +460,8 @@ def _model_problems(cfg, where, cat):
 
 def _data_problems(cfg):
     """The data source's own field check (kclassify.data.spec), when the source module has one."""
-    import importlib.util
-
     if importlib.util.find_spec("kclassify.data.spec") is None:
         return []
-    from kclassify.data.spec import check_data
 
     return list(check_data(cfg))
 

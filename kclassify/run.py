@@ -10,10 +10,11 @@
       metrics.json, history.csv, steps.csv, val_report.json, val_predictions.npz, exports, report.html
 
 Everything that reads or writes these files asks a `Run`: fit and finetune create or resume one
-(`Run.start`), evaluate, export, qat and prune open a finished one (`Run.load`). Nothing here
-imports TensorFlow until a model is saved or loaded.
+(`Run.start`), evaluate, export, qat and prune open a finished one (`Run.load`). 
 """
 import contextlib
+import csv
+import fcntl
 import hashlib
 import json
 import os
@@ -22,11 +23,14 @@ import socket
 import time
 from pathlib import Path
 
+import numpy as np
 import yaml
 
+from kclassify import runtime
+from kclassify.data import load_data
 from kclassify.errors import KClassifyError, ModelFileError, RecipeError
-
-MODEL_FILE = "model.keras"
+from kclassify.models.saving import MODEL_FILE, load_model, model_file
+from kclassify.recipe import Recipe, load_recipe
 LOCK_FILE = "run.lock"
 _HELD_LOCKS = {}  # run folder -> open lock file descriptor (the flock lives as long as it)
 
@@ -64,7 +68,6 @@ def sha256(path):
 def recipe_diff(old, new, prefix=""):
     """Differences that change training (output and verbosity may change on resume). A key the
     old recipe lacks counts only if the new value differs from the default (fields added later)."""
-    from kclassify.recipe import Recipe
 
     defaults = Recipe().model_dump(mode="json")
     return _diff(old, new, defaults, prefix)
@@ -112,13 +115,9 @@ class Run:
     def resolve(path):
         """A .keras file or a run folder -> (model file, Run or None). A .keras file inside a run
         folder (model.keras, a checkpoint) belongs to that run."""
-        p = Path(path)
-        if p.is_dir():
-            if not (p / MODEL_FILE).exists():
-                raise ModelFileError(f"{p} is not a finished run folder (no {MODEL_FILE} inside)")
-            return p / MODEL_FILE, Run.load(p)
-        if not p.exists():
-            raise ModelFileError(f"model not found: {str(path)!r}")
+        p = model_file(path)
+        if Path(path).is_dir():
+            return p, Run.load(path)
         for folder in (p.parent, p.parent.parent):
             if (folder / "recipe.yaml").is_file():
                 return p, Run(folder)
@@ -152,8 +151,6 @@ class Run:
             self.state = self.read_state()
 
     def _lock(self, command, echo):
-        import fcntl
-
         self.dir.mkdir(parents=True, exist_ok=True)
         path = self.dir / LOCK_FILE
         key = str(path.resolve())
@@ -197,7 +194,6 @@ class Run:
 
     @property
     def recipe(self):
-        from kclassify.recipe import load_recipe
 
         return load_recipe(self.dir / "recipe.yaml")
 
@@ -214,13 +210,11 @@ class Run:
         return read_json(self.dir / "metrics.json", {})
 
     def load_model(self):
-        from kclassify.evaluate import load_model
 
-        return load_model(self.model_path)[0]
+        return load_model(self.model_path)
 
     def data(self):
         """The run's data (train and validation splits), loaded as its recipe says."""
-        from kclassify.data import load_data
 
         recipe = self.recipe
         return load_data(recipe.data, recipe.runtime.seed, augment=recipe.augment)
@@ -277,8 +271,6 @@ class Run:
         entry = {"file": name, "step": s["step"], "phase": s["phase"], "phase_step": s["phase_step"],
                  "epoch": s["epoch"], "bytes": (folder / name).stat().st_size, "sha256": sha256(folder / name)}
         if averages is not None:
-            import numpy as np
-
             avg = folder / f"step-{s['step']:08d}.avg.npz"
             np.savez(folder / "tmp.avg.npz", **averages)
             os.replace(folder / "tmp.avg.npz", avg)
@@ -321,10 +313,6 @@ class Run:
         s.update(step=entry["step"], phase=entry["phase"], phase_step=entry["phase_step"], epoch=entry["epoch"],
                  history=history, checkpoints=keep, file=entry["file"])
 
-    def finish(self, model, data, recipe, echo=print, budget=None, started=None):
-        """Final model, evaluation, metrics, reports, exports (see _finish)."""
-        return _finish(self, model, data, recipe, echo, budget, started)
-
     def clear_final(self):
         """A run that trains again has no final model yet."""
         if self.chief:
@@ -336,7 +324,6 @@ def training_run(recipe, out, fresh, command, echo=print):
     """(run, strategy) for a training command: the folder locked and its state read (resumable),
     the runtime set up; strategy None when the run has already finished. The lock is released
     at the end, whatever happens."""
-    from kclassify import runtime
 
     run = Run.start(recipe, out, fresh, command, chief=runtime.is_chief(recipe.runtime), echo=echo)
     try:
@@ -353,8 +340,6 @@ def training_run(recipe, out, fresh, command, echo=print):
 
 
 def write_history_csv(history, path):
-    import csv
-
     if not history:
         return
     keys = []
@@ -364,124 +349,3 @@ def write_history_csv(history, path):
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         w.writerows(history)
-
-
-def _finish(run, model, data, recipe, echo=print, budget=None, started=None):
-    """The end of a training command: save the inference model, evaluate it (plainly and with the
-    recipe's test-time augmentation), write metrics, reports, plots and predictions, then the
-    recipe's exports and the HTML report; metrics.json last, with the wall time of the command."""
-    import keras
-
-    from kclassify.models import as_float32
-    from kclassify.train.budget import timed
-
-    state, finishing, parts = run.state, time.time(), {}
-
-    def part(name, fn, *args):
-        out, seconds = timed(lambda: fn(*args))
-        parts[name] = round(seconds, 2)
-        return out
-
-    model = as_float32(model)  # mixed precision trains; the saved and exported network is float32
-    if run.chief:
-        part("save", keras.Model(model.input, model.output, name=model.name).save, run.model_path)
-    reports, arrays = part("evaluate", _final_evaluation, model, data, recipe, echo)
-    metrics = {**{name: {k: r[k] for k in ("top1", "top5", "loss")} for name, r in reports.items()},
-               "epochs": state["epoch"], "steps": state["step"], "train_seconds": round(state["train_seconds"], 1),
-               "params": int(model.count_params()), "model": recipe.model.name,
-               "train_images": len(data.train), "val_images": len(data.val)}
-    if "val_tta" in reports:
-        metrics["val_tta"].update(tta=recipe.evaluate.tta, views=reports["val_tta"]["views"])
-    if state.get("recoveries"):
-        metrics["recoveries"] = state["recoveries"]
-    if not run.chief:
-        return metrics
-    part("write", _write_evaluation, run, reports, arrays, recipe.output.plots)
-    run.write_json("metrics.json", metrics)
-    part("exports", _exports, run, model, data, recipe, echo)
-    if recipe.output.report:
-        part("report", _html_report, run, data, arrays["probs"], echo)
-    _record_time(metrics, state, budget, started, echo, finishing, parts)
-    run.write_json("metrics.json", metrics)
-    echo(json.dumps({k: metrics[k] for k in ("val", "val_tta", "epochs", "steps", "wall_seconds") if k in metrics}))
-    return metrics
-
-
-def _final_evaluation(model, data, recipe, echo):
-    """({"val": report[, "val_tta": report]}, arrays for val_predictions.npz)."""
-    import numpy as np
-
-    from kclassify.evaluate import evaluate_model
-    from kclassify.metrics import format_report
-    from kclassify.tta import view_count, views_of
-
-    ev = recipe.evaluate
-    report, probs = evaluate_model(model, data.val, data.class_names, ev.batch_size)
-    echo(format_report(report, title=f"validation ({recipe.model.name})"))
-    reports, arrays = {"val": report}, {"probs": probs, "labels": np.asarray(data.val.labels, np.int32)}
-    if view_count(ev):
-        tta, arrays["probs_tta"] = evaluate_model(model, data.val, data.class_names, ev.batch_size, views_of(ev),
-                                                  ev.average)
-        reports["val_tta"] = {**tta, "views": view_count(ev)}
-        echo(f"validation with TTA ({ev.tta}, {view_count(ev)} views): top-1 {tta['top1']:.4f}, "
-             f"top-5 {tta['top5']:.4f}")
-    return reports, arrays
-
-
-def _write_evaluation(run, reports, arrays, plots):
-    import numpy as np
-
-    from kclassify.evaluate import write_report
-
-    for name, report in reports.items():
-        write_report(report, run.dir, name, plots=plots and name == "val")
-    np.savez(run.dir / "val_predictions.npz", **arrays)
-    if plots and (run.dir / "history.csv").exists():
-        from kclassify.plots import plot_history
-
-        plot_history(run.dir / "history.csv", run.dir / "curves.png")
-
-
-def _record_time(metrics, state, budget, started, echo, finishing, parts):
-    """The plan and the command's wall time, for a budgeted run the promise kept (or not), with
-    what the final steps took (each part's seconds) against the time the plan kept for them."""
-    if budget is not None:
-        metrics["budget"] = {**state["plan"], **budget.record(state["plan"]["total_steps"], state["step"]),
-                             "final_seconds": round(time.time() - finishing, 1), "final_parts": parts}
-    if started is None:
-        return
-    metrics["wall_seconds"] = round(time.time() - started, 1)
-    if budget is None:
-        return
-    b = metrics["budget"]
-    b.update(actual_wall_seconds=metrics["wall_seconds"], training_ended_seconds=round(finishing - started, 1))
-    echo(f"budget: {budget.minutes:g} min ({60 * budget.minutes:.0f} s); the command took {metrics['wall_seconds']:.0f} s")
-    if metrics["wall_seconds"] > 60 * budget.minutes:
-        # Say where the time went: a stall (a busy or swapping machine) shows as one part far over.
-        took = ", ".join(f"{k} {v:.1f} s" for k, v in parts.items())
-        echo(f"budget: over by {metrics['wall_seconds'] - 60 * budget.minutes:.1f} s; training ended at "
-             f"{b['training_ended_seconds']:.0f} s and the final steps took {b['final_seconds']:.1f} s ({took}) "
-             f"against {b['reserved_final_seconds']:.1f} s kept and a {b['margin_seconds']:.1f} s margin")
-
-
-def _exports(run, model, data, recipe, echo):
-    if not recipe.output.export:
-        return
-    from kclassify.export import ExportJob
-
-    job = ExportJob(run.dir, model=model, data=data, calibration_count=recipe.output.calibration_images)
-    for mode in recipe.output.export:
-        rep = job.export(mode)
-        echo(f"export {mode}: {rep['file']} {rep['size_bytes']:,} bytes, top-1 {rep['tflite']['top1']:.4f}, "
-             f"agreement with Keras {rep['agreement']:.4f}")
-
-
-def _html_report(run, data, probs, echo):
-    import importlib.util
-
-    if importlib.util.find_spec("kclassify.report") is None:
-        return
-    from kclassify.report import write_run_report
-
-    write_run_report(run.dir, data=data, probs=probs, echo=echo)
-

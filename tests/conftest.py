@@ -44,7 +44,7 @@ def tiny_recipe(tmp_path, **sections):
 @pytest.fixture(scope="session")
 def digits_run(tmp_path_factory):
     """A ResNet-20 trained on the digits for 8 epochs (about 15 s); its run folder."""
-    from kclassify.train.fit import fit
+    from kclassify.commands.fit import fit
 
     tmp = tmp_path_factory.mktemp("digits")
     recipe = tiny_recipe(tmp, model={"name": "resnet20", "params": {}}, train={"epochs": 8},

@@ -126,7 +126,7 @@ def test_route_trains_like_tensorflow_and_ends_with_the_block(tmp_path):
 
 
 def test_fit_routes_per_recipe_and_says_so(tmp_path):
-    from kclassify.train.fit import fit
+    from kclassify.commands.fit import fit
 
     recipe = tiny_recipe(tmp_path, train={"epochs": 1}, runtime={"conv_filter_grad": "matmul"})
     lines = []

@@ -76,7 +76,7 @@ def test_a_filtered_fit_learns_saves_only_the_model_and_checkpoints_the_proxy(tm
 
     from conftest import tiny_recipe
     from kclassify.train.averaging import load_arrays
-    from kclassify.train.fit import fit
+    from kclassify.commands.fit import fit
 
     recipe = tiny_recipe(tmp_path, data={"source": "npz", "path": str(tiny_npz), "val_fraction": 0.2},
                          model={"name": "airbench93", "params": {"widths": [16, 16, 16], "act": "relu"}},
@@ -108,8 +108,8 @@ def test_recipe_checks_of_the_data_filter():
         validate({**base, "train": {"data_filter": {"kep": 0.5}}})
     with pytest.raises(RecipeError, match="train.data_filter.keep"):
         validate({**base, "train": {"data_filter": {"keep": 1.0}}})
-    from kclassify.finetune.run import check_finetune_recipe
-    from kclassify.train.fit import check_fit_recipe
+    from kclassify.commands.checks import check_finetune_recipe
+    from kclassify.commands.checks import check_fit_recipe
 
     with pytest.raises(RecipeError, match="train.data_filter is read by kclassify fit"):
         check_finetune_recipe(validate({**base, "model": {"name": "keras_mobilenet"}}))

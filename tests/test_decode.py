@@ -281,7 +281,7 @@ def test_kclassify_decoder_is_the_kit_file():
     from kclassify.data import decode
     from kclassify.kit import kitlib
 
-    assert decode.decode_image is kitlib().decode_image and decode.resize_image is kitlib().resize_image
+    assert decode.decode_image is kitlib.decode_image and decode.resize_image is kitlib.resize_image
 
 
 def test_kit_spec_gives_model_input_and_gray_for_one_channel(cases):
@@ -289,14 +289,14 @@ def test_kit_spec_gives_model_input_and_gray_for_one_channel(cases):
 
     path, expected = cases["orientation 6 (jpeg)"]
     spec = {"input": {"shape": [None, 16, 16, 1]}}
-    gray = kitlib().load_image(path, spec)
+    gray = kitlib.load_image(path, spec)
     assert gray.shape == (16, 16, 1)
     rgb = load_image(path, 16, "crop")
     from PIL import Image
 
     np.testing.assert_array_equal(gray[..., 0], np.asarray(Image.fromarray(rgb).convert("L")))
     spec["input"]["resize_policy"] = "pad"
-    assert kitlib().load_image(path, spec).shape == (16, 16, 1)
+    assert kitlib.load_image(path, spec).shape == (16, 16, 1)
 
 
 # ---------------------------------------------------------------- resize policies

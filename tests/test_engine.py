@@ -42,8 +42,8 @@ def test_import_kclassify_stays_free_of_tensorflow():
 
 def test_same_ema_recipe_through_fit_and_finetune_reports_the_averaged_weights(tmp_path):
     """EMA works in both commands: the saved model holds the shadow weights, not the last ones."""
-    from kclassify.finetune.run import finetune
-    from kclassify.train.fit import fit
+    from kclassify.commands.finetune import finetune
+    from kclassify.commands.fit import fit
 
     seen = {}
 
@@ -173,7 +173,7 @@ def test_data_order_is_a_function_of_the_step():
 
 
 def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
-    from kclassify.train.fit import fit
+    from kclassify.commands.fit import fit
 
     recipe = tiny_recipe(tmp_path, train={"epochs": 3}, output={"keep_checkpoints": 2})
     fit(recipe, **QUIET)
@@ -196,7 +196,7 @@ def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
 def test_nan_at_a_step_recovers_with_a_halved_learning_rate(tmp_path):
     """A weight poisoned once mid-run: the engine restores the last checkpoint, halves the rate
     and finishes; the recovery is recorded."""
-    from kclassify.train.fit import fit
+    from kclassify.commands.fit import fit
 
     class PoisonOnce(keras.callbacks.Callback):
         done = False
@@ -219,7 +219,7 @@ def test_nan_at_a_step_recovers_with_a_halved_learning_rate(tmp_path):
 def test_budget_planner_stops_inside_the_budget_on_a_slowed_run(tmp_path):
     """Each step made 60 ms slower after the plan: the run plans again each epoch and still ends
     inside its budget, command included."""
-    from kclassify.train.fit import fit
+    from kclassify.commands.fit import fit
 
     class SlowDown(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
@@ -250,7 +250,7 @@ def test_budget_planner_stops_inside_the_budget_on_a_slowed_run(tmp_path):
 def test_an_overrun_budget_says_where_its_time_went():
     """A command that ends past its budget names the overrun, when training ended and each final
     part's seconds against what was kept for them."""
-    from kclassify.run import _record_time
+    from kclassify.commands.finish import _record_time
     from kclassify.train.budget import Budget
 
     now = time.time()

@@ -16,7 +16,7 @@ def op_names(path):
 
 @pytest.fixture(scope="module")
 def exports(digits_run):
-    from kclassify.export import export_tflite
+    from kclassify.commands.export import export_tflite
 
     return {mode: export_tflite(digits_run, quant=mode, echo=lambda *a: None) for mode in ("float32", "int8")}
 
@@ -37,7 +37,7 @@ def test_int8_accuracy_within_one_point_and_small(exports):
 
 
 def test_report_beside_the_file(exports, digits_run):
-    from kclassify.export.calibration import auto_count
+    from kclassify.data.holdout import auto_count
 
     rep = json.loads((digits_run / "model_int8.json").read_text())
     assert rep["class_names"] == [str(i) for i in range(10)] and rep["calibration_images"] == auto_count(10, 1000)
@@ -46,7 +46,7 @@ def test_report_beside_the_file(exports, digits_run):
 
 def test_calibration_is_stratified_and_pins_input_range():
     from kclassify.data.sources import Split
-    from kclassify.export.calibration import calibration_images
+    from kclassify.data.holdout import calibration_images
 
     labels = np.repeat(np.arange(5), [100, 10, 10, 10, 70])
     images = np.full((200, 4, 4, 3), 128, np.uint8)
@@ -74,7 +74,7 @@ class Streamed:
 
 
 def test_calibration_and_search_read_only_what_they_pick():
-    from kclassify.export.calibration import auto_count, calibration_images, search_indices
+    from kclassify.data.holdout import auto_count, calibration_images, search_indices
 
     labels = np.repeat(np.arange(10), 300)
     split = Streamed(np.zeros((3000, 2, 2, 3), np.uint8), labels)
@@ -112,10 +112,10 @@ def badly_quantized(model, spoil=("stem_conv", "head_dense")):
 
 @pytest.fixture(scope="module")
 def broken_job(digits_run):
-    from kclassify.evaluate import load_model
-    from kclassify.export import ExportJob
+    from kclassify.models.saving import load_model
+    from kclassify.commands.export import ExportJob
 
-    return ExportJob(digits_run, model=badly_quantized(load_model(digits_run)[0]))
+    return ExportJob(digits_run, model=badly_quantized(load_model(digits_run)))
 
 
 @pytest.mark.parametrize("order", ["ranked", "head_first"])
@@ -124,7 +124,7 @@ def test_budget_search_ships_the_fewest_float_layers_that_meet_it(broken_job, tm
     whichever order the debugger ranks them; the search keeps both and prunes what is not needed."""
     import importlib
 
-    debug = importlib.import_module("kclassify.export.debug")
+    debug = importlib.import_module("kclassify.tflite.debug")
     if order == "head_first":  # the other order the debugger may rank them in (its errors are near ties)
         ranked = debug.layer_groups
         monkeypatch.setattr(debug, "layer_groups", lambda rows: sorted(ranked(rows), key=lambda g: g[0][:5] != "head_"))
@@ -161,7 +161,7 @@ def test_budget_not_met_within_the_limit_ships_the_best_and_says_so(broken_job, 
 
 
 def test_drop_margin_is_the_paired_95_percent_half_width():
-    from kclassify.export.budget import drop_margin
+    from kclassify.tflite.max_drop import drop_margin
 
     float_right = np.ones(400, bool)
     assert drop_margin(float_right, float_right) == 0.0  # no disagreement, no doubt
@@ -193,14 +193,14 @@ def test_budget_holdout_keeps_the_search_images_out_of_training(tmp_path):
     on, so the search sees unseen images; without it the search says they were trained on."""
     from conftest import tiny_recipe
     from kclassify.data import load_data
-    from kclassify.export import ExportJob
-    from kclassify.export.calibration import hold_out_for_budget, search_indices
-    from kclassify.train.fit import fit
+    from kclassify.commands.export import ExportJob
+    from kclassify.data.holdout import hold_out_for_max_drop, search_indices
+    from kclassify.commands.fit import fit
 
     recipe = tiny_recipe(tmp_path, train={"epochs": 1}, output={"max_drop": 5.0, "budget_holdout": True})
     full = load_data(recipe.data, recipe.runtime.seed)
     held = search_indices(full.train.labels, recipe.runtime.seed)
-    trained = hold_out_for_budget(full, recipe)
+    trained = hold_out_for_max_drop(full, recipe)
     assert len(trained.train) == len(full.train) - len(held) and trained.train_all is full.train
     kept = np.setdiff1d(np.arange(len(full.train)), held)
     np.testing.assert_array_equal(trained.train.images, full.train.images[kept])  # none of the held-out ones
@@ -215,7 +215,7 @@ def test_budget_holdout_keeps_the_search_images_out_of_training(tmp_path):
     rep = job.export("int8", tmp_path / "b.tflite", echo=lines.append)  # the recipe's max_drop
     assert rep["budget"]["search_images_trained_on"] is False
     assert any("(kept out of training;" in line for line in lines)
-    assert hold_out_for_budget(full, tiny_recipe(tmp_path / "plain", output={"max_drop": 0.5})) is full  # off
+    assert hold_out_for_max_drop(full, tiny_recipe(tmp_path / "plain", output={"max_drop": 0.5})) is full  # off
 
 
 def test_a_budget_met_on_the_search_images_but_not_on_the_evaluation_split_is_reported(broken_job, tmp_path,
@@ -224,9 +224,9 @@ def test_a_budget_met_on_the_search_images_but_not_on_the_evaluation_split_is_re
     is over budget on the evaluation split, the report and the output say so."""
     import importlib
 
-    from kclassify.export.convert import convert
+    from kclassify.tflite.convert import convert
 
-    budget_module = importlib.import_module("kclassify.export.budget")  # kclassify.export is also the API function
+    budget_module = importlib.import_module("kclassify.tflite.max_drop")  # kclassify.commands.export is also the API function
 
     def optimistic(job, quant, max_drop, max_float, echo):  # a search that saw no drop at all
         return convert(job.model, quant, job.calibration), {
@@ -244,7 +244,7 @@ def test_a_budget_met_on_the_search_images_but_not_on_the_evaluation_split_is_re
 
 
 def test_budget_needs_training_data_apart_from_the_evaluation_split(digits_run, tmp_path):
-    from kclassify.export import ExportJob
+    from kclassify.commands.export import ExportJob
 
     job = ExportJob(digits_run / "model.keras", data_spec="digits")
     with pytest.raises(ExportError, match="--max-drop needs a run folder"):
@@ -255,15 +255,15 @@ def test_budget_needs_training_data_apart_from_the_evaluation_split(digits_run, 
 
 @pytest.fixture(scope="module")
 def compared(digits_run, tmp_path_factory):
-    from kclassify.export import ExportJob
-    from kclassify.export.compare import compare_modes
+    from kclassify.commands.export import ExportJob
+    from kclassify.tflite.compare import compare_modes
 
     folder = tmp_path_factory.mktemp("compare")
     return compare_modes(ExportJob(digits_run), folder=folder, runs=20, rounds=1, echo=lambda *a: None), folder
 
 
 def test_compare_covers_every_mode_in_one_table(compared):
-    from kclassify.export.modes import MODES
+    from kclassify.tflite.modes import MODES
 
     rows, folder = compared
     assert [r["mode"] for r in rows] == list(MODES)
@@ -317,7 +317,7 @@ def test_int8_int8io_takes_pixels_minus_128(compared):
 
     rows, _ = compared
     path = next(r["file"] for r in rows if r["mode"] == "int8-int8io")
-    spec = kitlib().read_metadata(path)
+    spec = kitlib.read_metadata(path)
     assert spec["input"]["dtype"] == "int8" and spec["input"]["scale"] == 1.0 and spec["input"]["zero_point"] == -128
 
 
@@ -325,7 +325,7 @@ def test_spec_is_embedded_as_tflite_metadata(exports):
     from kclassify.kit import kitlib
 
     rep = exports["int8"]
-    spec = kitlib().read_metadata(rep["file"])
+    spec = kitlib.read_metadata(rep["file"])
     assert spec["class_names"] == rep["class_names"] and spec["input"] == rep["input"]
     assert spec["quant"] == "int8" and spec["output"]["dtype"] == "float32"
 
@@ -333,7 +333,7 @@ def test_spec_is_embedded_as_tflite_metadata(exports):
 def test_debugger_ranks_layers_and_float_layers_keeps_them_float(digits_run, tmp_path):
     from ai_edge_litert.interpreter import Interpreter
 
-    from kclassify.export import ExportJob
+    from kclassify.commands.export import ExportJob
 
     job = ExportJob(digits_run)
     rows = job.debug("int8", echo=lambda *a: None)
@@ -356,8 +356,8 @@ def test_allow_flex_exports_and_says_it_cannot_be_run_here(tmp_path):
     import keras
     import tensorflow as tf
 
-    from kclassify.export.convert import convert
-    from kclassify.export.report import flex_ops
+    from kclassify.tflite.convert import convert
+    from kclassify.commands.export import flex_ops
 
     class Det(keras.layers.Layer):
         def call(self, x):
@@ -373,7 +373,7 @@ def test_tf_only_op_is_named():
     import keras
     import tensorflow as tf
 
-    from kclassify.export.convert import convert
+    from kclassify.tflite.convert import convert
 
     class Det(keras.layers.Layer):
         def call(self, x):
@@ -435,7 +435,7 @@ def test_cli_data_path_that_does_not_exist(tmp_path):
 def test_int8_xnnpack_mode_keeps_hard_swish_float_and_stays_in_the_delegate(tmp_path):
     """XNNPACK has no int8 HARD_SWISH: in plain int8 each one splits the graph; the int8-xnnpack
     mode keeps them float (dequantize/quantize around) and the delegate takes everything."""
-    from kclassify.export.convert import convert
+    from kclassify.tflite.convert import convert
     from kclassify.kit import kitlib
     from kclassify.models import build_model
 
@@ -445,7 +445,7 @@ def test_int8_xnnpack_mode_keeps_hard_swish_float_and_stays_in_the_delegate(tmp_
     for mode in ("int8", "int8-xnnpack"):
         path = tmp_path / f"{mode}.tflite"
         path.write_bytes(convert(model, mode, calib))
-        reports[mode] = kitlib().delegate_report(path)
+        reports[mode] = kitlib.delegate_report(path)
     assert reports["int8"]["not_delegated"].get("HARD_SWISH", 0) >= 10
     assert set(reports["int8-xnnpack"]["not_delegated"]) <= {"QUANTIZE", "SOFTMAX"}, reports
     assert reports["int8-xnnpack"]["partitions"] <= 2
@@ -454,7 +454,7 @@ def test_int8_xnnpack_mode_keeps_hard_swish_float_and_stays_in_the_delegate(tmp_
 def test_resnet20_int8_runs_in_xnnpack_whole(tmp_path):
     """The option-A shortcut is one CONV_2D, so every conv/add/pool of int8 ResNet-20 is
     delegated (the stock-layer version left 18 ops out in 6 partitions and was slow)."""
-    from kclassify.export.convert import convert
+    from kclassify.tflite.convert import convert
     from kclassify.kit import kitlib
     from kclassify.models import build_model
 
@@ -462,7 +462,7 @@ def test_resnet20_int8_runs_in_xnnpack_whole(tmp_path):
     calib = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3)).astype(np.uint8)
     path = tmp_path / "r20.tflite"
     path.write_bytes(convert(model, "int8", calib))
-    report = kitlib().delegate_report(path)
+    report = kitlib.delegate_report(path)
     assert set(report["not_delegated"]) <= {"QUANTIZE", "SOFTMAX"}, report
     assert report["delegated"] >= 30
 
@@ -470,7 +470,7 @@ def test_resnet20_int8_runs_in_xnnpack_whole(tmp_path):
 def test_input_size_resizes_inside_the_graph(digits_run, tmp_path):
     from ai_edge_litert.interpreter import Interpreter
 
-    from kclassify.export import ExportJob
+    from kclassify.commands.export import ExportJob
 
     rep = ExportJob(digits_run, input_size=16).export("int8", tmp_path / "m16.tflite")
     assert rep["input"]["shape"] == [None, 16, 16, 1] and "in the graph" in rep["input"]["resize"]

@@ -34,7 +34,7 @@ def test_whitening_filters_whiten_training_patches():
 def test_whitening_stem_is_saved_and_converts_to_one_conv(tmp_path):
     import keras
 
-    from kclassify.export.convert import convert
+    from kclassify.tflite.convert import convert
     from kclassify.layers.whitening import init_whitening
 
     model = build_model("airbench93", 10, (32, 32, 3))
@@ -66,7 +66,7 @@ def test_dirac_init_is_the_identity_where_shapes_allow():
 
 
 def test_bn_frozen_scale_and_bias_learning_rate_multiplier():
-    from kclassify.train.fit import fit_setup
+    from kclassify.train.setup import fit_setup
     from kclassify.train.optim import make_optimizer
 
     recipe = validate({"train": {"bn_freeze_scale": True, "bn_bias_lr_mult": 64, "lr": 0.1, "momentum": 0.0,
@@ -114,7 +114,7 @@ def _conv_params(cin, cout, k=3, bias=False):
 @pytest.mark.parametrize("name, widths", [("airbench93", (64, 128, 128)), ("airbench94", (64, 256, 256)),
                                          ("airbench95", (128, 384, 384))])
 def test_airbench_parameter_and_mac_counts_are_our_arithmetic(name, widths):
-    from kclassify.profile import profile_model
+    from kclassify.commands.profile import profile_model
 
     model = build_model(name, 10, (32, 32, 3))
     w1, w2, w3 = widths
@@ -181,7 +181,7 @@ def test_muon_steps_conv_filters_as_airbench_and_leaves_the_rest_to_sgd():
     steps in a row; the BatchNorm biases and the head take SGD's step with their multipliers."""
     import keras
 
-    from kclassify.train.fit import fit_setup
+    from kclassify.train.setup import fit_setup
     from kclassify.train.muon import ConvMuon, muon_variables
     from kclassify.train.optim import make_optimizer
 
@@ -225,7 +225,7 @@ def test_muon_runs_newton_schulz_in_the_runs_bfloat16_and_stays_airbenchs_step()
     step within bfloat16's rounding, and the optimizer's config keeps the choice."""
     import keras
 
-    from kclassify.train.fit import fit_setup
+    from kclassify.train.setup import fit_setup
     from kclassify.train.muon import ConvMuon, muon_variables, ns_dtype
     from kclassify.train.optim import make_optimizer
 
@@ -261,7 +261,7 @@ def test_muon_with_a_fed_rate_gets_a_rate_variable_of_its_own():
     """make_optimizer(learning_rate=1.0) (a caller that feeds the rate step by step, as
     benchmarks/airbench94_gpu.py does) gives ConvMuon a plain rate variable at train.muon.lr beside
     the SGD's, each one steering only its own variables."""
-    from kclassify.train.fit import fit_setup
+    from kclassify.train.setup import fit_setup
     from kclassify.train.muon import ConvMuon
     from kclassify.train.optim import make_optimizer
 
@@ -289,7 +289,7 @@ def test_muon_recipe_trains_and_its_checkpoint_holds_the_optimizer_state(tmp_pat
     import keras
 
     from conftest import tiny_recipe
-    from kclassify.train.fit import fit
+    from kclassify.commands.fit import fit
 
     recipe = tiny_recipe(tmp_path, train={"optimizer": "muon", "epochs": 3, "lr": 0.05, "muon": {"lr": 0.1}},
                          model={"name": "resnet20", "params": {"width": 0.5}})

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import run_cli
 from kclassify.errors import RecipeError
-from kclassify.finetune.groups import parse_schedule
+from kclassify.train.unfreeze import parse_schedule
 
 
 def calibrate_bn(model, images):
@@ -74,8 +74,9 @@ def snapshot(model):
 def test_only_the_phase_layers_change(tmp_path, tiny_npz, group, expect_backbone):
     from kclassify import runtime
     from kclassify.data.pipeline import train_dataset
-    from kclassify.finetune.groups import apply_phase
-    from kclassify.finetune.run import _data_and_model, block_pattern, engine_phases, resolve_phases
+    from kclassify.train.unfreeze import apply_phase
+    from kclassify.commands.finetune import _data_and_model, block_pattern, engine_phases
+    from kclassify.commands.checks import resolve_phases
     from kclassify.train.optim import make_loss, make_metrics, make_optimizer
 
     recipe = resolve_phases(ft_recipe(tmp_path, tiny_npz, [{"unfreeze": group, "epochs": 1}]))
@@ -99,7 +100,7 @@ def test_only_the_phase_layers_change(tmp_path, tiny_npz, group, expect_backbone
 
 
 def test_train_bn_flag_lets_unfrozen_bn_learn(tmp_path, tiny_npz):
-    from kclassify.finetune.groups import apply_phase
+    from kclassify.train.unfreeze import apply_phase
     from kclassify.models import build_model
 
     model = build_model("keras_mobilenet", 3, (32, 32, 3), alpha=0.25)
@@ -128,7 +129,7 @@ def test_group_learning_rates_are_the_ones_asked():
 def test_resume_inside_a_phase_and_saved_model_loads(tmp_path, tiny_npz, base_file, monkeypatch):
     import keras
 
-    from kclassify.finetune.run import finetune
+    from kclassify.commands.finetune import finetune
 
     recipe = ft_recipe(tmp_path, tiny_npz, [{"unfreeze": "head", "epochs": 1}, {"unfreeze": "top2", "epochs": 2}],
                        model={"name": "keras_kclassify", "params": {"weights": str(base_file)}})
@@ -168,7 +169,7 @@ def test_dry_run_lists_phases(tmp_path, tiny_npz):
 
 
 def test_kclassify_model_as_backbone(tmp_path, tiny_npz):
-    from kclassify.finetune.groups import apply_phase
+    from kclassify.train.unfreeze import apply_phase
     from kclassify.models import build_model
 
     base = build_model("resnet20", 3, (32, 32, 3), width=0.5)
@@ -180,7 +181,7 @@ def test_kclassify_model_as_backbone(tmp_path, tiny_npz):
 
 @pytest.mark.parametrize("mode", ["linear_probe", "knn"])
 def test_probe_modes(tmp_path, tiny_npz, base_file, mode):
-    from kclassify.finetune.run import finetune
+    from kclassify.commands.finetune import finetune
 
     recipe = ft_recipe(tmp_path, tiny_npz, [], model={"name": "keras_kclassify", "params": {"weights": str(base_file)}})
     recipe.finetune.mode = mode

@@ -77,7 +77,7 @@ def test_what_the_kernel_cannot_do_falls_back():
 
 def test_runtime_option_reaches_the_model():
     from kclassify.recipe import RuntimeConfig
-    from kclassify.train.fit import apply_runtime_options
+    from kclassify.train.setup import apply_runtime_options
 
     def fresh():
         return keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Conv2D(4, 1), keras.layers.BatchNormalization()])

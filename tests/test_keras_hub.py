@@ -108,7 +108,7 @@ def test_preprocessing_is_the_converters(presets):
 @pytest.mark.parametrize("family,blocks", [("resnet", ["stack0_block0", "stack1_block0", "stack1_block1"]),
                                            ("vit", ["transformer_block_1", "transformer_block_2"])])
 def test_blocks_are_the_backbones_own(presets, family, blocks):
-    from kclassify.finetune.groups import backbone_blocks
+    from kclassify.train.unfreeze import backbone_blocks
     from kclassify.models import build_model
     from kclassify.models.applications import block_regex
 
@@ -125,9 +125,10 @@ def test_phase_round_trip_and_export(tmp_path, presets, tiny_npz, family):
 
     from kclassify import runtime
     from kclassify.data.pipeline import train_dataset
-    from kclassify.export import export_tflite
-    from kclassify.finetune.groups import apply_phase
-    from kclassify.finetune.run import _data_and_model, block_pattern, engine_phases, resolve_phases
+    from kclassify.commands.export import export_tflite
+    from kclassify.train.unfreeze import apply_phase
+    from kclassify.commands.finetune import _data_and_model, block_pattern, engine_phases
+    from kclassify.commands.checks import resolve_phases
     from kclassify.train.optim import make_loss, make_metrics, make_optimizer
 
     recipe = resolve_phases(hub_recipe(tmp_path, tiny_npz, presets[family][0], [{"unfreeze": "top1", "epochs": 1}]))
@@ -206,7 +207,7 @@ def test_user_errors(tmp_path, presets, monkeypatch):
 
 
 def test_core_never_imports_keras_hub():
-    code = ("import sys, kclassify, kclassify.models, kclassify.finetune.groups; "
+    code = ("import sys, kclassify, kclassify.models, kclassify.train.unfreeze; "
             "print('keras_hub' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 0 and out.stdout.split()[-1] == "False", out.stderr[-1000:]

@@ -38,7 +38,7 @@ def kit(script, *args, cwd=None):
 
 @pytest.fixture(scope="module")
 def int8_export(digits_run, tmp_path_factory):
-    from kclassify.export import ExportJob
+    from kclassify.commands.export import ExportJob
 
     out = tmp_path_factory.mktemp("kit") / "model_int8.tflite"
     job = ExportJob(digits_run)
@@ -122,12 +122,12 @@ def test_kclassify_uses_the_kit_code():
     from kclassify import metrics
     from kclassify.kit import kitlib
 
-    assert metrics.classification_report is kitlib().classification_report
-    assert kitlib().__file__ == str(KIT / "kitlib.py")
+    assert metrics.classification_report is kitlib.classification_report
+    assert kitlib.__file__ == str(KIT / "kitlib.py")
 
 
 def test_cli_kit_copy_is_self_contained(int8_export, tmp_path):
-    from kclassify.export import copy_kit
+    from kclassify.commands.export import copy_kit
     from kclassify.kit import KIT_FILES
 
     dest = copy_kit(tmp_path / "device")

@@ -89,7 +89,7 @@ def _count_resized_steps(monkeypatch):
 def test_the_first_share_of_the_steps_trains_on_smaller_images(tmp_path, monkeypatch):
     """Digits (8x8) with low_res 6 for half the steps: the resize runs in exactly those steps, the
     model trains through the switch and is saved (and loads) at the data's size."""
-    from kclassify.train.fit import fit
+    from kclassify.commands.fit import fit
 
     resized = _count_resized_steps(monkeypatch)
     recipe = tiny_recipe(tmp_path, train={"epochs": 4, "low_res": {"size": 6, "fraction": 0.5}})
@@ -104,7 +104,7 @@ def test_the_first_share_of_the_steps_trains_on_smaller_images(tmp_path, monkeyp
 
 def test_a_budgeted_run_records_where_the_full_size_began(tmp_path, monkeypatch):
     """Replans after the switch keep the step it happened at; the run ends inside its budget."""
-    from kclassify.train.fit import fit
+    from kclassify.commands.fit import fit
 
     resized = _count_resized_steps(monkeypatch)
     budget = 0.5  # minutes
@@ -138,8 +138,9 @@ def test_recipe_typos_in_low_res_fail_at_load(fields, match):
 
 def test_low_res_is_refused_where_it_cannot_hold(tmp_path):
     from kclassify.errors import RecipeError
-    from kclassify.finetune.run import check_finetune_recipe
-    from kclassify.train.fit import check_fit_recipe, fit
+    from kclassify.commands.checks import check_finetune_recipe
+    from kclassify.commands.checks import check_fit_recipe
+    from kclassify.commands.fit import fit
 
     low = {"low_res": {"size": 6, "fraction": 0.5}}
     with pytest.raises(RecipeError, match="teacher"):
@@ -154,7 +155,7 @@ def test_low_res_is_refused_where_it_cannot_hold(tmp_path):
 
 def test_low_res_with_the_data_filter_resizes_for_the_proxy_too(tmp_path, tiny_npz):
     """The proxy ranks the batch the model trains on: both take the 24x24 images of the early steps."""
-    from kclassify.train.fit import fit
+    from kclassify.commands.fit import fit
 
     proxy = {"name": "airbench93", "params": {"widths": [8, 8, 8], "act": "relu"}, "init": "dirac"}
     recipe = tiny_recipe(tmp_path, data={"source": "npz", "path": str(tiny_npz), "val_fraction": 0.2},

@@ -66,7 +66,7 @@ def check_model(name, size=32):
 def test_model_trains_saves_and_converts(name, tmp_path):
     import keras
 
-    from kclassify.export.convert import convert
+    from kclassify.tflite.convert import convert
     from kclassify.kit import kitlib
 
     model, x = check_model(name)
@@ -75,7 +75,7 @@ def test_model_trains_saves_and_converts(name, tmp_path):
     loaded = keras.models.load_model(path)
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
     (tmp_path / "m.tflite").write_bytes(convert(model, "float32"))
-    lite = kitlib().Classifier(tmp_path / "m.tflite")
+    lite = kitlib.Classifier(tmp_path / "m.tflite")
     np.testing.assert_allclose(lite.predict(x.astype(np.uint8)), model.predict(x.astype(np.uint8).astype("float32"), verbose=0), atol=1e-4)
 
 
@@ -86,7 +86,7 @@ def test_big_model_forward_backward_and_tflite(name, tmp_path):
     and a builtins-only float32 .tflite whose outputs match Keras."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from kclassify.export.convert import convert
+    from kclassify.tflite.convert import convert
     from kclassify.kit import kitlib
 
     import keras
@@ -101,7 +101,7 @@ def test_big_model_forward_backward_and_tflite(name, tmp_path):
     ops = {op["op_name"] for op in Interpreter(model_path=str(path))._get_ops_details()}
     assert not any(o.startswith("Flex") or o == "CUSTOM" for o in ops), ops
     pixels = x.astype("uint8")
-    np.testing.assert_allclose(kitlib().Classifier(path).predict(pixels),
+    np.testing.assert_allclose(kitlib.Classifier(path).predict(pixels),
                                model.predict(pixels.astype("float32"), verbose=0), atol=1e-3)
 
 
@@ -187,7 +187,7 @@ def test_family_options_train_and_save(case, tmp_path):
 
 def test_custom_layers_and_hard_swish_convert_to_builtins(tmp_path):
     """GeM (POW), SE, hard-swish, hard-sigmoid and stochastic depth in one builtins-only file."""
-    from kclassify.export.convert import convert
+    from kclassify.tflite.convert import convert
     from kclassify.kit import kitlib
     from kclassify.models import resnext
 
@@ -195,7 +195,7 @@ def test_custom_layers_and_hard_swish_convert_to_builtins(tmp_path):
                                   activation="hard_swish", drop_path_rate=0.2, pooling="gem")
     x = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3)).astype(np.uint8)
     (tmp_path / "m.tflite").write_bytes(convert(model, "float32"))
-    lite = kitlib().Classifier(tmp_path / "m.tflite")
+    lite = kitlib.Classifier(tmp_path / "m.tflite")
     np.testing.assert_allclose(lite.predict(x), model.predict(x.astype("float32"), verbose=0), atol=1e-4)
 
 

@@ -107,7 +107,7 @@ m.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(16), epochs=1, verbose=0)
 @pytest.mark.xfail(strict=True, reason="Keras 3.15 model.fit under MultiWorkerMirroredStrategy fails on TF 2.21 "
                                        "(keras-team/keras#20585); strict, so the day it works is seen")
 def test_plain_model_fit_under_multi_worker_strategy(tmp_path):
-    from kclassify.launch import free_ports
+    from kclassify.commands.launch import free_ports
 
     script = tmp_path / "w.py"
     script.write_text(MODEL_FIT % tuple(free_ports(2)))

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from kclassify.profile import micronet_score, models_table, profile_model, run_profile
+from kclassify.commands.profile import micronet_score, models_table, profile_model, run_profile
 
 # (input size, classes, MACs of the paper, tolerance)
 PAPER_MACS = {"resnet20": (32, 10, 41e6, 0.02), "resnet50": (224, 1000, 4.1e9, 0.01),

@@ -184,7 +184,7 @@ GROUP_OF = {name: group for group, rows in GROUPS.items() for name, _, _ in rows
 def checked(tmp_path_factory):
     """check(group) -> ({name: worker row}, child environment): the group's models made
     realistic, translated, compared and quantized by tfmot in one child process (cached)."""
-    from kclassify.qat.run import check_models
+    from kclassify.commands.qat import check_models
 
     if missing_packages():
         pytest.skip('needs tf-keras and tensorflow-model-optimization: pip install "kclassify[qat]"')
@@ -252,7 +252,7 @@ def test_mismatch_fails_loudly(tmp_path):
 
     from kclassify.qat.graph import write_model
     from kclassify.qat.job import Job, ModelFiles
-    from kclassify.qat.run import run_worker
+    from kclassify.commands.qat import run_worker
 
     inputs = keras.Input((8, 8, 1))
     model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(inputs)), name="tiny")
@@ -269,7 +269,7 @@ def test_job_file_is_typed_and_complete(tmp_path):
     """The child refuses a job with a missing or unknown setting (exit 2, one line), so no
     default is guessed on its side: recipe.QATConfig states them once."""
     from kclassify.qat.job import Job, ModelFiles
-    from kclassify.qat.run import run_worker
+    from kclassify.commands.qat import run_worker
 
     job = Job(task="qat", result=str(tmp_path / "result.json"), tolerance=1e-5,
               model=ModelFiles(graph="g", weights="w", samples="s", name="m", quantize=True))
@@ -397,7 +397,7 @@ def test_the_worker_augments_inside_the_step_when_the_recipe_says_device(tmp_pat
 def test_qat_gives_measured_int8_with_uint8_input(digits_run):
     from ai_edge_litert.interpreter import Interpreter
 
-    from kclassify.qat.run import qat
+    from kclassify.commands.qat import qat
 
     lines = []
     rep = qat(digits_run, steps=100, keep="qat", echo=lines.append)  # 23 steps: the ranges have not settled
@@ -428,7 +428,7 @@ def test_qat_gives_measured_int8_with_uint8_input(digits_run):
 def test_qat_keeps_the_better_file(digits_run, tmp_path):
     """With too high a learning rate QAT ruins the net; by default the post-training int8 file is
     shipped instead, and the report says why; the QAT file is kept beside it."""
-    from kclassify.qat.run import qat
+    from kclassify.commands.qat import qat
 
     rep = qat(digits_run, epochs=1, lr=5.0, out=tmp_path / "q.tflite", echo=lambda *a: None)
     both = rep["comparison"]
@@ -462,7 +462,7 @@ def test_one_table_of_layers_for_both_sides():
 
     assert set(COMPUTED) == {name for name, kind in LAYERS.items() if kind.computed}
     code = ("import json; from kclassify.qat.translate import builders; print(json.dumps(sorted(builders())))")
-    from kclassify.qat.run import child_environment
+    from kclassify.commands.qat import child_environment
 
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=child_environment())
     assert out.returncode == 0, out.stderr[-1000:]
@@ -485,9 +485,9 @@ def test_qat_of_a_fine_tuned_mobilenet(tmp_path):
     """The pretrained MobileNet (a nested Keras Applications backbone) fine-tuned in two phases on
     a few coloured images, then QAT: exact translation, only the last phase's layers train."""
     from conftest import shared_file
-    from kclassify.finetune.run import finetune
+    from kclassify.commands.finetune import finetune
     from kclassify.qat.graph import describe
-    from kclassify.qat.run import Prepared, qat
+    from kclassify.commands.qat import Prepared, qat
     from kclassify.recipe import validate
 
     weights = shared_file("weights/mobilenet_2_5_224_tf_no_top.h5")
@@ -547,8 +547,8 @@ def test_mobilenet_v3_qat_and_constant_pruning_end_to_end(tmp_path):
     from ai_edge_litert.interpreter import Interpreter
 
     from conftest import tiny_recipe
-    from kclassify.qat.run import prune, qat
-    from kclassify.train.fit import fit
+    from kclassify.commands.qat import prune, qat
+    from kclassify.commands.fit import fit
 
     recipe = tiny_recipe(tmp_path, data={"image_size": 16},
                          model={"name": "mobilenet_v3_small", "params": {"cifar_stem": True, "width": 0.5}},

@@ -129,9 +129,10 @@ def test_cli_recipes_list_and_show():
 
 def test_catalog_file_matches_the_live_registries():
     """The TF-free catalogue that checks recipes at load is the registries' own listing: a model
-    registered without `python -m kclassify.catalog --write` would be refused by name at load."""
+    registered without `python -m kclassify.commands.catalog --write` would be refused by name at load."""
     import json
 
-    from kclassify.catalog import FILE, build
+    from kclassify.catalog import FILE
+    from kclassify.commands.catalog import build
 
-    assert json.loads(FILE.read_text()) == build(), "stale: run python -m kclassify.catalog --write"
+    assert json.loads(FILE.read_text()) == build(), "stale: run python -m kclassify.commands.catalog --write"

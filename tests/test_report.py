@@ -11,8 +11,7 @@ import pytest
 import browser
 from conftest import run_cli
 from kclassify.errors import DataError
-from kclassify.report import (CLASS_ROWS, PAIRS, SECTIONS, WRONG_IMAGES, calibration, write_report,
-                              write_run_report)
+from kclassify.commands.report import CLASS_ROWS, PAIRS, SECTIONS, WRONG_IMAGES, calibration, write_report, write_run_report
 
 SECTION_IDS = [sid for sid, _ in SECTIONS]
 
@@ -49,7 +48,7 @@ def assert_metrics_equal(found, metrics):
 @pytest.fixture(scope="module")
 def run_copy(digits_run, tmp_path_factory):
     """A copy of the digits run (the shared fixture stays untouched), with a float32 export."""
-    from kclassify.export import export_tflite
+    from kclassify.commands.export import export_tflite
 
     dest = tmp_path_factory.mktemp("report") / "run"
     shutil.copytree(digits_run, dest, ignore=shutil.ignore_patterns("ckpt"))
@@ -177,7 +176,7 @@ def test_curves_with_validation_every_few_epochs(tmp_path):
     from types import SimpleNamespace
 
     from kclassify.plots import plot_history
-    from kclassify.report import curves_section
+    from kclassify.commands.report import curves_section
 
     rows = ["epoch,loss,top1,val_loss,val_top1", "0,2.0,0.3,,", "1,1.5,0.5,1.4,0.55", "2,1.2,0.6,,", "3,1.0,0.7,1.1,0.65"]
     (tmp_path / "history.csv").write_text("\n".join(rows) + "\n")

@@ -102,7 +102,7 @@ def test_resumed_learning_rate_equals_uninterrupted():
 
 
 def test_resume_refuses_a_changed_recipe(tmp_path):
-    from kclassify.train.fit import fit
+    from kclassify.commands.fit import fit
 
     fit(tiny_recipe(tmp_path, train={"epochs": 1}), echo=lambda *a: None)
     (tmp_path / "run" / "model.keras").unlink()
@@ -114,7 +114,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     import keras
 
     from kclassify.run import Run
-    from kclassify.train.fit import fit
+    from kclassify.commands.fit import fit
 
     class PoisonInThirdEpoch(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
@@ -178,7 +178,7 @@ def test_cifar100_recipe_runs_on_mocked_tfds(tmp_path):
     import tensorflow_datasets as tfds
 
     from kclassify.recipe import load_recipe
-    from kclassify.train.fit import fit
+    from kclassify.commands.fit import fit
 
     recipe = load_recipe("cifar100", ["train.epochs=1", "train.steps_per_epoch=2", "train.batch_size=4",
                                       "train.step_milestones=[]", "runtime.precision=float32",

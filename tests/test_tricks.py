@@ -90,7 +90,7 @@ def test_recompute_bn_sets_plain_average_statistics():
 # slow tier (keeps the fast one under 15 minutes on 2 cores); their unit tests above stay fast
 @pytest.mark.slow
 def test_distillation_and_swa_run_end_to_end(digits_run, tmp_path):
-    from kclassify.train.fit import fit
+    from kclassify.commands.fit import fit
 
     recipe = tiny_recipe(tmp_path, train={"epochs": 2, "distill": {"teacher": str(digits_run / "model.keras")},
                                           "average": {"kind": "swa", "start_epoch": 1, "lr": 0.01}})

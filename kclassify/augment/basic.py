@@ -5,6 +5,8 @@ on the whole batch at once (two gathers), which is faster than mapping over sing
 """
 import tensorflow as tf
 
+from kclassify.augment.registry import chain, compose
+
 
 def translate_batch(images, pad, mode="reflect"):
     """Pad by `pad` pixels on each side (reflect or zero), then take a random window of the
@@ -29,8 +31,6 @@ def batch_augmenter(cfg, flip=True):
     """A function of uint8 NHWC batches for the AugmentConfig (translation, a random flip when
     cfg.flip is true and `flip`, then the registered ops), or None when nothing is on. The
     training stream applies the flip itself (it also knows the alternating scheme)."""
-    from kclassify.augment.registry import chain
-
     ops = []
     if cfg.crop_pad:
         ops.append(lambda x: translate_batch(x, cfg.crop_pad, cfg.pad_mode))
@@ -43,16 +43,3 @@ def batch_augmenter(cfg, flip=True):
 
 
 image_augmenter = batch_augmenter  # the name tests and tools knew
-
-
-def compose(fns):
-    """One function applying `fns` in order; None when there are none."""
-    if not fns:
-        return None
-
-    def apply(image):
-        for fn in fns:
-            image = fn(image)
-        return image
-
-    return apply

@@ -1,8 +1,10 @@
 """The augmentation preview's picture: a grid of augmented training images with their (possibly
 mixed) labels, so a person sees what the policy does before paying for a run (a flip that turns a
-9 into a 6 hurts). Rendering only: `kclassify.api.augment_preview` runs the recipe's own pipeline
-and hands its batch here."""
+9 into a 6 hurts). Rendering only: `kclassify.commands.augment` runs the recipe's own pipeline and hands
+its batch here."""
 import numpy as np
+
+from kclassify.plots import _pyplot
 
 
 def label_text(target, class_names):
@@ -15,8 +17,6 @@ def label_text(target, class_names):
 
 def write_grid(images, targets, class_names, out, cols=8):
     """Save uint8 images (N, H, W, C) with their target rows as a PNG grid to `out` (path or file)."""
-    from kclassify.plots import _pyplot
-
     plt = _pyplot()
     rows = int(np.ceil(len(images) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.8, rows * 2.0))

@@ -7,7 +7,6 @@ or a BxHxWxC batch (after `.batch()`: much faster, every image still draws its o
 Tests run every entry eagerly and inside tf.data, so a new entry is tested without new code.
 """
 from kclassify.augment import color, erasing, policies
-from kclassify.augment.basic import compose
 from kclassify.registry import Registry
 
 AUGMENTS = Registry("augmentation")
@@ -54,3 +53,16 @@ def grayscale(prob=0.2):
 def chain(specs):
     """One per-image function from [(name, {config}), ...], applied in order; None if empty."""
     return compose([AUGMENTS.get(name)(**(cfg or {})) for name, cfg in specs])
+
+
+def compose(fns):
+    """One function applying `fns` in order; None when there are none."""
+    if not fns:
+        return None
+
+    def apply(image):
+        for fn in fns:
+            image = fn(image)
+        return image
+
+    return apply

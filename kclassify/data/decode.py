@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from kclassify.errors import DataError
 from kclassify.kit import kitlib
 
-_kit = kitlib()
+_kit = kitlib
 RESIZE_POLICIES = _kit.RESIZE_POLICIES
 DECODER_VERSION = _kit.DECODER_VERSION
 ImageError = _kit.ImageError

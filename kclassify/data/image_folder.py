@@ -9,63 +9,19 @@ TFRecord shards in the cache (pack.py, with a progress bar) and streamed (tfreco
 """
 import hashlib
 import os
-import tarfile
 from pathlib import Path
 
 import numpy as np
 
-from kclassify.data.decode import DECODER_VERSION, check_strict, read_images, skipped_note
-from kclassify.data.sources import SOURCES, Dataset, Split, stratified_split
+from kclassify.data.decode import check_strict, DECODER_VERSION, read_images, skipped_note
+from kclassify.data.files import cache_root, list_files, resolve_root
+from kclassify.data.pack import MIN_SHARDS, pack_folder
+from kclassify.data.sources import Dataset, SOURCES, Split, stratified_split
+from kclassify.data.spec import crop_ranges
+from kclassify.data.tfrecord import FORMAT_VERSION, in_memory_if_fits, MANIFEST, Pack, skipped_of, StreamSplit
 from kclassify.errors import DataError
 
 SHARD_MB = 128  # shard size of the packs image_folder writes into the cache
-
-
-def cache_root():
-    return Path(os.environ.get("KCLASSIFY_CACHE", Path.home() / ".cache" / "kclassify"))
-
-
-def resolve_root(path, subdir=None):
-    """A directory to read classes from: `path` itself, or its extracted archive; then `subdir`."""
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise DataError(f"data path does not exist: {str(path)!r}")
-    if p.is_file() and tarfile.is_tarfile(p):
-        p = extract_once(p)
-    elif p.is_file():
-        raise DataError(f"{p}: expected a folder of class sub-folders or a .tar.gz of one")
-    if subdir:
-        p = p / subdir
-        if not p.is_dir():
-            raise DataError(f"data.subdir {subdir!r} not found in {p.parent}")
-    return p
-
-
-def extract_once(archive):
-    st = archive.stat()
-    key = hashlib.sha1(f"{archive.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    dest = cache_root() / "extracted" / f"{archive.name.split('.')[0]}-{key}"
-    if not (dest / ".done").exists():
-        dest.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(archive) as tar:
-            tar.extractall(dest, filter="data")
-        (dest / ".done").touch()
-    return dest
-
-
-def list_files(root):
-    """(paths, labels, class_names) of every visible file under each class folder."""
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not classes:
-        raise DataError(f"{root}: no class sub-folders (expected {root}/<class>/<image files>)")
-    paths, labels = [], []
-    for idx, name in enumerate(classes):
-        files = sorted(f for f in (root / name).rglob("*") if f.is_file() and not f.name.startswith("."))
-        if not files:
-            raise DataError(f"class folder {root / name} is empty")
-        paths += files
-        labels += [idx] * len(files)
-    return paths, np.array(labels, dtype=np.int32), classes
 
 
 # ---------------------------------------------------------------- in memory
@@ -139,9 +95,6 @@ def decoded_bytes(paths, size):
 
 def cached_pack(root, cfg):
     """The cache's pack of `root` (written once, then reused while the files are unchanged)."""
-    from kclassify.data.pack import MIN_SHARDS, pack_folder
-    from kclassify.data.tfrecord import FORMAT_VERSION, MANIFEST, Pack
-
     max_side = cfg.max_side or (2 * cfg.image_size if cfg.image_size else None)
     paths, _, _ = list_files(root)
     key = _files_key(paths, max_side, cfg.pack_format, FORMAT_VERSION, MIN_SHARDS, SHARD_MB)
@@ -156,8 +109,6 @@ def cached_pack(root, cfg):
 
 
 def _streamed(root, cfg, crop=None):
-    from kclassify.data.tfrecord import StreamSplit, skipped_of
-
     pack = cached_pack(root, cfg)
     return StreamSplit(pack, size=cfg.image_size, resize=cfg.resize, crop=crop, shuffle_buffer=cfg.shuffle_buffer), \
         skipped_of(pack), pack.classes
@@ -166,8 +117,6 @@ def _streamed(root, cfg, crop=None):
 @SOURCES.register("image_folder")
 def image_folder_source(cfg, seed, augment=None):
     """Class sub-folders under data.path; validation from data.val_path or a stratified split."""
-    from kclassify.data.spec import crop_ranges
-
     if not cfg.path:
         raise DataError("data.source image_folder needs data.path (a folder of class sub-folders)")
     root = resolve_root(cfg.path, cfg.subdir)
@@ -178,7 +127,6 @@ def image_folder_source(cfg, seed, augment=None):
     budget = cfg.cache_gb * 1e9
     if crop is None and decoded_bytes(paths, cfg.image_size) + decoded_bytes(vpaths, cfg.image_size) <= budget:
         return _in_memory(root, vroot, cfg, seed)
-    from kclassify.data.tfrecord import in_memory_if_fits
 
     train, notes, classes = _streamed(root, cfg, crop)
     if vroot is None:

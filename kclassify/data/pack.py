@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from kclassify import runtime
 from kclassify.data.decode import check_strict, decode_image, read_many, resize_image, settings
-from kclassify.data.image_folder import list_files, resolve_root
+from kclassify.data.files import list_files, resolve_root
 from kclassify.data.tfrecord import FORMAT_VERSION, LABELS, MANIFEST, Pack, sha256
 from kclassify.errors import DataError
 
@@ -125,8 +126,6 @@ def pack_folder(folder, out, subdir=None, max_side=None, fmt="jpeg", shard_mb=12
 
 
 def _write(root, paths, labels, classes, tmp, max_side, fmt, shard_mb, strict, seed, progress):
-    from kclassify import runtime
-
     runtime.quiet_tensorflow()  # TFRecordWriter; imported only now, so bad arguments fail fast
     order = np.random.default_rng(seed).permutation(len(paths))
     writer = _ShardWriter(tmp, int(shard_mb * 2**20), len(classes), -(-len(paths) // MIN_SHARDS))

@@ -15,6 +15,9 @@ stages of `batch_stages`, mapped here by tf.data threads, or run inside the comp
 import numpy as np
 import tensorflow as tf
 
+from kclassify.augment.basic import batch_augmenter, flip_batch
+from kclassify.augment.mixing import batch_mixer
+
 AUTOTUNE = tf.data.AUTOTUNE
 ENDLESS = 2 ** 62
 
@@ -136,8 +139,6 @@ def batch_stages(num_classes, augment=None, smooth=None, mixer=None, class_weigh
     augmentation on uint8, then float pixels and one-hot labels (smoothed), MixUp/CutMix last (they
     mix the smoothed targets), then per-sample class weights. The host stream maps them; with
     runtime.augment_on device the compiled step runs them (`batch_preparer`)."""
-    from kclassify.augment.basic import flip_batch
-
     def augment_batch(x, y, mask):
         if flip == "alternate":
             x = flip_batch(x, mask)
@@ -207,9 +208,6 @@ def recipe_preparer(recipe, split, num_classes, mix=True):
 
 def _recipe_stages(recipe, split, num_classes, mix):
     """(augment, smooth, mixer, class weights, flip) of a recipe."""
-    from kclassify.augment.basic import batch_augmenter
-    from kclassify.augment.mixing import batch_mixer
-
     a, t = recipe.augment, recipe.train
     mixer = batch_mixer(a.mixup_alpha, a.cutmix_alpha, a.mix_switch_prob, a.mix_prob) if mix else None
     weights = (effective_number_weights(split.labels, num_classes, t.class_balance_beta)

@@ -8,10 +8,13 @@ tf.data.Dataset of one epoch), so callers use one API. Nothing here imports Tens
 time. The plug-in sources register themselves when kclassify.data imports them.
 """
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from kclassify.data.decode import resize_image
+from kclassify.data.order import block_shuffle, epoch_seed
+from kclassify.data.spec import check_data
 from kclassify.errors import DataError
 from kclassify.registry import Registry
 
@@ -48,7 +51,6 @@ class Split:
         needs the stored resolution, is refused for in-memory sources by spec.check_data.)"""
         import tensorflow as tf
 
-        from kclassify.data.tfrecord import block_shuffle, epoch_seed
 
         ds = tf.data.Dataset.from_tensor_slices((self.images, self.labels))
         if shard_count > 1:
@@ -99,8 +101,6 @@ def load_data(cfg, seed=0, augment=None):
     """Load the source named in a DataConfig; returns a Dataset with train and val splits.
     `augment` (the recipe's AugmentConfig) matters for random_resized_crop: training images are
     then kept above the training size (streamed) and cropped from their stored resolution."""
-    from kclassify.data.spec import check_data
-
     errors = check_data(cfg, augment)
     if errors:
         raise DataError("; ".join(errors))
@@ -151,8 +151,6 @@ def digits_source(cfg, seed, augment=None):
 @SOURCES.register("npz")
 def npz_source(cfg, seed, augment=None):
     """Arrays in a .npz: x_train/y_train with x_val/y_val (or x_test/y_test), or x/y to split."""
-    from pathlib import Path
-
     path = Path(cfg.path or "")
     if not path.is_file():
         raise DataError(f"npz file not found: {cfg.path!r} (set data.path)")

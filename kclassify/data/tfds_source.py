@@ -12,7 +12,8 @@ import socket
 
 import numpy as np
 
-from kclassify.data.sources import SOURCES, Dataset, Split, stratified_split
+from kclassify.data.decode import _kit, check_strict, read_many, skipped_note
+from kclassify.data.sources import Dataset, SOURCES, Split, stratified_split
 from kclassify.errors import DataError
 
 PROBE = ("storage.googleapis.com", 443)  # tfds' own mirror, tried first by its downloader
@@ -103,7 +104,6 @@ def _split_arrays(builder, split, cfg):
     """A tfds split through the one decoder at data.image_size: (Split, [(record, reason)] skipped)."""
     import tensorflow_datasets as tfds
 
-    from kclassify.data.decode import _kit, read_many
 
     image_key, label_key, channels, shape = _image_feature(builder, cfg)
     _check_fits(builder, split, cfg, shape, channels)
@@ -131,8 +131,6 @@ def _split_arrays(builder, split, cfg):
 
 
 def _load(builder, split, cfg, what):
-    from kclassify.data.decode import check_strict, skipped_note
-
     data, skipped = _split_arrays(builder, split, cfg)
     check_strict(skipped, cfg.strict)
     return data, [skipped_note(skipped, what)] if skipped else []

@@ -13,7 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from kclassify.data.sources import SOURCES
+from kclassify.data.decode import skipped_note
+from kclassify.data.order import block_shuffle, epoch_seed
+from kclassify.data.sources import channel_stats, Dataset, SOURCES, Split, stratified_split
+from kclassify.data.spec import crop_ranges
 from kclassify.errors import DataError
 
 MANIFEST = "manifest.json"
@@ -77,31 +80,10 @@ def sha256(path):
     return h.hexdigest()
 
 
-def epoch_seed(seed, epoch):
-    """One int64 seed per (seed, epoch); `epoch` may be a tensor (inside Dataset.flat_map)."""
-    import tensorflow as tf
-
-    return tf.cast(seed, tf.int64) * 1_000_003 + tf.cast(epoch, tf.int64)
-
-
-def block_shuffle(ds, window, seed):
-    """Shuffle `ds` within consecutive windows of `window` elements, each by a stateless
-    permutation of (seed, window index). Not Dataset.shuffle: with a tensor seed (an epoch inside
-    flat_map) it fails whenever the global seed is 0 (TF compares the seed pair to (0, 0) in Python)."""
-    import tensorflow as tf
-
-    def permute(i, block):
-        n = tf.shape(tf.nest.flatten(block)[0])[0]
-        order = tf.argsort(tf.random.stateless_uniform([n], tf.stack([seed, tf.cast(i, tf.int64) + 2])))
-        return tf.nest.map_structure(lambda t: tf.gather(t, order), block)
-
-    return ds.batch(window).enumerate().map(permute, num_parallel_calls=tf.data.AUTOTUNE,
-                                            deterministic=True).unbatch()
-
-
 def crop_or_resize(image, size, policy, crop, seed, position):
     """Random-resized-crop (seeded by the epoch seed and the example's position, so a resumed
     epoch draws the same crops) when `crop` holds its ranges, else the resize policy."""
+    # The augment package computes in TensorFlow; importing kclassify.data stays free of it.
     import tensorflow as tf
 
     from kclassify.augment.geometry import random_resized_crop, resize
@@ -279,8 +261,6 @@ class StreamSplit:
 
     def to_memory(self):
         """This split decoded (eval-resized) into an in-memory Split."""
-        from kclassify.data.sources import Split
-
         return Split(self.take(np.arange(len(self))), self.labels.copy())
 
     def nbytes(self):
@@ -290,8 +270,6 @@ class StreamSplit:
     def channel_stats(self):
         """Per-channel mean and std (0..255) of the first STATS_SAMPLE examples in stored order
         (packing shuffled that order, so they are a random sample), eval-resized."""
-        from kclassify.data.sources import channel_stats
-
         return channel_stats(self.take(np.arange(min(len(self), STATS_SAMPLE))))
 
 
@@ -310,8 +288,6 @@ def open_pack(path):
 
 
 def skipped_of(pack, what="file"):
-    from kclassify.data.decode import skipped_note
-
     src = pack.manifest.get("source", {})
     skipped = [(s["path"], s["reason"]) for s in src.get("skipped", [])]
     note = skipped_note(skipped, what)
@@ -324,9 +300,6 @@ def skipped_of(pack, what="file"):
 def tfrecord_source(cfg, seed, augment=None):
     """Shards from `kclassify data pack` in data.path; validation from data.val_path (another
     pack of the same classes) or a stratified hold-out (kept in memory if it fits cache_gb)."""
-    from kclassify.data.sources import Dataset, stratified_split
-    from kclassify.data.spec import crop_ranges
-
     pack = open_pack(cfg.path)
     crop = crop_ranges(augment.random_resized_crop) if augment is not None else None
     train = StreamSplit(pack, size=cfg.image_size, resize=cfg.resize, crop=crop, shuffle_buffer=cfg.shuffle_buffer)

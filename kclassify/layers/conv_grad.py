@@ -20,6 +20,8 @@ after it ends).
 import contextlib
 import functools
 
+from kclassify.train.budget import timed
+
 _MARGIN = 0.9  # route only when the products take under 90% of the kernel's time
 
 
@@ -125,8 +127,6 @@ def _timed_shape(shape, k, co, dtype):
 
 
 def _best_ms(fn, *args):
-    from kclassify.train.budget import timed
-
     fn(*args).numpy()  # tracing
     return 1e3 * min(timed(lambda: fn(*args).numpy())[1] for _ in range(2))
 

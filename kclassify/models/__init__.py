@@ -9,6 +9,8 @@ from kclassify.models import applications  # noqa: F401,E402  (Keras Application
 from kclassify.models import keras_hub  # noqa: F401,E402  (KerasHub presets; keras-hub imported only when built)
 from kclassify.models.registry import MODELS
 from kclassify.registry import suggest
+from kclassify.layers.dropblock import DropBlock2D
+import keras
 
 _FIXED = ("num_classes", "input_shape", "mean", "std", "bn_momentum")
 
@@ -36,8 +38,6 @@ def dropblock_hook(keep_prob=0.9, block_size=7):
     """Recipe form `drop_block: {keep_prob: 0.9, block_size: 7}` -> the builders' hook, which
     inserts a DropBlock2D after each branch conv of the last two stages. Training moves
     keep_prob from 1 to its target (DropBlockSchedule, added by fit when the model has any)."""
-    from kclassify.layers.dropblock import DropBlock2D
-
     def hook(x, name):
         size = min(block_size, int(x.shape[1]))  # the paper's 7 does not fit an 8x8 CIFAR map
         return DropBlock2D(keep_prob=keep_prob, block_size=size, name=f"{name}_dropblock")(x)
@@ -48,8 +48,6 @@ def dropblock_hook(keep_prob=0.9, block_size=7):
 def as_float32(model):
     """The same network and weights computing in float32: what a mixed-precision run saves and
     exports (TFLite converts float32 graphs; bf16/fp16 ops would need Flex)."""
-    import keras
-
     if all(layer.dtype_policy.name == "float32" for layer in model._flatten_layers()):
         return model
     clone = model.__class__.from_config(_float32_config(model.get_config()))

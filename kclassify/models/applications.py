@@ -13,7 +13,9 @@ import keras
 from keras import layers
 
 from kclassify.errors import ModelFileError
+from kclassify.models.keras_hub import BLOCKS as KERAS_HUB_BLOCKS
 from kclassify.models.registry import MODELS
+from kclassify.models.saving import load_model
 
 # name: (keras.applications attribute, preprocessing, block regex on the backbone's layer names)
 # Preprocessing modes follow keras.applications.*.preprocess_input: "tf" scales to [-1, 1],
@@ -75,9 +77,7 @@ def application(family, size, weights, alpha):
 
 def kclassify_backbone(path):
     """A saved kclassify model cut at its pooling layer: the layers before it are the backbone."""
-    from kclassify.evaluate import load_model
-
-    model, _ = load_model(path)
+    model = load_model(path)
     try:
         features = model.get_layer("head_pool").input
     except ValueError:
@@ -105,20 +105,6 @@ def backbone_model(family, num_classes, input_shape, mean=None, std=None, bn_mom
     return keras.Model(inputs, outputs, name=f"{family}_finetune")
 
 
-def classification_head(x, num_classes, pooling="avg", dropout=0.0, l2_normalize=False):
-    """head_pool (global "avg" or "max" over a feature map; None: x is pooled already) /
-    head_l2norm / head_dropout / head_dense, then the softmax."""
-    if pooling is not None:
-        pool = {"avg": layers.GlobalAveragePooling2D, "max": layers.GlobalMaxPooling2D}[pooling]
-        x = pool(name="head_pool")(x)
-    if l2_normalize:
-        x = layers.UnitNormalization(name="head_l2norm")(x)
-    if dropout:
-        x = layers.Dropout(dropout, name="head_dropout")(x)
-    x = layers.Dense(num_classes, name="head_dense")(x)
-    return layers.Activation("softmax", dtype="float32", name="predictions")(x)
-
-
 def _weights_arg(weights):
     if weights in (None, "imagenet"):
         return weights
@@ -130,9 +116,7 @@ def _weights_arg(weights):
 
 def block_regex(family):
     if family == "keras_hub":
-        from kclassify.models.keras_hub import BLOCKS
-
-        return BLOCKS
+        return KERAS_HUB_BLOCKS
     return KCLASSIFY_BLOCKS if family == "kclassify" else FAMILIES[family][2]
 
 

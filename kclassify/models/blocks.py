@@ -9,6 +9,9 @@ from dataclasses import dataclass
 import keras
 from keras import layers
 
+from kclassify.layers.pad_shortcut import PadShortcut
+from kclassify.layers.stochastic_depth import StochasticDepth
+
 # Our activation names -> Keras names. hard_swish is Keras' hard_silu (x * relu6(x + 3) / 6),
 # which converts to TFLite builtins; swish is silu.
 ACTIVATIONS = {"relu": "relu", "relu6": "relu6", "swish": "silu", "silu": "silu",
@@ -69,7 +72,6 @@ def drop_path(x, rate, name):
     """Stochastic depth on a residual branch (identity at inference, so nothing in TFLite)."""
     if not rate:
         return x
-    from kclassify.layers.stochastic_depth import StochasticDepth
 
     return StochasticDepth(rate, name=f"{name}_drop_path")(x)
 
@@ -79,7 +81,6 @@ def pad_shortcut(x, filters, stride, name):
     weightless layer that TFLite runs as a single delegated CONV_2D; see PadShortcut)."""
     if stride == 1 and filters == x.shape[-1]:
         return x
-    from kclassify.layers.pad_shortcut import PadShortcut
 
     return PadShortcut(filters, stride, name=f"{name}_pad")(x)
 
@@ -252,3 +253,17 @@ def model_input(input_shape, mean, std):
     std = [float(s) for s in (std if std is not None else [64.0] * channels)]
     x = layers.Normalization(mean=mean, variance=[s * s for s in std], name="normalize")(inputs)
     return inputs, x
+
+
+def classification_head(x, num_classes, pooling="avg", dropout=0.0, l2_normalize=False):
+    """head_pool (global "avg" or "max" over a feature map; None: x is pooled already) /
+    head_l2norm / head_dropout / head_dense, then the softmax."""
+    if pooling is not None:
+        pool = {"avg": layers.GlobalAveragePooling2D, "max": layers.GlobalMaxPooling2D}[pooling]
+        x = pool(name="head_pool")(x)
+    if l2_normalize:
+        x = layers.UnitNormalization(name="head_l2norm")(x)
+    if dropout:
+        x = layers.Dropout(dropout, name="head_dropout")(x)
+    x = layers.Dense(num_classes, name="head_dense")(x)
+    return layers.Activation("softmax", dtype="float32", name="predictions")(x)

@@ -21,7 +21,7 @@ import keras
 from keras import layers
 
 from kclassify.errors import ModelFileError, RecipeError
-from kclassify.models.applications import classification_head
+from kclassify.models.blocks import classification_head
 from kclassify.models.registry import MODELS
 
 # Block names of each KerasHub family, as finetune.groups reads them (one group per block):

@@ -21,7 +21,9 @@ process is started. "trainable" is the layer's own flag and every enclosing mode
 import json
 from pathlib import Path
 
+import keras
 import numpy as np
+from keras import backend, ops
 
 from kclassify.qat import QATError
 from kclassify.qat.table import ACTIVATIONS, LAYERS, NESTED
@@ -42,7 +44,6 @@ def _input(layer, cfg):
 def _normalization(layer, cfg):
     if cfg.get("invert"):
         raise QATError(f"layer {layer.name!r} (Normalization) has invert=True, which the QAT bridge does not translate")
-    from keras import backend, ops
 
     channels = int(layer.input.shape[-1])
     axis = cfg["axis"]
@@ -103,8 +104,6 @@ def _kind(layer):
 
 
 def _is_nested(layer):
-    import keras
-
     return type(layer).__name__ in NESTED and isinstance(layer, keras.Model)
 
 
@@ -149,8 +148,6 @@ def _io_names(entries):
 
 
 def _functional_config(model):
-    import keras
-
     try:
         cfg = model.get_config() if isinstance(model, keras.Model) else None
     except NotImplementedError:
@@ -194,8 +191,6 @@ class Flattener:
         self.alias[key] = outputs[0]
 
     def layer(self, layer, entry, key, inbound, trainable):
-        import keras
-
         kind = _kind(layer)
         if kind is None:
             raise unsupported(layer, where=key)
@@ -251,8 +246,6 @@ def all_layers(model):
 def float32_model(model):
     """`model` itself when it computes in float32, else a float32 copy with the same weights (a
     mixed-precision run is compared and translated in float32: the tf_keras side is float32)."""
-    import keras
-
     if all(getattr(layer.dtype_policy, "compute_dtype", "float32") == "float32" for layer in all_layers(model)):
         return model
     cfg = model.get_config()

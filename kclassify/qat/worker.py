@@ -367,7 +367,7 @@ def convert(model, mode, calibration=None):
     covers (inside HardSigmoid)."""
     import tensorflow as tf
 
-    from kclassify.export.convert import configure
+    from kclassify.tflite.convert import configure
 
     converter = configure(tf.lite.TFLiteConverter.from_keras_model(model), mode, calibration)
     try:

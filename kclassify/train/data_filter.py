@@ -17,6 +17,10 @@ ranks exactly as the run it continues would have.
 import numpy as np
 import tensorflow as tf
 
+from kclassify.train.engine import set_whitening_bias_trainable
+from kclassify.train.optim import make_optimizer
+from kclassify.train.setup import build_for_run, fit_setup
+
 PREFIX = "proxy_"  # its arrays' names in a checkpoint's extra-arrays file
 
 
@@ -31,9 +35,6 @@ class DataFilter:
         """The proxy's optimizer (the recipe's, SGD where it is Muon; its momentum, decay and BatchNorm
         multipliers) at the model's learning rate of the same step: `schedule(iterations)` of the
         model's optimizer, so a budget's replan and a recovery's halving reach it too."""
-        from kclassify.train.fit import fit_setup
-        from kclassify.train.optim import make_optimizer
-
         multipliers = fit_setup(self.proxy, train)
         plain = train.model_copy(update={"optimizer": "sgd" if train.optimizer == "muon" else train.optimizer})
         self.optimizer = make_optimizer(plain, steps_per_epoch, self.proxy, multipliers, total_steps,
@@ -93,11 +94,9 @@ def build_filter(recipe, data, strategy, echo=print):
     cfg = recipe.train.data_filter
     if cfg is None:
         return None
-    from kclassify.train.fit import build_for_run
 
     proxy_recipe = recipe.model_copy(update={"model": cfg.proxy})
     proxy = build_for_run(proxy_recipe, data, strategy, fresh_start=True, echo=lambda *a, **k: None)
-    from kclassify.train.engine import set_whitening_bias_trainable
 
     set_whitening_bias_trainable(proxy, False)  # airbench's proxy never trains its stem
     batch = min(recipe.train.batch_size, len(data.train))

@@ -10,6 +10,9 @@ student sees (MixUp/CutMix included) and the loss splits them again.
 import keras
 from keras import ops
 
+from kclassify.errors import ModelFileError
+from kclassify.models.saving import load_model
+
 EPS = 1e-7
 
 
@@ -48,10 +51,7 @@ def student_metrics(num_classes):
 
 def distillation_model(student, teacher_path):
     """Student and frozen teacher side by side on the same input."""
-    from kclassify.errors import ModelFileError
-    from kclassify.evaluate import load_model
-
-    teacher, _ = load_model(teacher_path)
+    teacher = load_model(teacher_path)
     if tuple(teacher.input_shape[1:]) != tuple(student.input_shape[1:]) or teacher.output_shape != student.output_shape:
         raise ModelFileError(f"teacher {teacher_path} takes {teacher.input_shape[1:]} -> {teacher.output_shape[1:]}, "
                              f"the student {student.input_shape[1:]} -> {student.output_shape[1:]}")

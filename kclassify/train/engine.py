@@ -17,10 +17,22 @@ from typing import Callable
 
 import keras
 import numpy as np
+import tensorflow as tf
+from keras.layers import InputSpec
 
-from kclassify.errors import TrainingDiverged
+from kclassify.data.pipeline import augment_on_device, eval_batch_size, eval_dataset, recipe_train_dataset, steps_per_epoch
+from kclassify.errors import RecipeError, TrainingDiverged
+from kclassify.inference import predictor, Predictor
+from kclassify.layers.conv_grad import filter_gradients
+from kclassify.layers.whitening import PatchWhitening
+from kclassify.metrics import cross_entropy
+from kclassify.models import as_float32
 from kclassify.train import budget as budgets
-from kclassify.train.loop import distribute, make_train_function, predictor, worker_of
+from kclassify.train.averaging import load_arrays, WeightAverage
+from kclassify.train.dropblock_schedule import dropblock_layers, DropBlockSchedule
+from kclassify.train.loop import distribute, make_train_function, worker_of
+from kclassify.train.optim import make_loss, make_metrics, make_optimizer
+from kclassify.tta import tta_model, view_count, views_of
 
 
 @dataclass
@@ -39,8 +51,6 @@ class Rewind(Exception):
 class Engine:
     def __init__(self, recipe, run, data, model, strategy, echo=print, callbacks=(), started=None, teacher=None,
                  data_filter=None):
-        from kclassify.data.pipeline import augment_on_device, eval_dataset, steps_per_epoch
-
         self.recipe, self.run, self.data, self.model, self.strategy = recipe, run, data, model, strategy
         self.echo = echo if run.chief else (lambda *a, **k: None)
         self.echo_every_worker = echo  # the resume point: each worker says where it restarts
@@ -62,7 +72,7 @@ class Engine:
         if t.budget_minutes:
             from kclassify.tta import view_count
 
-            from kclassify.export.calibration import resolve_count
+            from kclassify.data.holdout import resolve_count
 
             calibration = resolve_count(recipe.output.calibration_images, self.k, len(data.train))
             self.budget = budgets.Budget(t.budget_minutes, self.started, len(data.val),
@@ -85,7 +95,6 @@ class Engine:
         avg = self.recipe.train.average
         if avg is None:
             return None
-        from kclassify.train.averaging import WeightAverage
 
         with self.strategy.scope():
             return WeightAverage(avg, self.model, progress=self._progress)
@@ -97,8 +106,6 @@ class Engine:
     def _compile(self, phase, multipliers, total_steps):
         """(trainer, optimizer): the model (or the model beside its frozen teacher) compiled with
         a fresh optimizer whose schedule spans `total_steps`."""
-        from kclassify.train.optim import make_loss, make_metrics, make_optimizer
-
         with self.strategy.scope():
             trainer, loss, metrics = self.model, make_loss(phase.train), make_metrics(self.k)
             if self.teacher is not None:
@@ -120,7 +127,6 @@ class Engine:
             cbs.insert(0, self.averager)
         if self.recipe.output.tensorboard and self.run.chief:
             cbs.append(keras.callbacks.TensorBoard(str(self.run.dir / "logs"), update_freq="epoch", write_graph=False))
-        from kclassify.train.dropblock_schedule import DropBlockSchedule, dropblock_layers
 
         if dropblock_layers(self.model):
             cbs.append(DropBlockSchedule(by="step", epochs=self.total_epochs, steps_per_epoch=self.spe))
@@ -130,8 +136,6 @@ class Engine:
 
     def fit(self, phases):
         """Run the phases from the run's state; returns the state."""
-        from kclassify.layers.conv_grad import filter_gradients
-
         self.phases = phases
         self.total_epochs = sum(p.epochs for p in phases)
         per_replica = max(1, self.batch // self.strategy.num_replicas_in_sync)
@@ -212,7 +216,6 @@ class Engine:
         (named `averages` in the state since averaging was its first use)."""
         if not entry.get("averages") or (self.averager is None and self.data_filter is None):
             return
-        from kclassify.train.averaging import load_arrays
 
         arrays = load_arrays(self.run.dir / "ckpt" / entry["averages"])
         if self.averager is not None:
@@ -230,8 +233,6 @@ class Engine:
     # ------------------------------------------------------------------ the loop
 
     def _stream(self, global_step, mix):
-        from kclassify.data.pipeline import recipe_train_dataset
-
         return distribute(self.strategy, lambda worker, workers: recipe_train_dataset(
             self.recipe, self.data.train, self.k, mix=mix, start_step=global_step, worker=(worker, workers),
             raw=self.augment_on_device))
@@ -367,11 +368,6 @@ class Engine:
         copy a mixed-precision run saves (on a bf16 CPU path 2-3x slower than the training
         precision: a 30-minute run's 35,000 evaluated images once took 92 s against 30 s planned),
         plainly and with the recipe's test-time views."""
-        from kclassify.data.pipeline import eval_batch_size
-        from kclassify.models import as_float32
-        from kclassify.train.loop import Predictor
-        from kclassify.tta import view_count, views_of, tta_model
-
         ev = self.recipe.evaluate
         final = as_float32(self.model)  # the model itself when it trains in float32
         plain = _seconds_per_image((self.predict if final is self.model else Predictor(final))._fn, batch)
@@ -431,8 +427,6 @@ class Engine:
         raise Rewind()
 
     def _validate(self):
-        from kclassify.metrics import cross_entropy
-
         probs = self.predict(self.val_ds)
         labels = self.data.val.labels
         top = np.argsort(-probs, axis=1)[:, :5]
@@ -512,7 +506,6 @@ def low_res_shape(low_res, image_shape):
     0.57-0.59 of a step, 0.5625 the pixels)."""
     if low_res is None:
         return None
-    from kclassify.errors import RecipeError
 
     h, w = int(image_shape[0]), int(image_shape[1])
     if low_res.size >= max(h, w):
@@ -524,8 +517,6 @@ def low_res_shape(low_res, image_shape):
 
 def check_any_size(model, name, size):
     """train.low_res needs a network that takes smaller images (global pooling, no Flatten head)."""
-    from kclassify.errors import RecipeError
-
     try:  # one image through the network: Keras' shape inference lets a Dense take the wrong width
         with any_input_size(model):
             model(np.zeros((1, *size, model.input_shape[-1]), np.float32), training=False)
@@ -539,8 +530,6 @@ def any_input_size(*models):
     """Keras checks a functional model's input against its Input's shape; train.low_res's steps feed
     smaller images to networks that take any size, so the check is relaxed to rank and channels
     while they run (the saved model keeps its Input)."""
-    from keras.layers import InputSpec
-
     held = []
     for model in dict.fromkeys(models):
         specs = model.input_spec
@@ -559,8 +548,6 @@ def any_input_size(*models):
 
 def batch_resizer(height, width):
     """A prepared batch with its images resized (bilinear, antialiased: no aliasing on the way down)."""
-    import tensorflow as tf
-
     def resize(batch):
         x = tf.image.resize(batch[0], (height, width), method="bilinear", antialias=True)
         return (tf.cast(x, batch[0].dtype), *batch[1:])
@@ -569,8 +556,6 @@ def batch_resizer(height, width):
 
 
 def set_whitening_bias_trainable(model, trainable):
-    from kclassify.layers.whitening import PatchWhitening
-
     for layer in model._flatten_layers(include_self=False):
         if isinstance(layer, PatchWhitening) and layer.bias is not None:
             layer.bias.trainable = trainable

@@ -9,13 +9,8 @@ dimensions"). Both are in the driver, not in the step: Keras' own `model.train_s
 optimizer, losses and metrics) with a reduction that suits scalars, one code path for one
 device, mirrored GPUs/CPUs and several workers.
 """
-import weakref
-
 import numpy as np
 import tensorflow as tf
-
-_PREDICTORS = weakref.WeakKeyDictionary()
-
 
 def is_multi_worker(strategy):
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
@@ -69,25 +64,3 @@ def distribute(strategy, make_dataset):
 
 def _batch_of(ds):
     return int(tf.data.experimental.get_structure(ds)[0].shape[0])
-
-
-def predictor(model):
-    """The model's Predictor, made once (each new tf.function traces again)."""
-    if model not in _PREDICTORS:
-        _PREDICTORS[model] = Predictor(model)
-    return _PREDICTORS[model]
-
-
-class Predictor:
-    """Batched inference outside any replica context (every worker may run it; no collectives):
-    validation during training, the final report, TTA views, calibration checks."""
-
-    def __init__(self, model):
-        self.model = model
-        spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
-        self._fn = tf.function(lambda x: model(x, training=False), input_signature=[spec])
-
-    def __call__(self, dataset):
-        """Probabilities (float32 numpy) for a dataset of (images, ...) batches."""
-        outs = [self._fn(batch[0] if isinstance(batch, tuple) else batch).numpy() for batch in dataset]
-        return np.concatenate(outs).astype(np.float32) if outs else np.zeros((0, 0), np.float32)

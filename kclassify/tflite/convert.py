@@ -9,15 +9,20 @@ import re
 import numpy as np
 
 from kclassify.errors import ExportError
-from kclassify.export.modes import MODES, get_mode  # noqa: F401 (MODES re-exported)
+from kclassify.tflite.modes import MODES, get_mode  # noqa: F401 (MODES re-exported)
+from kclassify.runtime import quiet_conversion
+from kclassify.runtime import quiet_conversion
+from kclassify.runtime import quiet_conversion
+from kclassify.runtime import quiet_conversion
+import tensorflow as tf
+from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+import tensorflow as tf
+import tensorflow as tf
+import tensorflow as tf
 
 
 def make_converter(model, mode, calibration=None, allow_flex=False):
     """A TFLiteConverter set up for `mode` (a name from the modes table)."""
-    import tensorflow as tf
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
-
-    from kclassify.runtime import quiet_conversion
 
     spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32, name="pixels")
     fn = tf.function(lambda x: model(x, training=False), input_signature=[spec])
@@ -32,8 +37,6 @@ def make_converter(model, mode, calibration=None, allow_flex=False):
 def configure(converter, mode, calibration=None, allow_flex=False):
     """Set `converter` up for `mode`: op set, optimizations, weight types, per-channel scales,
     calibration images and the file's input/output types. Returns the converter."""
-    import tensorflow as tf
-
     mode = get_mode(mode)
     ops = {"builtins": tf.lite.OpsSet.TFLITE_BUILTINS, "int8": tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
            "16x8": tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8}
@@ -68,8 +71,6 @@ def convert(model, mode, calibration=None, allow_flex=False, float_layers=None):
     """Convert `model` in quantization `mode`; returns the .tflite bytes. `float_layers` (a
     regex on the converted graph's tensor names, which carry the Keras layer names) keeps the
     matching ops in float."""
-    from kclassify.runtime import quiet_conversion
-
     try:
         if float_layers or get_mode(mode).float_ops:
             quantizer = Quantizer(model, mode, calibration)
@@ -88,9 +89,6 @@ class Quantizer:
     fraction of a second, where a fresh conversion re-runs the calibration."""
 
     def __init__(self, model, mode, calibration):
-        import tensorflow as tf
-
-        from kclassify.runtime import quiet_conversion
 
         self.mode = get_mode(mode)
         if not self.mode.calibrate:
@@ -123,9 +121,6 @@ class Quantizer:
         """The .tflite bytes with `float_nodes` (and every op of a type in the mode's float_ops)
         left in float (dequantize before, quantize after). Input/output take the mode's types
         where the graph's ends are quantized, else stay float32."""
-        import tensorflow as tf
-
-        from kclassify.runtime import quiet_conversion
 
         options = tf.lite.experimental.QuantizationDebugOptions(
             denylisted_nodes=list(float_nodes) or None, denylisted_ops=list(self.mode.float_ops) or None)

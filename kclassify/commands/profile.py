@@ -9,7 +9,11 @@ params / 36.5M + ops / 10.49B with ops = 2 x MACs; WRN-28-10 at 32x32 scores abo
 import json
 from pathlib import Path
 
+import keras
 import numpy as np
+
+from kclassify.models import build_model, MODELS
+from kclassify.registry import suggest, UnknownName
 
 MICRONET_PARAMS = 36.5e6
 MICRONET_OPS = 10.49e9
@@ -97,16 +101,13 @@ def micronet_score(params, macs):
 def load_or_build(name_or_file, input_size=None, num_classes=100):
     """A registered model built at `input_size` (default: the size it is designed for), or a
     saved .keras model."""
-    from kclassify.models import MODELS, build_model
-
     if name_or_file in MODELS:
         size = input_size or MODELS.info(name_or_file).get("input_size", 32)
         return build_model(name_or_file, num_classes, (size, size, 3))
     if Path(name_or_file).is_file():
-        from kclassify.evaluate import load_model  # registers custom layers; clear error for non-models
+        from kclassify.models.saving import load_model  # registers custom layers; clear error for non-models
 
-        return load_model(name_or_file)[0]
-    from kclassify.registry import UnknownName, suggest
+        return load_model(name_or_file)
 
     raise UnknownName(f"{name_or_file!r} is neither a registered model nor a file"
                       f"{suggest(name_or_file, MODELS.names())}")
@@ -145,9 +146,6 @@ def run_profile(name_or_file, input_size=None, num_classes=100, json_out=None, e
 def models_table(names=None, include_slow=True):
     """One row per registered model at its design size (CIFAR nets at 32x32 with 100 classes,
     ImageNet nets at 224x224 with 1000): name, family, input size, params, MACs."""
-    import keras
-
-    from kclassify.models import MODELS, build_model
 
     rows = []
     for name in names or MODELS.names():

@@ -12,14 +12,13 @@ import io
 
 import numpy as np
 
-from kclassify.export.convert import layer_label
+from kclassify.runtime import quiet_conversion
+from kclassify.tflite.convert import layer_label
 
 
 def layer_errors(quantizer):
     """Per quantized op of a convert.Quantizer: op, tensor (the converted graph's name, holding
     the Keras layer names), rmse/scale, max_abs_error, scale; worst first."""
-    from kclassify.runtime import quiet_conversion
-
     buf = io.StringIO()
     with quiet_conversion():
         quantizer.debugger.run()

@@ -6,9 +6,22 @@ import json
 import shutil
 from pathlib import Path
 
+import keras
 import numpy as np
+from ai_edge_litert import schema_py_generated as schema
+from ai_edge_litert.interpreter import Interpreter
 
+from kclassify.commands.evaluate import evaluation_split
+from kclassify.data.holdout import calibration_images, resolve_count, search_indices, take
+from kclassify.data.sources import resize_all
 from kclassify.errors import DataError, ExportError
+from kclassify.inference import predict
+from kclassify.kit import kit_dir, KIT_FILES, kitlib
+from kclassify.run import Run
+from kclassify.tflite.convert import convert, Quantizer
+from kclassify.tflite.debug import format_errors, layer_errors
+from kclassify.tflite.metadata import embed_metadata
+from kclassify.tflite.modes import get_mode
 
 RECIPE = "recipe"  # export(max_drop=RECIPE): the run's output.max_drop
 
@@ -21,14 +34,12 @@ class ExportJob:
     figures) and the calibration default. A bare .keras file needs `data_spec`."""
 
     def __init__(self, path, model=None, data=None, data_spec=None, calibration_count=None, input_size=None):
-        from kclassify.run import Run
-
         self.source = Path(path)
         if model is None:
-            from kclassify.evaluate import load_model
+            from kclassify.models.saving import load_model
 
             model_file, self.run = Run.resolve(path)
-            model = load_model(model_file)[0]
+            model = load_model(model_file)
         else:
             self.run = Run.load(path) if self.source.is_dir() and (self.source / "recipe.yaml").is_file() else None
         self.model = model
@@ -44,8 +55,6 @@ class ExportJob:
     def _splits(self, data, data_spec):
         """(calibration split, evaluation split, class names, whether the calibration split is
         training data kept apart from the evaluation split)."""
-        from kclassify.evaluate import evaluation_split
-
         if data is None and self.run is not None and not data_spec:
             data = self.run.data()
         if data is not None:
@@ -60,8 +69,6 @@ class ExportJob:
         """Let the file take size x size frames: a bilinear Resizing layer in front of the network.
         Calibration and evaluation images are brought to that size first (PIL bilinear, as the kit
         does), so the figures measure the file as a device will feed it."""
-        import keras
-
         height, width, channels = self.model.input_shape[1:]
         pixels = keras.Input((size, size, channels), name="pixels")
         resized = keras.layers.Resizing(height, width, interpolation="bilinear", name="resize_in_graph")(pixels)
@@ -71,9 +78,6 @@ class ExportJob:
 
     def images(self, split, idx):
         """uint8 images of a split at `idx`, at the size the exported file takes."""
-        from kclassify.data.sources import resize_all
-        from kclassify.export.calibration import take
-
         images = take(split, idx)
         return resize_all(images, self.resize_to) if self.resize_to else images
 
@@ -81,8 +85,6 @@ class ExportJob:
     def search(self):
         """(indices, images, labels) of the training images the accuracy-budget search measures
         on; calibration never uses them."""
-        from kclassify.export.calibration import search_indices
-
         if self._search is None:
             if not self.held_out:
                 raise ExportError("--max-drop needs a run folder: the search measures on held-out training "
@@ -99,8 +101,6 @@ class ExportJob:
     def calibration_for(self, count=None):
         """`count` calibration images (None: the recipe's output.calibration_images, "auto" without
         a recipe), balanced across classes, never from the search's held-out images."""
-        from kclassify.export.calibration import calibration_images, resolve_count
-
         exclude = self.search[0] if self.held_out else None
         available = len(self.calib_split) - (0 if exclude is None else len(exclude))
         setting = count or (self.run.recipe.output.calibration_images if self.run else "auto")
@@ -121,8 +121,6 @@ class ExportJob:
 
     @property
     def keras_probs(self):
-        from kclassify.evaluate import predict
-
         if self._keras_probs is None:
             self._keras_probs = predict(self.model, self.val_images)
         return self._keras_probs
@@ -133,10 +131,6 @@ class ExportJob:
 
     def debug(self, quant, echo=print, top=15):
         """Rank the layers by quantization error (TFLite quantization debugger)."""
-        from kclassify.export.convert import Quantizer
-        from kclassify.export.debug import format_errors, layer_errors
-        from kclassify.export.modes import get_mode
-
         if not get_mode(quant).calibrate:
             raise ExportError(f"--debug-quant needs a calibrated mode (int8, 16x8...), not {quant}")
         rows = layer_errors(Quantizer(self.model, quant, self.calibration))
@@ -150,9 +144,6 @@ class ExportJob:
         With `max_drop` (points of top-1; by default the recipe's output.max_drop for calibrated
         modes, None for none), the accuracy-budget search (budget.py) picks the layers kept in
         float; the evaluation split is measured once, on the file it chose."""
-        from kclassify.export.convert import convert
-        from kclassify.export.modes import get_mode
-
         mode = get_mode(quant)
         if max_drop == RECIPE:
             max_drop = self.run.recipe.output.max_drop if (self.run and mode.calibrate and not float_layers) else None
@@ -164,7 +155,7 @@ class ExportJob:
         out = Path(out) if out else self.default_out(quant)
         budget = None
         if max_drop is not None:
-            from kclassify.export.budget import search
+            from kclassify.tflite.max_drop import search
 
             blob, budget = search(self, quant, max_drop, max_float, echo or (lambda *a: None))
             calib_count = budget["calibration_images"]
@@ -193,8 +184,6 @@ class ExportJob:
         """Describe the file's input/output, embed that spec, measure it with LiteRT, and write
         <out>.json and labels.txt beside it. `report` holds the caller's fields ("quant" among
         them); returns it completed. Shared by export, qat and prune."""
-        from kclassify.export.metadata import embed_metadata
-
         out = Path(out)
         flex = flex_ops(blob)
         report["builtins_only"] = not flex
@@ -217,9 +206,7 @@ class ExportJob:
     def measure(self, path):
         """top-1 of a .tflite on the evaluation split (LiteRT), agreement and max probability
         difference against the Keras model."""
-        from kclassify.kit import kitlib
-
-        kit = kitlib()
+        kit = kitlib
         lite_probs = kit.Classifier(path).predict(self.val_images)
         keras_probs = self.keras_probs
         rep = kit.classification_report(lite_probs, self.val.labels, self.names)
@@ -231,11 +218,8 @@ class ExportJob:
 
 def io_spec(blob, model):
     """What the file takes and gives, from the converted file itself."""
-    from ai_edge_litert.interpreter import Interpreter
 
-    from kclassify.kit import kitlib
-
-    with kitlib().quiet_stderr():
+    with kitlib.quiet_stderr():
         try:
             it = Interpreter(model_content=bytes(blob))
             details = it.get_input_details()[0], it.get_output_details()[0]
@@ -255,8 +239,6 @@ def io_spec(blob, model):
 
 def flex_ops(blob):
     """Names of the Flex (TensorFlow) custom ops in a .tflite, [] when builtins only."""
-    from ai_edge_litert import schema_py_generated as schema
-
     model = schema.Model.GetRootAs(bytes(blob), 0)
     names = {model.OperatorCodes(i).CustomCode() for i in range(model.OperatorCodesLength())}
     return sorted(n.decode() for n in names if n and n.decode().startswith("Flex"))
@@ -275,8 +257,6 @@ def export_tflite(path, quant="float32", out=None, model=None, data=None, data_s
 
 def copy_kit(dest):
     """Copy the on-device kit (evaluate/benchmark/predict + kitlib + README) into `dest`."""
-    from kclassify.kit import KIT_FILES, kit_dir
-
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     for name in KIT_FILES:

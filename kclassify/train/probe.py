@@ -3,16 +3,15 @@ regression on pooled backbone features, written into the model's dense head so t
 ordinary Keras model that evaluates and exports like any other) and k-NN on cosine similarity."""
 import json
 
+import keras
 import numpy as np
+from sklearn.linear_model import LogisticRegression
 
+from kclassify.inference import predict
 from kclassify.metrics import classification_report, format_report
 
 
 def features(model, images, batch_size=64):
-    import keras
-
-    from kclassify.evaluate import predict
-
     last = "head_l2norm" if any(layer.name == "head_l2norm" for layer in model.layers) else "head_pool"
     return predict(keras.Model(model.input, model.get_layer(last).output), images, batch_size)
 
@@ -32,8 +31,6 @@ def knn_probs(train_feats, train_labels, val_feats, k, num_classes):
 
 def fit_linear_head(model, train_feats, train_labels, num_classes):
     """Fit logistic regression on the features and copy it into head_dense (same softmax)."""
-    from sklearn.linear_model import LogisticRegression
-
     clf = LogisticRegression(max_iter=2000, C=1.0)
     clf.fit(train_feats, train_labels)
     kernel = np.zeros((train_feats.shape[1], num_classes), np.float32)
@@ -44,6 +41,8 @@ def fit_linear_head(model, train_feats, train_labels, num_classes):
 
 
 def probe(recipe, data, model, run, echo):
+    """k-NN (its index and metrics written here) or the linear probe (its head fitted); returns
+    whether the model goes on to the run's finish like a trained one."""
     k = len(data.class_names)
     train_feats = features(model, data.train)
     if recipe.finetune.mode == "knn":
@@ -55,7 +54,6 @@ def probe(recipe, data, model, run, echo):
         run.write_json("metrics.json", {"val": {"top1": report["top1"], "top5": report["top5"]},
                                         "mode": "knn", "k": recipe.finetune.knn_k, "epochs": 0})
         (run.dir / "val_report.json").write_text(json.dumps(report, indent=1))
-        return run.dir
+        return False
     fit_linear_head(model, train_feats, data.train.labels, k)
-    run.finish(model, data, recipe, echo)
-    return run.dir
+    return True

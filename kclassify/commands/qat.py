@@ -22,9 +22,20 @@ import time
 from pathlib import Path
 
 import numpy as np
+from pydantic import ValidationError
 
+from kclassify.commands.export import ExportJob
+from kclassify.commands.finetune import block_pattern
+from kclassify.data.holdout import hold_out_for_max_drop, take
+from kclassify.data.pipeline import augment_on_device
+from kclassify.errors import RecipeError
+from kclassify.models import MODELS
 from kclassify.qat import QATError, require_tfmot
+from kclassify.qat.graph import write_model
 from kclassify.qat.job import Augment, DataFiles, Job, ModelFiles, Pruning, Training
+from kclassify.recipe import explain, QATConfig
+from kclassify.run import Run
+from kclassify.train.unfreeze import apply_phase
 
 
 def _echo_default(*args):
@@ -37,7 +48,6 @@ class Prepared:
 
     def __init__(self, run_dir, overrides, task, echo=_echo_default):
         require_tfmot()
-        from kclassify.run import Run
 
         _, run = Run.resolve(run_dir)
         if run is None:
@@ -45,22 +55,15 @@ class Prepared:
         self.run, self.run_dir, self.task, self.echo = run, run.dir, task, echo
         self.recipe = run.recipe
         self.cfg = self.settings(overrides)  # bad options fail before TensorFlow loads anything
-        from kclassify.export import ExportJob
 
         self.model = run.load_model()
-        from kclassify.export.calibration import hold_out_for_budget
 
-        self.data = hold_out_for_budget(run.data(), self.recipe)  # QAT trains on what the run trained on
+        self.data = hold_out_for_max_drop(run.data(), self.recipe)  # QAT trains on what the run trained on
         self.phase = respect_last_phase(self.model, self.recipe)
         self.export_job = ExportJob(self.run_dir, model=self.model, data=self.data)  # Keras predicts once
 
     def settings(self, overrides):
         """The recipe's qat section with command-line overrides (None keeps the recipe's value)."""
-        from pydantic import ValidationError
-
-        from kclassify.errors import RecipeError
-        from kclassify.recipe import QATConfig, explain
-
         given = {k: v for k, v in overrides.items() if v is not None}
         if "steps" in given or "epochs" in given:  # the command line's length wins over the recipe's
             given = {"steps": None, "epochs": None, **given}
@@ -73,8 +76,6 @@ class Prepared:
 
     def training(self):
         """The worker's training settings (job.Training) and a line saying where each came from."""
-        from kclassify.data.pipeline import augment_on_device
-
         cfg, t = self.cfg, self.recipe.train
         batch = cfg.batch_size or t.trained_batch()  # the batch the run's rate was set for
         one_pass = max(1, math.ceil(len(self.data.train) / batch))
@@ -104,14 +105,11 @@ class Prepared:
 
     def write(self, folder):
         """The model description and data files every task needs: (ModelFiles, DataFiles)."""
-        from kclassify.qat.graph import write_model
-
         folder = Path(folder)
         export = self.export_job
         check = export.val_images[:self.cfg.check_images]
         files = write_model(self.model, folder / "model", check)
         train, val = self.data.train, self.data.val
-        from kclassify.export.calibration import take
 
         np.savez(folder / "train.npz", images=take(train, np.arange(len(train))), labels=np.asarray(train.labels))
         np.savez(folder / "val.npz", images=export.val_images, labels=np.asarray(val.labels))
@@ -129,15 +127,11 @@ class Prepared:
 
 
 def respect_last_phase(model, recipe):
-    """Set `trainable` as the fine-tuning's last phase had it (kclassify.finetune.groups.apply_phase,
+    """Set `trainable` as the fine-tuning's last phase had it (kclassify.train.unfreeze.apply_phase,
     the fine-tuning's own rule); returns a line saying so, or None for a `fit` run (all layers
     train, as they did)."""
-    from kclassify.models import MODELS
-
     if recipe.model.name not in MODELS or MODELS.info(recipe.model.name).get("backbone") is None:
         return None
-    from kclassify.finetune.groups import apply_phase
-    from kclassify.finetune.run import block_pattern
 
     ft = recipe.finetune
     if ft.mode == "knn":
@@ -324,8 +318,6 @@ def check_models(models, folder, tolerance=1e-5, quantize=True, samples=8, seed=
     with `quantize`, let tfmot quantize each: True, False or one flag per model); returns the
     worker's rows ({"name", "max_abs_diff" or "error", ...}) and its environment report. Used by
     the tests; handy to vet an architecture before a long QAT run."""
-    from kclassify.qat.graph import write_model
-
     require_tfmot()
     folder = Path(folder)
     rng = np.random.default_rng(seed)

@@ -1,6 +1,8 @@
 """The one table of TFLite export modes: what each converts to and what its file takes and gives."""
 from dataclasses import dataclass
 
+from kclassify.errors import ExportError
+
 
 @dataclass(frozen=True)
 class Mode:
@@ -38,8 +40,6 @@ MODES = {m.name: m for m in (
 
 
 def get_mode(name):
-    from kclassify.errors import ExportError
-
     if name not in MODES:
         raise ExportError(f"unknown quantization mode {name!r}; choose from {', '.join(MODES)}")
     return MODES[name]

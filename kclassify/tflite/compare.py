@@ -5,14 +5,13 @@ import json
 from pathlib import Path
 
 from kclassify.errors import ExportError
-from kclassify.export.modes import MODES
+from kclassify.kit import kitlib
+from kclassify.tflite.modes import MODES
 
 
 def compare_modes(job, modes=None, folder=None, threads=(1, 2), runs=100, rounds=3, echo=print):
     """Export every mode into `folder` (default RUN/compare), measure, write compare.md/.json."""
-    from kclassify.kit import kitlib
-
-    kit = kitlib()
+    kit = kitlib
     folder = Path(folder or (job.run_dir or job.source.parent) / "compare")
     rows = []
     failed = {}

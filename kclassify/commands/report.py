@@ -20,8 +20,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from kclassify.errors import DataError
+from kclassify.inference import predict
+from kclassify.metrics import classification_report
+from kclassify.recipe import Recipe
+from kclassify.run import read_json, Run
 
 # (id, heading): the sections, in page order. Tests check that each one renders.
 SECTIONS = [
@@ -57,8 +62,6 @@ def write_run_report(run_dir, data=None, probs=None, echo=print):
 
 def write_report(run_dir, out, data=None, probs=None, echo=print):
     """The report of `run_dir` written to `out` (any path); returns that path."""
-    from kclassify.run import Run
-
     run = Run.load(run_dir)
     if data is None:
         data = run.data()
@@ -85,7 +88,6 @@ def validation_probs(run, data):
             raise DataError(f"{path} does not match the run's validation split ({len(labels)} labels there, "
                             f"{len(data.val)} images here): the data changed since the run")
         return probs
-    from kclassify.evaluate import predict
 
     return predict(run.load_model(), all_images(data.val))
 
@@ -101,8 +103,6 @@ def all_images(split):
 
 def render(run, data, probs):
     """The whole HTML page as a string."""
-    from kclassify.metrics import classification_report
-
     names = list(data.class_names)
     report = _read_json(run.file("val_report.json")) or classification_report(probs, data.val.labels, names)
     metrics = run.metrics or {"val": {k: report[k] for k in ("top1", "top5")}}
@@ -152,8 +152,6 @@ def summary_section(ctx):
 
 
 def recipe_section(ctx):
-    from kclassify.recipe import Recipe
-
     recipe = ctx["recipe"]
     changed = _changed_fields(Recipe().model_dump(mode="json"), recipe.model_dump(mode="json"))
     rows = "".join(f"<tr><td><code>{_e(k)}</code></td><td><code>{_e(json.dumps(v))}</code></td></tr>"
@@ -397,12 +395,11 @@ def calibration_section(ctx):
 
 
 def augment_section(ctx):
-    """The recipe's own training pipeline on a batch of training images (kclassify.api.augment_preview)."""
-    from kclassify.api import augment_preview
+    """The recipe's own training pipeline on a batch of training images (the augment preview's grid)."""
 
     recipe = ctx["recipe"]
     buf = io.BytesIO()
-    augment_preview(recipe, buf, PREVIEW_IMAGES, data=ctx.get("data"), echo=lambda *a: None)
+    write_preview(recipe, buf, PREVIEW_IMAGES, data=ctx.get("data"), echo=lambda *a: None)
     ops = [op["name"] for op in recipe.augment.ops]
     a = recipe.augment
     policy = [f"pad-crop {a.crop_pad} ({a.pad_mode})" if a.crop_pad else None, "flip" if a.flip else None, *ops,
@@ -447,7 +444,7 @@ def _export_row(run, path, r):
     if lat is None and "tflite" in r and tflite.is_file():
         from kclassify.kit import kitlib
 
-        lat = kitlib().latency(tflite, 1, LATENCY_RUNS)["median_ms"]
+        lat = kitlib.latency(tflite, 1, LATENCY_RUNS)["median_ms"]
     top1 = r.get("tflite", {}).get("top1")
     keras_top1 = r.get("keras", {}).get("top1")
     cells = [_e(str(name)), _e(r.get("quant", "?")), _e(r.get("input", {}).get("dtype", "?")),
@@ -488,15 +485,11 @@ def _metric(key, value, pct=False):
 
 
 def _read_json(path):
-    from kclassify.run import read_json
-
     return read_json(path)
 
 
 def _png(image):
     """A uint8 HxWxC (C 1 or 3) image as PNG bytes, shrunk to at most THUMB pixels a side."""
-    from PIL import Image
-
     im = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
     if max(im.size) > THUMB:
         im.thumbnail((THUMB, THUMB), Image.BILINEAR)
@@ -506,8 +499,6 @@ def _png(image):
 def _encode(im):
     """PNG bytes; colour images with an adaptive 256-colour palette (a third of the bytes of
     RGB for photographs, and no visible loss at thumbnail size)."""
-    from PIL import Image
-
     if im.mode != "L":
         im = im.convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE)
     buf = io.BytesIO()
@@ -517,8 +508,6 @@ def _encode(im):
 
 def _shrunk(blob, width):
     """A PNG (matplotlib's) at most `width` pixels wide, re-encoded with a palette."""
-    from PIL import Image
-
     im = Image.open(io.BytesIO(blob))
     if im.width > width:
         im = im.resize((width, round(im.height * width / im.width)), Image.LANCZOS)

@@ -33,6 +33,12 @@ from pathlib import Path
 
 import numpy as np
 
+from kclassify.inference import predict
+from kclassify.kit import kitlib
+from kclassify.tflite.convert import Quantizer
+from kclassify.tflite.debug import layer_errors, layer_groups
+from kclassify.tflite.modes import get_mode
+
 MORE_CALIBRATION = 4
 MAX_FLOAT_LAYERS = 10
 LATENCY_RUNS = 50
@@ -40,10 +46,6 @@ LATENCY_RUNS = 50
 
 def search(job, quant, max_drop, max_float=None, echo=print):
     """(.tflite bytes, budget summary for the report) for ExportJob `job` in mode `quant`."""
-    from kclassify.evaluate import predict
-    from kclassify.export.convert import Quantizer
-    from kclassify.export.modes import get_mode
-
     mode = get_mode(quant)
     max_float = MAX_FLOAT_LAYERS if max_float is None else max_float
     _, images, labels = job.search
@@ -68,8 +70,6 @@ def search(job, quant, max_drop, max_float=None, echo=print):
 def _more_calibration(job, quant, trial, base, base_row):
     """(quantizer, attempt) of MORE_CALIBRATION x the calibration images where the training split
     has more, if that lowers the drop; else the ones given."""
-    from kclassify.export.convert import Quantizer
-
     more = job.calibration_for(len(job.calibration) * MORE_CALIBRATION)
     if len(more) <= len(job.calibration):
         return base, base_row
@@ -83,8 +83,6 @@ def _more_calibration(job, quant, trial, base, base_row):
 
 
 def _float_search(trial, quantizer, base_row, max_float):
-    from kclassify.export.debug import layer_errors, layer_groups
-
     kept, unproven, last = [], [], base_row
     for group in layer_groups(layer_errors(quantizer))[:max_float]:
         row = trial.run(quantizer, kept + [group], f"+ {group[0]}")
@@ -130,9 +128,7 @@ class Trials:
         self.rows, self.blobs = [], []
 
     def run(self, quantizer, groups, note):
-        from kclassify.kit import kitlib
-
-        kit = kitlib()
+        kit = kitlib
         blob = quantizer.quantize([n for _, nodes in groups for n in nodes])
         path = self.folder / f"attempt{len(self.rows) + 1}.tflite"
         path.write_bytes(blob)
@@ -202,11 +198,9 @@ class Trials:
 
     def _latency(self, plain, chosen, rounds=3):
         """Batch-1 latency of the plain and chosen files, interleaved rounds (medians)."""
-        from kclassify.kit import kitlib
-
         if chosen is plain:
             return {"plain": plain["latency_ms_1t"], "chosen": plain["latency_ms_1t"], "ratio": 1.0}
-        kit = kitlib()
+        kit = kitlib
         paths = [self.folder / f"attempt{r['attempt']}.tflite" for r in (plain, chosen)]
         times = [[], []]
         for _ in range(rounds):

@@ -3,12 +3,12 @@
 package). The kit reads it back with ai-edge-litert's schema, so a lone .tflite is enough."""
 import json
 
+from ai_edge_litert import schema_py_generated as schema
+from ai_edge_litert.tools import flatbuffer_utils
+
 
 def embed_metadata(blob, spec, name="kclassify"):
     """`blob` (.tflite bytes) with `spec` (a JSON-able dict) stored as metadata `name`."""
-    from ai_edge_litert import schema_py_generated as schema
-    from ai_edge_litert.tools import flatbuffer_utils
-
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(blob))
     buffer = schema.BufferT()
     buffer.data = list(json.dumps(spec).encode())

@@ -1,0 +1,123 @@
+"""Finishing a training run, owned in one place (fit and finetune both end here): save the
+inference model, evaluate it, write metrics, reports and plots, run the recipe's exports and the
+HTML report, and record the command's time against its budget."""
+import json
+import time
+
+import keras
+import numpy as np
+
+from kclassify.commands.export import ExportJob
+from kclassify.commands.report import write_run_report
+from kclassify.inference import evaluate_model, write_report
+from kclassify.metrics import format_report
+from kclassify.models import as_float32
+from kclassify.plots import plot_history
+from kclassify.train.budget import timed
+from kclassify.tta import view_count, views_of
+
+
+def finish_run(run, model, data, recipe, echo=print, budget=None, started=None):
+    """The end of a training command: save the inference model, evaluate it (plainly and with the
+    recipe's test-time augmentation), write metrics, reports, plots and predictions, then the
+    recipe's exports and the HTML report; metrics.json last, with the wall time of the command."""
+
+
+    state, finishing, parts = run.state, time.time(), {}
+
+    def part(name, fn, *args):
+        out, seconds = timed(lambda: fn(*args))
+        parts[name] = round(seconds, 2)
+        return out
+
+    model = as_float32(model)  # mixed precision trains; the saved and exported network is float32
+    if run.chief:
+        part("save", keras.Model(model.input, model.output, name=model.name).save, run.model_path)
+    reports, arrays = part("evaluate", _final_evaluation, model, data, recipe, echo)
+    metrics = {**{name: {k: r[k] for k in ("top1", "top5", "loss")} for name, r in reports.items()},
+               "epochs": state["epoch"], "steps": state["step"], "train_seconds": round(state["train_seconds"], 1),
+               "params": int(model.count_params()), "model": recipe.model.name,
+               "train_images": len(data.train), "val_images": len(data.val)}
+    if "val_tta" in reports:
+        metrics["val_tta"].update(tta=recipe.evaluate.tta, views=reports["val_tta"]["views"])
+    if state.get("recoveries"):
+        metrics["recoveries"] = state["recoveries"]
+    if not run.chief:
+        return metrics
+    part("write", _write_evaluation, run, reports, arrays, recipe.output.plots)
+    run.write_json("metrics.json", metrics)
+    part("exports", _exports, run, model, data, recipe, echo)
+    if recipe.output.report:
+        part("report", _html_report, run, data, arrays["probs"], echo)
+    _record_time(metrics, state, budget, started, echo, finishing, parts)
+    run.write_json("metrics.json", metrics)
+    echo(json.dumps({k: metrics[k] for k in ("val", "val_tta", "epochs", "steps", "wall_seconds") if k in metrics}))
+    return metrics
+
+
+def _final_evaluation(model, data, recipe, echo):
+    """({"val": report[, "val_tta": report]}, arrays for val_predictions.npz)."""
+
+
+    ev = recipe.evaluate
+    report, probs = evaluate_model(model, data.val, data.class_names, ev.batch_size)
+    echo(format_report(report, title=f"validation ({recipe.model.name})"))
+    reports, arrays = {"val": report}, {"probs": probs, "labels": np.asarray(data.val.labels, np.int32)}
+    if view_count(ev):
+        tta, arrays["probs_tta"] = evaluate_model(model, data.val, data.class_names, ev.batch_size, views_of(ev),
+                                                  ev.average)
+        reports["val_tta"] = {**tta, "views": view_count(ev)}
+        echo(f"validation with TTA ({ev.tta}, {view_count(ev)} views): top-1 {tta['top1']:.4f}, "
+             f"top-5 {tta['top5']:.4f}")
+    return reports, arrays
+
+
+def _write_evaluation(run, reports, arrays, plots):
+
+
+    for name, report in reports.items():
+        write_report(report, run.dir, name, plots=plots and name == "val")
+    np.savez(run.dir / "val_predictions.npz", **arrays)
+    if plots and (run.dir / "history.csv").exists():
+
+        plot_history(run.dir / "history.csv", run.dir / "curves.png")
+
+
+def _record_time(metrics, state, budget, started, echo, finishing, parts):
+    """The plan and the command's wall time, for a budgeted run the promise kept (or not), with
+    what the final steps took (each part's seconds) against the time the plan kept for them."""
+    if budget is not None:
+        metrics["budget"] = {**state["plan"], **budget.record(state["plan"]["total_steps"], state["step"]),
+                             "final_seconds": round(time.time() - finishing, 1), "final_parts": parts}
+    if started is None:
+        return
+    metrics["wall_seconds"] = round(time.time() - started, 1)
+    if budget is None:
+        return
+    b = metrics["budget"]
+    b.update(actual_wall_seconds=metrics["wall_seconds"], training_ended_seconds=round(finishing - started, 1))
+    echo(f"budget: {budget.minutes:g} min ({60 * budget.minutes:.0f} s); the command took {metrics['wall_seconds']:.0f} s")
+    if metrics["wall_seconds"] > 60 * budget.minutes:
+        # Say where the time went: a stall (a busy or swapping machine) shows as one part far over.
+        took = ", ".join(f"{k} {v:.1f} s" for k, v in parts.items())
+        echo(f"budget: over by {metrics['wall_seconds'] - 60 * budget.minutes:.1f} s; training ended at "
+             f"{b['training_ended_seconds']:.0f} s and the final steps took {b['final_seconds']:.1f} s ({took}) "
+             f"against {b['reserved_final_seconds']:.1f} s kept and a {b['margin_seconds']:.1f} s margin")
+
+
+def _exports(run, model, data, recipe, echo):
+    if not recipe.output.export:
+        return
+
+    job = ExportJob(run.dir, model=model, data=data, calibration_count=recipe.output.calibration_images)
+    for mode in recipe.output.export:
+        rep = job.export(mode)
+        echo(f"export {mode}: {rep['file']} {rep['size_bytes']:,} bytes, top-1 {rep['tflite']['top1']:.4f}, "
+             f"agreement with Keras {rep['agreement']:.4f}")
+
+
+def _html_report(run, data, probs, echo):
+
+
+    write_run_report(run.dir, data=data, probs=probs, echo=echo)
+

@@ -1,1 +1,0 @@
-"""Fine-tuning pretrained backbones in phases: head first, then deeper blocks."""

@@ -1,0 +1,65 @@
+"""Inference, owned in one place: one Predictor (batched, compiled once per model, outside any
+replica context so every worker may run it), used by validation while training, the final
+evaluation, TTA, `kclassify evaluate`, calibration checks, export measurement and QAT measurement."""
+import json
+import weakref
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from kclassify.data.pipeline import eval_dataset
+from kclassify.data.sources import Split
+from kclassify.metrics import classification_report, cross_entropy
+from kclassify.plots import plot_confusion
+from kclassify.tta import tta_model
+
+_PREDICTORS = weakref.WeakKeyDictionary()
+
+
+def predictor(model):
+    """The model's Predictor, made once (each new tf.function traces again)."""
+    if model not in _PREDICTORS:
+        _PREDICTORS[model] = Predictor(model)
+    return _PREDICTORS[model]
+
+
+class Predictor:
+    """Batched inference outside any replica context (every worker may run it; no collectives):
+    validation during training, the final report, TTA views, calibration checks."""
+
+    def __init__(self, model):
+        self.model = model
+        spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
+        self._fn = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+
+    def __call__(self, dataset):
+        """Probabilities (float32 numpy) for a dataset of (images, ...) batches."""
+        outs = [self._fn(batch[0] if isinstance(batch, tuple) else batch).numpy() for batch in dataset]
+        return np.concatenate(outs).astype(np.float32) if outs else np.zeros((0, 0), np.float32)
+
+
+def predict(model, images, batch_size=None, views=1):
+    """Probabilities for uint8 images (an array, a Split or a streamed split); batch_size None: one
+    that fits the image size and the model's test-time `views` (pipeline.eval_batch_size)."""
+    split = images if hasattr(images, "labels") else Split(images, np.zeros(len(images), np.int32))
+    return predictor(model)(eval_dataset(split, 1, batch_size, views))
+
+
+def evaluate_model(model, split, class_names, batch_size=None, views=None, average="logits"):
+    """(report, probabilities) on a split; with `views` (kclassify.tta), the weighted average of
+    the test-time views."""
+    probs = predict(tta_model(model, views, average) if views else model, split, batch_size, len(views or [None]))
+    report = classification_report(probs, split.labels, class_names)
+    report["loss"] = cross_entropy(probs, split.labels)
+    return report, probs
+
+
+def write_report(report, out_dir, prefix, plots=True):
+    """<prefix>_report.json (everything) and <prefix>_confusion.json/.png."""
+    out_dir = Path(out_dir)
+    (out_dir / f"{prefix}_report.json").write_text(json.dumps(report, indent=1))
+    (out_dir / f"{prefix}_confusion.json").write_text(
+        json.dumps({"class_names": report["class_names"], "matrix": report["confusion"]}))
+    if plots:
+        plot_confusion(report["confusion"], report["class_names"], out_dir / f"{prefix}_confusion.png")
