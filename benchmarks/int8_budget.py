@@ -5,7 +5,7 @@ repository root:
     python benchmarks/int8_budget.py RUN --calibration 50,100,300,1000,3000 --seeds 3
     python benchmarks/int8_budget.py RUN --qat-sweep 0.03,0.1,0.3,1 --qat-steps 800
 
---calibration: the post-training int8 drop (validation split, and the budget search's held-out
+--calibration: the post-training int8 drop (validation split, and the max-drop search's held-out
 training images) against the number of calibration images, several random draws each (the
 measurements behind export.calibration's "auto" default). --qat-sweep: QAT at fractions of the
 run's last peak learning rate, with the activation-range log (the measurements behind

@@ -1,8 +1,8 @@
 """int8 you can trust, in one table per fine-tuned run: float32, post-training int8 (the default
-export), int8 with an accuracy budget (--max-drop) and QAT int8, each a .tflite measured with
+export), int8 with an max-drop limit (--max-drop) and QAT int8, each a .tflite measured with
 LiteRT on the run's validation split: top-1, agreement with the Keras model, size, batch-1
 latency (1 and 2 threads, interleaved rounds, so the ratios within one run compare). Also what the
-budget search kept in float and every attempt, and what QAT ran (steps, rate, when the activation
+max-drop search kept in float and every attempt, and what QAT ran (steps, rate, when the activation
 ranges settled) and which file `kclassify qat`'s default (keep the better) would ship.
 
 Prints one JSON object per run on stdout (the figures) and a Markdown table per run on stderr,
@@ -84,7 +84,7 @@ def table(run, max_drop, qat_steps, echo):
                   "seconds": seconds} for name, r, seconds in rows],
         "budget": {k: b[k] for k in ("met", "message", "float_layers", "calibration_images", "search_images",
                                      "drop_points_search", "drop_margin95_search", "eval_drop_points",
-                                     "eval_within_budget")}
+                                     "eval_within_max_drop")}
                    | {k: b[k] for k in ("eval_note", "resolution_note") if k in b},
         "budget_attempts": [{k: a[k] for k in ("attempt", "note", "float_layers", "calibration_images",
                                                "drop_points", "drop_margin95", "size_bytes")} for a in b["attempts"]],

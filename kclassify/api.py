@@ -70,7 +70,7 @@ def export(model_or_run, quant="int8", *, out=None, data=None, calibration_image
     """A builtins-only .tflite in mode `quant` of a run, .keras file or ExportJob, measured with
     LiteRT; returns its report dict.
     `tta` (a preset) puts the test-time views and their average inside the file; `max_drop`
-    (top-1 points) is the int8 accuracy budget (default: the run recipe's output.max_drop), searched
+    (top-1 points) is the int8 max-drop limit (default: the run recipe's output.max_drop), searched
     over at most `max_float` layers kept in float."""
     from kclassify import runtime
 

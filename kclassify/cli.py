@@ -102,7 +102,7 @@ def report(run, out):
 @click.option("--data", "spec", help="Calibration/evaluation data for a bare .keras file (as in evaluate).")
 @click.option("--calibration-images", type=click.IntRange(1), help="Unaugmented training images for calibration (default: the recipe's output.calibration_images, auto: 32 a class, 300 to 1000).")
 @click.option("--max-drop", type=click.FloatRange(min=0, min_open=True), metavar="POINTS",
-              help="Accuracy budget (default: the recipe's output.max_drop): keep the worst layers in float until "
+              help="Top-1 points the int8 file may lose (default: the recipe's output.max_drop): keep the worst layers in float until "
                    "top-1 on held-out training images is within POINTS of float.")
 @click.option("--max-float-layers", type=click.IntRange(1), help="With --max-drop: try at most the N worst layers in float (default 10).")
 @click.option("--debug-quant", is_flag=True, help="Run the TFLite quantization debugger; print the layers with the largest error.")

@@ -242,7 +242,7 @@ class Run:
             (self.dir / "recipe.yaml").write_text(recipe.to_yaml())
             self.write_json("labels.json", {"class_names": data.class_names, "input_shape": list(data.input_shape),
                                             "train_images": len(data.train), "val_images": len(data.val),
-                                            "budget_search_held_out": data.budget_held_out})
+                                            "max_drop_search_held_out": data.max_drop_held_out})
         echo(f"data: {len(data.train)} train / {len(data.val)} val images, {len(data.class_names)} classes, "
              f"shape {data.input_shape}")
         if self.state is None:

@@ -7,6 +7,8 @@ import sys
 import tempfile
 import warnings
 
+from kclassify.errors import KClassifyError, RecipeError
+
 
 NOISE = re.compile(r"absl::InitializeLog|oneDNN custom operations|cuda drivers|cuInit|cpu_feature_guard|"
                    r"rebuild TensorFlow|AVX|TF-TRT|computation_placer|Unable to register cu")
@@ -61,7 +63,6 @@ def quiet_tensorflow():
         except ModuleNotFoundError as exc:
             if exc.name != "tensorflow":
                 raise
-            from kclassify.errors import KClassifyError
 
             raise KClassifyError(f"TensorFlow is not installed in this Python ({sys.executable}); "
                                  "`pip install -e .` in the kclassify checkout installs it with the rest") from None
@@ -135,7 +136,6 @@ def multi_worker_strategy():
 
     import tensorflow as tf
 
-    from kclassify.errors import RecipeError
 
     if "cluster" not in json.loads(os.environ.get("TF_CONFIG", "{}")):
         raise RecipeError("runtime.strategy multi_worker needs TF_CONFIG (the cluster and this task); "
@@ -182,3 +182,13 @@ def bf16_is_faster(size=1024, reps=5):
 
         _BF16_FASTER = seconds(tf.bfloat16) < 0.8 * seconds(tf.float32)
     return _BF16_FASTER
+
+
+def timed(fn, clock=None):
+    """(fn(), the seconds it took): perf_counter unless a clock is given."""
+    import time
+
+    clock = clock or time.perf_counter
+    t = clock()
+    out = fn()
+    return out, clock() - t

@@ -26,13 +26,29 @@ def run_cli(*args, cwd=None, env=None, timeout=600):
                           env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
+class FakeClock:
+    """A clock for time budgets: starts at `start`, moves `tick` seconds at every reading (so
+    anything timed takes a little), and as far as `advance` or a callback says. Deterministic:
+    a budget's plan is tested without waiting on, or asserting about, the wall clock."""
+
+    def __init__(self, start=1_000_000.0, tick=0.001):
+        self.now, self.tick = float(start), tick
+
+    def __call__(self):
+        self.now += self.tick
+        return self.now
+
+    def advance(self, seconds):
+        self.now += seconds
+
+
 def tiny_recipe(tmp_path, **sections):
     """A digits recipe that trains in seconds; sections override fields."""
     from kclassify.recipe import validate
 
     raw = {"name": "tiny",
            "data": {"source": "digits", "val_fraction": 0.2},
-           "model": {"name": "resnet20", "params": {"width": 0.5}},
+           "model": {"name": "resnet20", "params": {"width_mult": 0.5}},
            "train": {"epochs": 2, "batch_size": 64, "lr": 0.05, "warmup_epochs": 0.5},
            "runtime": {"seed": 0, "verbose": 0},
            "output": {"dir": str(tmp_path / "run"), "tensorboard": False}}

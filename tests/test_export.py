@@ -131,28 +131,28 @@ def test_budget_search_ships_the_fewest_float_layers_that_meet_it(broken_job, tm
     lines = []
     # 2.5 points: with both ruined layers in float, plain int8 noise on 216 images is 0-2 points (run to run)
     rep = broken_job.export("int8", tmp_path / "budget.tflite", max_drop=2.5, echo=lines.append)
-    budget, said = rep["budget"], "\n".join(lines)
+    budget, said = rep["max_drop_search"], "\n".join(lines)
     attempts = budget["attempts"]
     assert attempts[0]["note"] == "plain" and attempts[0]["drop_points"] > 50, said  # the spoiled layers ruin int8
     forward = [a for a in attempts if "(pruning)" not in a["note"]]
-    assert budget["met"] and forward[-1]["within_budget"], said  # the forward pass stopped at the first set within
-    assert not any(a["within_budget"] for a in forward[:-1]), said
+    assert budget["met"] and forward[-1]["within_max_drop"], said  # the forward pass stopped at the first set within
+    assert not any(a["within_max_drop"] for a in forward[:-1]), said
     assert sorted(n[:5] for n in budget["float_layers"]) == ["head_", "stem_"], said  # the spoiled ones (stem: fused)
     chosen = attempts[budget["chosen_attempt"] - 1]
-    assert chosen["within_budget"] and all(len(a["float_layers"]) >= 2 for a in attempts if a["within_budget"])
+    assert chosen["within_max_drop"] and all(len(a["float_layers"]) >= 2 for a in attempts if a["within_max_drop"])
     assert rep["float_layers"] == budget["float_layers"] and rep["input"]["dtype"] == "uint8"
     assert budget["size_bytes"] > budget["plain_size_bytes"] and budget["latency_ms_1t"]["ratio"] > 0
     assert budget["search_images"] < 300 and rep["tflite"]["count"] == 360  # searched on training images
     assert budget["eval_drop_points"] == round((rep["keras"]["top1"] - rep["tflite"]["top1"]) * 100, 3)
-    assert budget["eval_drop_points"] <= 4 and any("budget met by attempt" in line for line in lines)
+    assert budget["eval_drop_points"] <= 4 and any("max-drop met by attempt" in line for line in lines)
     saved = json.loads((tmp_path / "budget.json").read_text())
-    assert saved["budget"]["eval_drop_points"] == budget["eval_drop_points"]
+    assert saved["max_drop_search"]["eval_drop_points"] == budget["eval_drop_points"]
 
 
 def test_budget_not_met_within_the_limit_ships_the_best_and_says_so(broken_job, tmp_path):
     rep = broken_job.export("int8", tmp_path / "b.tflite", max_drop=1.0, max_float=1, echo=lambda *a: None)
-    budget = rep["budget"]
-    assert not budget["met"] and "budget NOT met" in budget["message"] and "limit" in budget["message"]
+    budget = rep["max_drop_search"]
+    assert not budget["met"] and "max-drop NOT met" in budget["message"] and "limit" in budget["message"]
     # the limit: one layer tried in float (one of the two spoiled ones: the other still ruins int8)
     tried = [a for a in budget["attempts"] if a["float_layers"]]
     assert len(tried) == 1 and len(tried[0]["float_layers"]) == 1 and len(budget["float_layers"]) <= 1
@@ -179,17 +179,17 @@ def test_drop_margin_is_the_paired_95_percent_half_width():
 def test_a_budget_below_what_the_search_images_resolve_is_said(broken_job, tmp_path):
     lines = []
     rep = broken_job.export("int8", tmp_path / "tight.tflite", max_drop=0.05, max_float=1, echo=lines.append)
-    budget = rep["budget"]  # one layer in float leaves int8 ruined: 88.9 points lost, +/- 4.2 on 216 images
+    budget = rep["max_drop_search"]  # one layer in float leaves int8 ruined: 88.9 points lost, +/- 4.2 on 216 images
     assert not budget["met"] and budget["drop_margin95_search"] > 1
     assert "cannot tell" in budget["resolution_note"] and "note: 216 search images" in budget["message"]
     assert all(line.count("(+/- ") == 1 for line in lines if line.lstrip().startswith("attempt"))
     wide = broken_job.export("int8", tmp_path / "wide.tflite", max_drop=99, echo=lambda *a: None)
-    assert wide["budget"]["met"] and wide["budget"]["chosen_attempt"] == 1  # the ruined file, within a 99-point budget
-    assert 1 < wide["budget"]["drop_margin95_search"] < 99 and "resolution_note" not in wide["budget"]
+    assert wide["max_drop_search"]["met"] and wide["max_drop_search"]["chosen_attempt"] == 1  # the ruined file, within a 99-point budget
+    assert 1 < wide["max_drop_search"]["drop_margin95_search"] < 99 and "resolution_note" not in wide["budget"]
 
 
-def test_budget_holdout_keeps_the_search_images_out_of_training(tmp_path):
-    """output.budget_holdout: training leaves out exactly the images the budget search measures
+def test_max_drop_holdout_keeps_the_search_images_out_of_training(tmp_path):
+    """output.max_drop_holdout: training leaves out exactly the images the max-drop search measures
     on, so the search sees unseen images; without it the search says they were trained on."""
     from conftest import tiny_recipe
     from kclassify.data import load_data
@@ -197,7 +197,7 @@ def test_budget_holdout_keeps_the_search_images_out_of_training(tmp_path):
     from kclassify.data.holdout import hold_out_for_max_drop, search_indices
     from kclassify.commands.fit import fit
 
-    recipe = tiny_recipe(tmp_path, train={"epochs": 1}, output={"max_drop": 5.0, "budget_holdout": True})
+    recipe = tiny_recipe(tmp_path, train={"epochs": 1}, output={"max_drop": 5.0, "max_drop_holdout": True})
     full = load_data(recipe.data, recipe.runtime.seed)
     held = search_indices(full.train.labels, recipe.runtime.seed)
     trained = hold_out_for_max_drop(full, recipe)
@@ -207,13 +207,13 @@ def test_budget_holdout_keeps_the_search_images_out_of_training(tmp_path):
     lines = []
     run = fit(recipe, echo=lines.append)
     labels = json.loads((run / "labels.json").read_text())
-    assert labels["budget_search_held_out"] == len(held) and labels["train_images"] == len(kept)
-    assert any(line.startswith(f"note: output.budget_holdout: {len(held)} training images kept out") for line in lines)
+    assert labels["max_drop_search_held_out"] == len(held) and labels["train_images"] == len(kept)
+    assert any(line.startswith(f"note: output.max_drop_holdout: {len(held)} training images kept out") for line in lines)
     job = ExportJob(run)
     assert job.search_unseen and len(job.calib_split) == len(full.train)
     np.testing.assert_array_equal(job.search[0], held)
     rep = job.export("int8", tmp_path / "b.tflite", echo=lines.append)  # the recipe's max_drop
-    assert rep["budget"]["search_images_trained_on"] is False
+    assert rep["max_drop_search"]["search_images_trained_on"] is False
     assert any("(kept out of training;" in line for line in lines)
     assert hold_out_for_max_drop(full, tiny_recipe(tmp_path / "plain", output={"max_drop": 0.5})) is full  # off
 
@@ -236,11 +236,11 @@ def test_a_budget_met_on_the_search_images_but_not_on_the_evaluation_split_is_re
     monkeypatch.setattr(budget_module, "search", optimistic)
     lines = []
     rep = broken_job.export("int8", tmp_path / "o.tflite", max_drop=0.5, echo=lines.append)
-    budget = rep["budget"]
-    assert budget["eval_drop_points"] > 0.5 and not budget["eval_within_budget"]
+    budget = rep["max_drop_search"]
+    assert budget["eval_drop_points"] > 0.5 and not budget["eval_within_max_drop"]
     assert "over the 0.5 budget" in budget["eval_note"] and "the model trained on those" in budget["eval_note"]
     assert any(line.startswith("warning: the evaluation split lost") for line in lines)
-    assert json.loads((tmp_path / "o.json").read_text())["budget"]["eval_note"] == budget["eval_note"]
+    assert json.loads((tmp_path / "o.json").read_text())["max_drop_search"]["eval_note"] == budget["eval_note"]
 
 
 def test_budget_needs_training_data_apart_from_the_evaluation_split(digits_run, tmp_path):
@@ -409,8 +409,8 @@ def test_cli_debug_quant_and_kit(digits_run, tmp_path):
 def test_cli_max_drop(digits_run, tmp_path):
     out = run_cli("export", digits_run, "--tflite", "--quant", "int8", "--max-drop", "5", "--out", tmp_path / "b.tflite")
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "held-out training images" in out.stdout and "budget met by attempt 1" in out.stdout
-    assert json.loads((tmp_path / "b.json").read_text())["budget"]["chosen_attempt"] == 1
+    assert "held-out training images" in out.stdout and "max-drop met by attempt 1" in out.stdout
+    assert json.loads((tmp_path / "b.json").read_text())["max_drop_search"]["chosen_attempt"] == 1
     bad = run_cli("export", digits_run, "--tflite", "--quant", "float16", "--max-drop", "0.5")
     assert bad.returncode == 2 and "--max-drop applies to calibrated modes" in bad.stderr
 

@@ -292,7 +292,7 @@ def test_muon_recipe_trains_and_its_checkpoint_holds_the_optimizer_state(tmp_pat
     from kclassify.commands.fit import fit
 
     recipe = tiny_recipe(tmp_path, train={"optimizer": "muon", "epochs": 3, "lr": 0.05, "muon": {"lr": 0.1}},
-                         model={"name": "resnet20", "params": {"width": 0.5}})
+                         model={"name": "resnet20", "params": {"width_mult": 0.5}})
     run = fit(recipe, echo=lambda *a: None)
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["val"]["top1"] > 0.8, metrics["val"]

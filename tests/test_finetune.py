@@ -32,7 +32,7 @@ def base_file(tmp_path_factory, tiny_npz):
 
     from kclassify.models import build_model
 
-    base = build_model("resnet20", 3, (32, 32, 3), width=0.5)
+    base = build_model("resnet20", 3, (32, 32, 3), width_mult=0.5)
     x = np.load(tiny_npz)["x"].astype("float32")
     for layer in base.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
@@ -172,7 +172,7 @@ def test_kclassify_model_as_backbone(tmp_path, tiny_npz):
     from kclassify.train.unfreeze import apply_phase
     from kclassify.models import build_model
 
-    base = build_model("resnet20", 3, (32, 32, 3), width=0.5)
+    base = build_model("resnet20", 3, (32, 32, 3), width_mult=0.5)
     base.save(tmp_path / "base.keras")
     model = build_model("keras_kclassify", 3, (32, 32, 3), weights=str(tmp_path / "base.keras"))
     names = {layer.name for layer in apply_phase(model, "top1", r"(stage\d+_block\d+)_")}

@@ -1,4 +1,4 @@
-"""The on-device kit in export/: numpy + pillow + ai-edge-litert only, same answers as kclassify."""
+"""The on-device kit (kclassify/kit/): numpy + pillow + ai-edge-litert only, same answers as kclassify."""
 import json
 import subprocess
 import sys
@@ -8,7 +8,7 @@ import pytest
 
 from conftest import ROOT
 
-KIT = ROOT / "export"
+KIT = ROOT / "kclassify" / "kit"
 # Run a kit script with TensorFlow, Keras and kclassify made unimportable: any import of them
 # (direct or through a dependency) fails the script, and the modules loaded are checked at exit.
 GUARD = """

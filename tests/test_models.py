@@ -165,7 +165,7 @@ def _options():
             activation="swish"),
         "densenet_bc_tiny": lambda: densenet.densenet(10, 5, (32, 32, 3), growth_rate=8, cifar_stem=True),
         "mobilenet_v3_small_cifar_half": lambda: mobilenet_v3.mobilenet_v3(
-            5, (32, 32, 3), size="small", width=0.5, cifar_stem=True, drop_path_rate=0.1, zero_gamma=True),
+            5, (32, 32, 3), size="small", width_mult=0.5, cifar_stem=True, drop_path_rate=0.1, zero_gamma=True),
     }
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import ROOT
 
-RECIPE = ("data: {source: digits, val_fraction: 0.2}\nmodel: {name: resnet20, params: {width: 0.5}}\n"
+RECIPE = ("data: {source: digits, val_fraction: 0.2}\nmodel: {name: resnet20, params: {width_mult: 0.5}}\n"
           "train: {epochs: 1, batch_size: 32, lr: 0.02, warmup_epochs: 0.5}\n"
           "runtime: {verbose: 2, sync_bn: true}\n"
           "output: {tensorboard: false, plots: false, report: false, log_every_steps: 1, checkpoint_every_steps: 15}\n")

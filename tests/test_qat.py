@@ -95,7 +95,7 @@ def nested_kclassify():
 
     from kclassify.models import build_model
 
-    base = realistic(build_model("resnet20", 10, (32, 32, 3), width=0.5), seed=5)
+    base = realistic(build_model("resnet20", 10, (32, 32, 3), width_mult=0.5), seed=5)
     path = tempfile.mkdtemp(prefix="kc-base-") + "/base.keras"
     base.save(path)
     return build_model("keras_kclassify", 10, (32, 32, 3), weights=path)
@@ -159,13 +159,13 @@ def _densenet10():
 # (resnet32/44 are resnet20/56's builder), the slow families at CIFAR size and width.
 GROUPS = {
     "cifar": [("resnet20", lambda: _build("resnet20"), True),
-              ("resnet56", lambda: _build("resnet56", width=0.25), False),
+              ("resnet56", lambda: _build("resnet56", width_mult=0.25), False),
               ("resnet9", lambda: _build("resnet9", width=8), True),
               ("wrn16_4", lambda: _build("wrn16_4", dropout=0.3), True)],
     "preact": [("preact_resnet8", lambda: _preact(8, se_ratio=4, block_dropout=0.2, drop_path_rate=0.1), True),
                ("preact_resnet11", lambda: _preact(11, bottleneck=True), True),
                ("densenet10", _densenet10, True)],
-    "mobile": [("mobilenet_v3_small", lambda: _build("mobilenet_v3_small", cifar_stem=True, width=0.35,
+    "mobile": [("mobilenet_v3_small", lambda: _build("mobilenet_v3_small", cifar_stem=True, width_mult=0.35,
                                                      drop_path_rate=0.1), True),
                ("mini_se_resnext_d", mini_bottleneck, True),
                ("odd_layers", odd_layers, True)],
@@ -551,7 +551,7 @@ def test_mobilenet_v3_qat_and_constant_pruning_end_to_end(tmp_path):
     from kclassify.commands.fit import fit
 
     recipe = tiny_recipe(tmp_path, data={"image_size": 16},
-                         model={"name": "mobilenet_v3_small", "params": {"cifar_stem": True, "width": 0.5}},
+                         model={"name": "mobilenet_v3_small", "params": {"cifar_stem": True, "width_mult": 0.5}},
                          train={"epochs": 10, "weight_decay": 4e-5}, augment={"crop_pad": 2, "pad_mode": "constant"})
     run = fit(recipe, echo=lambda *a: None)
     rep = qat(run, epochs=1, echo=lambda *a: None)

@@ -55,9 +55,9 @@ def test_milestones_must_lie_inside_training():
 
 def test_overrides_parse_yaml_values():
     recipe = load_recipe("quickstart", ["train.epochs=3", "train.lr=0.2", "augment.flip=true",
-                                        "train.step_milestones=[1, 2]", "model.params.width=2"])
+                                        "train.step_milestones=[1, 2]", "model.params.width_mult=2"])
     assert (recipe.train.epochs, recipe.train.lr, recipe.augment.flip) == (3, 0.2, True)
-    assert recipe.train.step_milestones == [1, 2] and recipe.model.params == {"width": 2}
+    assert recipe.train.step_milestones == [1, 2] and recipe.model.params == {"width_mult": 2}
 
 
 def test_override_without_equals_is_rejected():
@@ -79,7 +79,8 @@ def test_validation_does_not_import_tensorflow():
 
 @pytest.mark.parametrize("override, message", [
     ("model.name=resnet2O", "model.name: unknown model 'resnet2O' (did you mean"),
-    ("model.params={widht: 2}", "model 'resnet20' has no parameter 'widht' (did you mean 'width'?)"),
+    ("model.params={width_mlt: 2}", "model 'resnet20' has no parameter 'width_mlt' (did you mean 'width_mult'?)"),
+    ("model.name=resnet20", "model 'resnet20' has no parameter 'width'"),  # cifar10_cpu's resnet9 width: channels
     ("augment.ops=[{name: cutuot}]", "augment.ops[0]: unknown augmentation 'cutuot' (did you mean 'cutout'?)"),
     ("augment.ops=[{name: cutout, lenght: 8}]", "augment.ops[0] (cutout): no argument 'lenght' (did you mean 'length'?)"),
     ("output.export=[int9]", "output.export.0: Input should be"),
@@ -88,7 +89,8 @@ def test_validation_does_not_import_tensorflow():
 def test_registry_typos_fail_at_load_before_tensorflow(override, message):
     """Model names and parameters, augmentation ops and their arguments, export modes and data
     fields are checked against the registries' TF-free catalogue when the recipe loads."""
-    code = (f"import sys, kclassify.recipe as r\ntry:\n    r.load_recipe('quickstart', [{override!r}])\n"
+    recipe = "cifar10_cpu" if override == "model.name=resnet20" else "quickstart"
+    code = (f"import sys, kclassify.recipe as r\ntry:\n    r.load_recipe({recipe!r}, [{override!r}])\n"
             "except Exception as e:\n    print(e)\nprint('tensorflow' in sys.modules, 'keras' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert message in out.stdout and out.stdout.strip().endswith("False False"), out.stdout + out.stderr

@@ -184,3 +184,17 @@ def test_curves_with_validation_every_few_epochs(tmp_path):
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
     html = curves_section({"run": SimpleNamespace(file=lambda name: tmp_path / name)})
     assert "validation top-1 0.6500 after epoch 4, best 0.6500 after epoch 4" in html
+
+
+def test_the_report_does_not_set_the_runtime_up_again(run_copy, tmp_path, monkeypatch):
+    """The report runs at the end of a training command whose runtime is set up (seeds, devices, a
+    multi-worker strategy on the chief): its augmentation grid uses that runtime, never a second
+    runtime.setup (which re-seeded Keras and, under multi_worker, built a second strategy)."""
+    from kclassify import runtime
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("runtime.setup called again by the report")
+
+    monkeypatch.setattr(runtime, "setup", refuse)
+    out = write_report(run_copy, tmp_path / "r.html", echo=lambda *a: None)
+    assert "augmentation preview" in out.read_text()

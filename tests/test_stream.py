@@ -311,7 +311,7 @@ def test_fit_with_random_resized_crop_trains_from_a_pack_of_the_stored_images(fo
 
     recipe = tmp_path / "photos.yaml"
     recipe.write_text(f"data: {{source: image_folder, path: '{folder}', image_size: 16, val_count: 8}}\n"
-                      "model: {name: resnet20, params: {width: 0.25}}\n"
+                      "model: {name: resnet20, params: {width_mult: 0.25}}\n"
                       "augment: {random_resized_crop: {scale: [0.3, 1.0]}, crop_pad: 0}\n"
                       "train: {epochs: 1, batch_size: 8, lr: 0.02}\n"
                       "output: {tensorboard: false, plots: false, report: false, export: []}\n")

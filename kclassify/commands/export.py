@@ -17,9 +17,11 @@ from kclassify.data.sources import resize_all
 from kclassify.errors import DataError, ExportError
 from kclassify.inference import predict
 from kclassify.kit import kit_dir, KIT_FILES, kitlib
+from kclassify.models.saving import load_model
 from kclassify.run import Run
 from kclassify.tflite.convert import convert, Quantizer
 from kclassify.tflite.debug import format_errors, layer_errors
+from kclassify.tflite.max_drop import search
 from kclassify.tflite.metadata import embed_metadata
 from kclassify.tflite.modes import get_mode
 
@@ -30,14 +32,12 @@ class ExportJob:
     """One model and its data, shared by the exports of several modes.
 
     A run folder (or a .keras file inside one) is opened through kclassify.run.Run: its recipe
-    gives the data (training split: calibration and the budget search; validation split: the
+    gives the data (training split: calibration and the max-drop search; validation split: the
     figures) and the calibration default. A bare .keras file needs `data_spec`."""
 
     def __init__(self, path, model=None, data=None, data_spec=None, calibration_count=None, input_size=None):
         self.source = Path(path)
         if model is None:
-            from kclassify.models.saving import load_model
-
             model_file, self.run = Run.resolve(path)
             model = load_model(model_file)
         else:
@@ -83,7 +83,7 @@ class ExportJob:
 
     @property
     def search(self):
-        """(indices, images, labels) of the training images the accuracy-budget search measures
+        """(indices, images, labels) of the training images the max-drop search measures
         on; calibration never uses them."""
         if self._search is None:
             if not self.held_out:
@@ -95,8 +95,8 @@ class ExportJob:
 
     @property
     def search_unseen(self):
-        """Whether training left the search images out (the run's recipe had output.budget_holdout)."""
-        return bool(self.run and self.run.labels.get("budget_search_held_out", 0) == len(self.search[0]))
+        """Whether training left the search images out (the run's recipe had output.max_drop_holdout)."""
+        return bool(self.run and self.run.labels.get("max_drop_search_held_out", 0) == len(self.search[0]))
 
     def calibration_for(self, count=None):
         """`count` calibration images (None: the recipe's output.calibration_images, "auto" without
@@ -142,7 +142,7 @@ class ExportJob:
     def export(self, quant, out=None, allow_flex=False, float_layers=None, max_drop=RECIPE, max_float=None, echo=None):
         """Convert, embed the spec, evaluate with LiteRT; returns the report (also written as JSON).
         With `max_drop` (points of top-1; by default the recipe's output.max_drop for calibrated
-        modes, None for none), the accuracy-budget search (budget.py) picks the layers kept in
+        modes, None for none), the max-drop search (tflite/max_drop.py) picks the layers kept in
         float; the evaluation split is measured once, on the file it chose."""
         mode = get_mode(quant)
         if max_drop == RECIPE:
@@ -153,30 +153,28 @@ class ExportJob:
         if float_layers and max_drop is not None:
             raise ExportError("give --max-drop (the search picks the float layers) or --float-layers, not both")
         out = Path(out) if out else self.default_out(quant)
-        budget = None
+        searched = None
         if max_drop is not None:
-            from kclassify.tflite.max_drop import search
-
-            blob, budget = search(self, quant, max_drop, max_float, echo or (lambda *a: None))
-            calib_count = budget["calibration_images"]
+            blob, searched = search(self, quant, max_drop, max_float, echo or (lambda *a: None))
+            calib_count = searched["calibration_images"]
         else:
             calib = self.calibration if mode.calibrate else None
             blob = convert(self.model, quant, calib, allow_flex=allow_flex, float_layers=float_layers)
             calib_count = 0 if calib is None else len(calib)
         out.parent.mkdir(parents=True, exist_ok=True)
         report = {"file": str(out), "quant": quant, "mode": mode.summary, "class_names": self.names,
-                  "calibration_images": calib_count, "float_layers": budget["float_layers"] if budget else float_layers,
+                  "calibration_images": calib_count, "float_layers": searched["float_layers"] if searched else float_layers,
                   "source": str(self.source)}
-        if budget:
-            report["budget"] = budget
+        if searched:
+            report["max_drop_search"] = searched
         report = self.finish(out, blob, report)
-        if budget and "tflite" in report:  # the evaluation split, measured once, after the search
+        if searched and "tflite" in report:  # the evaluation split, measured once, after the search
             drop = (report["keras"]["top1"] - report["tflite"]["top1"]) * 100
-            budget.update(eval_drop_points=round(drop, 3), eval_within_budget=bool(drop <= max_drop))
-            if budget["met"] and drop > max_drop:
-                budget["eval_note"] = _over_budget_note(budget, drop, max_drop, report["tflite"]["count"],
+            searched.update(eval_drop_points=round(drop, 3), eval_within_max_drop=bool(drop <= max_drop))
+            if searched["met"] and drop > max_drop:
+                searched["eval_note"] = _over_max_drop_note(searched, drop, max_drop, report["tflite"]["count"],
                                                         self.search_unseen)
-                (echo or (lambda *a: None))(f"warning: {budget['eval_note']}")
+                (echo or (lambda *a: None))(f"warning: {searched['eval_note']}")
             out.with_suffix(".json").write_text(json.dumps(report, indent=1))
         return report
 
@@ -264,15 +262,15 @@ def copy_kit(dest):
     return dest
 
 
-def _over_budget_note(budget, drop, max_drop, n_eval, unseen):
-    """Why a file within budget on the search images can be over it on the evaluation split: few
+def _over_max_drop_note(searched, drop, max_drop, n_eval, unseen):
+    """Why a file within max_drop on the search images can be over it on the evaluation split: few
     images resolve little (one flip of n images moves top-1 by 100/n points) and, unless the recipe
     kept them out of training, the model fitted the search images. Said whenever it happens."""
-    n_search = budget.get("search_images", 0)
-    return (f"the evaluation split lost {drop:.2f} point(s), over the {max_drop:g} budget that the held-out "
-            f"training images met ({budget['drop_points_search']:.2f} +/- {budget.get('drop_margin95_search', 0):.2f}); "
+    n_search = searched.get("search_images", 0)
+    return (f"the evaluation split lost {drop:.2f} point(s), over the max_drop {max_drop:g} that the held-out "
+            f"training images met ({searched['drop_points_search']:.2f} +/- {searched.get('drop_margin95_search', 0):.2f}); "
             f"one image is {100 / n_eval:.2f} point(s) "
             f"of the evaluation split" + (f" and {100 / n_search:.2f} of the {n_search} search images" if n_search else "")
-            + (": a budget near that resolution is noise" if unseen else
-               ", and the model trained on those (output.budget_holdout keeps them out of training, at a cost "
+            + (": a max_drop near that resolution is noise" if unseen else
+               ", and the model trained on those (output.max_drop_holdout keeps them out of training, at a cost "
                "in training data)") + "; `kclassify export --debug-quant` ranks the layers to try with --float-layers")

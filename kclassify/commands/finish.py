@@ -13,7 +13,8 @@ from kclassify.inference import evaluate_model, write_report
 from kclassify.metrics import format_report
 from kclassify.models import as_float32
 from kclassify.plots import plot_history
-from kclassify.train.budget import timed
+from kclassify.runtime import timed
+from kclassify.train.budget import close
 from kclassify.tta import view_count, views_of
 
 
@@ -23,10 +24,11 @@ def finish_run(run, model, data, recipe, echo=print, budget=None, started=None):
     recipe's exports and the HTML report; metrics.json last, with the wall time of the command."""
 
 
-    state, finishing, parts = run.state, time.time(), {}
+    clock = budget.clock if budget is not None else time.time
+    state, finishing, parts = run.state, clock(), {}
 
     def part(name, fn, *args):
-        out, seconds = timed(lambda: fn(*args))
+        out, seconds = timed(lambda: fn(*args), clock)
         parts[name] = round(seconds, 2)
         return out
 
@@ -49,7 +51,7 @@ def finish_run(run, model, data, recipe, echo=print, budget=None, started=None):
     part("exports", _exports, run, model, data, recipe, echo)
     if recipe.output.report:
         part("report", _html_report, run, data, arrays["probs"], echo)
-    _record_time(metrics, state, budget, started, echo, finishing, parts)
+    close(metrics, state, budget, started, finishing, parts, echo, clock)
     run.write_json("metrics.json", metrics)
     echo(json.dumps({k: metrics[k] for k in ("val", "val_tta", "epochs", "steps", "wall_seconds") if k in metrics}))
     return metrics
@@ -81,28 +83,6 @@ def _write_evaluation(run, reports, arrays, plots):
     if plots and (run.dir / "history.csv").exists():
 
         plot_history(run.dir / "history.csv", run.dir / "curves.png")
-
-
-def _record_time(metrics, state, budget, started, echo, finishing, parts):
-    """The plan and the command's wall time, for a budgeted run the promise kept (or not), with
-    what the final steps took (each part's seconds) against the time the plan kept for them."""
-    if budget is not None:
-        metrics["budget"] = {**state["plan"], **budget.record(state["plan"]["total_steps"], state["step"]),
-                             "final_seconds": round(time.time() - finishing, 1), "final_parts": parts}
-    if started is None:
-        return
-    metrics["wall_seconds"] = round(time.time() - started, 1)
-    if budget is None:
-        return
-    b = metrics["budget"]
-    b.update(actual_wall_seconds=metrics["wall_seconds"], training_ended_seconds=round(finishing - started, 1))
-    echo(f"budget: {budget.minutes:g} min ({60 * budget.minutes:.0f} s); the command took {metrics['wall_seconds']:.0f} s")
-    if metrics["wall_seconds"] > 60 * budget.minutes:
-        # Say where the time went: a stall (a busy or swapping machine) shows as one part far over.
-        took = ", ".join(f"{k} {v:.1f} s" for k, v in parts.items())
-        echo(f"budget: over by {metrics['wall_seconds'] - 60 * budget.minutes:.1f} s; training ended at "
-             f"{b['training_ended_seconds']:.0f} s and the final steps took {b['final_seconds']:.1f} s ({took}) "
-             f"against {b['reserved_final_seconds']:.1f} s kept and a {b['margin_seconds']:.1f} s margin")
 
 
 def _exports(run, model, data, recipe, echo):

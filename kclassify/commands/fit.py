@@ -12,9 +12,10 @@ from kclassify.train.engine import Phase, low_res_shape
 from kclassify.train.setup import build_for_run, finish_training, fit_setup, make_engine
 
 
-def fit(recipe, out=None, fresh=False, echo=print, callbacks=(), started=None):
-    """Train per the recipe into its run folder, resuming an interrupted run; returns the folder."""
-    started = started or runtime.command_started() or time.time()
+def fit(recipe, out=None, fresh=False, echo=print, callbacks=(), started=None, clock=time.time):
+    """Train per the recipe into its run folder, resuming an interrupted run; returns the folder.
+    `clock` is what a time budget reads (a test gives a fake one)."""
+    started = started or runtime.command_started() or clock()
     check_fit_recipe(recipe)
     with training_run(recipe, out, fresh, "fit", echo) as (run, strategy):
         if strategy is None:
@@ -25,7 +26,7 @@ def fit(recipe, out=None, fresh=False, echo=print, callbacks=(), started=None):
         run.clear_final()
         model = build_for_run(recipe, data, strategy, fresh_start=not run.state["checkpoints"], echo=echo)
         engine = make_engine(recipe, run, data, model, strategy, echo, callbacks, started,
-                             build_filter(recipe, data, strategy, echo))
+                             build_filter(recipe, data, strategy, echo), clock)
         engine.fit([Phase("fit", recipe.train, recipe.train.epochs, setup=lambda m: fit_setup(m, recipe.train))])
         finish_training(engine, echo)
         finish_run(run, model, data, recipe, echo, budget=engine.budget, started=started)

@@ -13,6 +13,7 @@ import keras
 import numpy as np
 
 from kclassify.models import build_model, MODELS
+from kclassify.models.saving import load_model
 from kclassify.registry import suggest, UnknownName
 
 MICRONET_PARAMS = 36.5e6
@@ -105,8 +106,6 @@ def load_or_build(name_or_file, input_size=None, num_classes=100):
         size = input_size or MODELS.info(name_or_file).get("input_size", 32)
         return build_model(name_or_file, num_classes, (size, size, 3))
     if Path(name_or_file).is_file():
-        from kclassify.models.saving import load_model  # registers custom layers; clear error for non-models
-
         return load_model(name_or_file)
 
     raise UnknownName(f"{name_or_file!r} is neither a registered model nor a file"

@@ -35,6 +35,7 @@ from kclassify.qat.graph import write_model
 from kclassify.qat.job import Augment, DataFiles, Job, ModelFiles, Pruning, Training
 from kclassify.recipe import explain, QATConfig
 from kclassify.run import Run
+from kclassify.runtime import NOISE
 from kclassify.train.unfreeze import apply_phase
 
 
@@ -182,8 +183,6 @@ def run_worker(job, folder, echo=_echo_default, timeout=None):
     result = json.loads(result_file.read_text()) if result_file.is_file() else {}
     result.setdefault("seconds", round(time.time() - start, 1))
     if code != 0 or "error" in result:
-        from kclassify.runtime import NOISE
-
         tail = [l for l in log.read_text(errors="replace").splitlines() if l.strip() and not NOISE.search(l)][-15:]
         message = result.get("error") or f"the QAT worker exited with code {code} and no result"
         if code != 2 and tail:

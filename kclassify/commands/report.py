@@ -24,7 +24,9 @@ from PIL import Image
 
 from kclassify.errors import DataError
 from kclassify.inference import predict
+from kclassify.kit import kitlib
 from kclassify.metrics import classification_report
+from kclassify.plots import plot_history
 from kclassify.recipe import Recipe
 from kclassify.run import read_json, Run
 
@@ -233,7 +235,6 @@ def curves_section(ctx):
     if png.is_file():
         blob = png.read_bytes()
     else:  # plots were off for the run: draw them now, with the run's own plotting code
-        from kclassify.plots import plot_history
 
         buf = io.BytesIO()
         plot_history(history, buf)
@@ -442,8 +443,6 @@ def _export_row(run, path, r):
     name = tflite.relative_to(run.dir) if tflite.is_relative_to(run.dir) else tflite
     lat = r.get("latency_ms")
     if lat is None and "tflite" in r and tflite.is_file():
-        from kclassify.kit import kitlib
-
         lat = kitlib.latency(tflite, 1, LATENCY_RUNS)["median_ms"]
     top1 = r.get("tflite", {}).get("top1")
     keras_top1 = r.get("keras", {}).get("top1")

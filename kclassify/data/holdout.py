@@ -1,5 +1,5 @@
 """Which training images calibrate a quantized export, and which are held out for the accuracy
-budget's search. Selections are stratified picks on the split's labels, then `split.take(idx)`:
+max-drop search. Selections are stratified picks on the split's labels, then `split.take(idx)`:
 only the chosen images are read, so a streamed split works as well as one held in memory.
 
 The default count ("auto") scales with the data: PER_CLASS images a class, at least MINIMUM,
@@ -15,7 +15,7 @@ import numpy as np
 PER_CLASS = 32
 MINIMUM = 300
 MAXIMUM = 1000
-SEARCH_FRACTION = 0.15  # of the training split, held out from calibration for the budget search
+SEARCH_FRACTION = 0.15  # of the training split, held out from calibration for the max-drop search
 SEARCH_MINIMUM = 200
 SEARCH_MAXIMUM = 2000
 
@@ -82,22 +82,22 @@ def calibration_images(split, count, seed=0, exclude=None, load=take):
 
 
 def search_indices(labels, seed=0):
-    """The part of the training split the budget search measures on (never calibrates on)."""
+    """The part of the training split the max-drop search measures on (never calibrates on)."""
     return proportional_pick(labels, SEARCH_FRACTION, SEARCH_MINIMUM, SEARCH_MAXIMUM, seed + 1)
 
 
 def hold_out_for_max_drop(data, recipe):
-    """The Dataset to train on. With output.budget_holdout, training leaves out the images the
-    budget search will measure on (search_indices of the full training split, which the export
+    """The Dataset to train on. With output.max_drop_holdout, training leaves out the images the
+    max-drop search will measure on (search_indices of the full training split, which the export
     reloads), so the search sees images the model never fitted, as the evaluation split is. Trained
     on, they flip less under int8 than unseen images (clothing MobileNet: the search saw a 0.22-point
     drop where the validation split lost 1.17), but holding them out costs training data: float
     top-1 85.83% -> 82.21% on the clothing recipe (mean of seeds 0-2), hence off by default."""
-    if not recipe.output.budget_holdout:
+    if not recipe.output.max_drop_holdout:
         return data
     idx = search_indices(data.train.labels, recipe.runtime.seed)
     keep = np.setdiff1d(np.arange(len(data.train)), idx)
-    note = (f"output.budget_holdout: {len(idx)} training images kept out of training for the int8 budget search "
+    note = (f"output.max_drop_holdout: {len(idx)} training images kept out of training for the int8 max-drop search "
             f"({len(keep)} train)")
     return dataclasses.replace(data, train=data.train.subset(keep), notes=[*data.notes, note],
                                train_all=data.train)

@@ -69,8 +69,8 @@ class Dataset:
     train_all: object = None  # the whole training split when some was kept out (the export's search reads it)
 
     @property
-    def budget_held_out(self):
-        """Training images kept out of training for the int8 budget search."""
+    def max_drop_held_out(self):
+        """Training images kept out of training for the int8 max-drop search."""
         return 0 if self.train_all is None else len(self.train_all) - len(self.train)
 
     @property

@@ -1,6 +1,9 @@
 """Which data-section fields each source reads, checked before anything is loaded (no TensorFlow,
 no numpy): a field a source cannot honour is an error that names it, never silently ignored."""
 
+from kclassify.registry import suggest
+
+
 # source -> (fields it requires, fields it refuses). The keys are the registered sources
 # (a test keeps them equal to kclassify.data.SOURCES).
 _TFDS_ONLY = ("name", "data_dir", "manual_dir")
@@ -36,8 +39,6 @@ def check_data(cfg, augment=None):
     """Error strings (empty when fine) for a DataConfig, and the AugmentConfig fields that depend
     on the data (random_resized_crop needs an image size and sane ranges)."""
     if cfg.source not in FIELDS:
-        from kclassify.registry import suggest
-
         return [f"unknown data source {cfg.source!r}{suggest(cfg.source, FIELDS)}"]
     required, refused = FIELDS[cfg.source]
     defaults = type(cfg).model_fields

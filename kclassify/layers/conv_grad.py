@@ -20,7 +20,7 @@ after it ends).
 import contextlib
 import functools
 
-from kclassify.train.budget import timed
+from kclassify.runtime import timed
 
 _MARGIN = 0.9  # route only when the products take under 90% of the kernel's time
 

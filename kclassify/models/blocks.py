@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import keras
 from keras import layers
 
+from kclassify.layers.gem_pooling import GeMPooling2D
 from kclassify.layers.pad_shortcut import PadShortcut
 from kclassify.layers.stochastic_depth import StochasticDepth
 
@@ -221,8 +222,6 @@ def _pool(x, pooling):
     if pooling == "max":
         return layers.GlobalMaxPooling2D(name="head_pool")(x)
     if pooling == "gem":
-        from kclassify.layers.gem_pooling import GeMPooling2D
-
         return GeMPooling2D(name="head_pool")(x)
     if pooling == "flatten":
         return layers.Flatten(name="head_flatten")(x)

@@ -2,7 +2,7 @@
 expansion, SE and ReLU/hard-swish per row; 1x1 conv to 6x the last width, pooled, a 1280
 (Large) / 1024 (Small) hard-swish dense layer, dropout, logits. Large 1.0 has 5,483,032
 parameters and 219M MACs at 224x224, Small 1.0 2,542,856 and 56M (torchvision's counts).
-`width` scales every layer (rounded to multiples of 8, as the reference); `cifar_stem` makes
+`width_mult` scales every layer (rounded to multiples of 8, as the reference); `cifar_stem` makes
 the stem stride 1 so a 32x32 image keeps enough resolution."""
 import keras
 
@@ -25,23 +25,23 @@ SMALL = [(3, 16, 16, True, "relu", 2), (3, 72, 24, False, "relu", 2), (3, 88, 24
 TABLES = {"large": (LARGE, 1280), "small": (SMALL, 1024)}
 
 
-def mobilenet_v3(num_classes, input_shape, mean=None, std=None, bn_momentum=0.9, size="large", width=1.0,
+def mobilenet_v3(num_classes, input_shape, mean=None, std=None, bn_momentum=0.9, size="large", width_mult=1.0,
                  cifar_stem=False, zero_gamma=False, drop_path_rate=0.0, pooling="avg", dropout=0.2):
-    """MobileNetV3-`size` ("large" or "small") at width multiplier `width`."""
+    """MobileNetV3-`size` ("large" or "small") at width multiplier `width_mult`."""
     table, last = TABLES[size]
     inputs, x = model_input(input_shape, mean, std)
-    x = conv_bn(x, make_divisible(16 * width), 3, 1 if cifar_stem else 2, "stem", bn_momentum, act="hard_swish")
+    x = conv_bn(x, make_divisible(16 * width_mult), 3, 1 if cifar_stem else 2, "stem", bn_momentum, act="hard_swish")
     stage, block = 1, 0
     for i, (kernel, expanded, out, se, act, stride) in enumerate(table):
         if stride == 2 and block:  # a new resolution opens a new stage
             stage, block = stage + 1, 0
         block += 1
-        x = inverted_residual(x, make_divisible(out * width), make_divisible(expanded * width), kernel, stride,
+        x = inverted_residual(x, make_divisible(out * width_mult), make_divisible(expanded * width_mult), kernel, stride,
                               f"stage{stage}_block{block}", bn_momentum, act=act, se=se,
                               zero_gamma=zero_gamma, drop_rate=drop_path_rate * (i + 1) / len(table))
-    x = conv_bn(x, make_divisible(6 * table[-1][2] * width), 1, 1, "head_expand", bn_momentum, act="hard_swish")
+    x = conv_bn(x, make_divisible(6 * table[-1][2] * width_mult), 1, 1, "head_expand", bn_momentum, act="hard_swish")
     outputs = classifier_head(x, num_classes, dropout=dropout, pooling=pooling,
-                              hidden=(make_divisible(last * width),), act="hard_swish")
+                              hidden=(make_divisible(last * width_mult),), act="hard_swish")
     return keras.Model(inputs, outputs, name=f"mobilenet_v3_{size}")
 
 

@@ -7,12 +7,12 @@ from kclassify.models.registry import MODELS
 
 
 def cifar_resnet(depth, num_classes, input_shape, mean=None, std=None, bn_momentum=0.9,
-                 width=1.0, shortcut="A", zero_gamma=False, dropout=0.0, activation="relu"):
-    """Build a CIFAR ResNet: depth must be 6n+2; `width` multiplies 16/32/64 channels."""
+                 width_mult=1.0, shortcut="A", zero_gamma=False, dropout=0.0, activation="relu"):
+    """Build a CIFAR ResNet: depth must be 6n+2; `width_mult` multiplies the 16/32/64 channels."""
     if (depth - 2) % 6:
         raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
     n = (depth - 2) // 6
-    widths = [int(round(w * width)) for w in (16, 32, 64)]
+    widths = [int(round(w * width_mult)) for w in (16, 32, 64)]
     inputs, x = model_input(input_shape, mean, std)
     x = conv_bn(x, widths[0], 3, 1, "stem", bn_momentum, act=activation)
     for stage, filters in enumerate(widths, start=1):

@@ -1,4 +1,4 @@
-"""An accuracy budget for quantized exports: `kclassify export RUN --tflite --quant int8
+"""An max-drop limit for quantized exports: `kclassify export RUN --tflite --quant int8
 --max-drop 0.5` (or `output.max_drop` in the recipe) ships the int8 file with the fewest layers
 kept in float whose top-1 is within 0.5 point of the float model.
 
@@ -6,7 +6,7 @@ The search never looks at the evaluation split: it measures on a held-out part o
 split (calibration.search_indices; calibration never draws from it), and the evaluation split is
 measured once, on the file it ships (ExportJob.export). Each step is an attempt in the report:
 
-1. the plain export (the recipe's calibration count); within budget: done;
+1. the plain export (the recipe's calibration count); within max_drop: done;
 2. MORE_CALIBRATION times as many calibration images, where the training split has them; it
    becomes the base of the next steps when it lowers the drop;
 3. the quantization debugger ranks the Keras layers by their own error (debug.py); the worst goes
@@ -14,15 +14,15 @@ measured once, on the file it ships (ExportJob.export). Each step is an attempt 
    the ones before. A layer that lowers the drop stays in float; one that raises it goes back to
    int8; one that leaves the drop unchanged stays for now: a layer ruined further on hides what
    floating this one gains (with two ruined layers neither helps alone, in either order). The
-   forward pass stops at the first set within budget;
+   forward pass stops at the first set within max_drop;
 4. pruning: each layer that stayed without a gain is tried back in int8, last first, and goes
-   back where the drop stays within budget (or, budget not met, no worse than the best): the
+   back where the drop stays within max_drop (or, max_drop not met, no worse than the best): the
    file shipped has no float layer that the search images do not need;
-5. after `max_float` layers tried without meeting the budget, the attempt with the smallest drop
-   (the fewer float layers on a tie) is shipped with a message that the budget was not met.
+5. after `max_float` layers tried without meeting max_drop, the attempt with the smallest drop
+   (the fewer float layers on a tie) is shipped with a message that max_drop was not met.
 
 Every drop comes with the half-width of its 95% interval (drop_margin: paired, so only the images
-where float and int8 disagree count). A few hundred images resolve about a point, so a budget below
+where float and int8 disagree count). A few hundred images resolve about a point, so a max_drop below
 the margin is said to be beyond what the search can tell, in the message and the report.
 
 Calibration is done once per calibration set (convert.Quantizer); an attempt costs one
@@ -45,22 +45,22 @@ LATENCY_RUNS = 50
 
 
 def search(job, quant, max_drop, max_float=None, echo=print):
-    """(.tflite bytes, budget summary for the report) for ExportJob `job` in mode `quant`."""
+    """(.tflite bytes, search summary for the report) for ExportJob `job` in mode `quant`."""
     mode = get_mode(quant)
     max_float = MAX_FLOAT_LAYERS if max_float is None else max_float
     _, images, labels = job.search
     float_correct = np.asarray(predict(job.model, images)).argmax(1) == np.asarray(labels)
-    kept_out = "kept out of training" if job.search_unseen else "trained on: output.budget_holdout keeps them out"
-    echo(f"accuracy budget: {quant} top-1 at most {max_drop:g} point(s) below float, measured on {len(labels)} "
+    kept_out = "kept out of training" if job.search_unseen else "trained on: output.max_drop_holdout keeps them out"
+    echo(f"max-drop limit: {quant} top-1 at most {max_drop:g} point(s) below float, measured on {len(labels)} "
          f"held-out training images ({kept_out}; float {float_correct.mean() * 100:.2f}%); the evaluation split is "
          "measured once, at the end")
-    with tempfile.TemporaryDirectory(prefix="kclassify-budget-") as folder:
+    with tempfile.TemporaryDirectory(prefix="kclassify-max-drop-") as folder:
         trial = Trials(Path(folder), images, labels, float_correct, max_drop, mode, echo)
         base = Quantizer(job.model, quant, job.calibration)
         row = trial.say(trial.run(base, [], "plain"))
-        if not row["within_budget"]:
+        if not row["within_max_drop"]:
             base, row = _more_calibration(job, quant, trial, base, row)
-        if not row["within_budget"]:
+        if not row["within_max_drop"]:
             _float_search(trial, base, row, max_float)
         blob, summary = trial.result(max_float)
         summary["search_images_trained_on"] = not job.search_unseen
@@ -96,15 +96,15 @@ def _float_search(trial, quantizer, base_row, max_float):
         else:
             row["note"] += " (worse: back to int8)"
         trial.say(row)
-        if row["within_budget"]:
+        if row["within_max_drop"]:
             break
     _prune(trial, quantizer, kept, unproven, last)
 
 
 def _prune(trial, quantizer, kept, unproven, last):
-    """Each float layer kept without a gain goes back to int8 where the drop stays within budget
-    (budget not met: no worse than `last`), last kept first."""
-    target = trial.max_drop if last["within_budget"] else last["drop_points"]
+    """Each float layer kept without a gain goes back to int8 where the drop stays within max_drop
+    (max_drop not met: no worse than `last`), last kept first."""
+    target = trial.max_drop if last["within_max_drop"] else last["drop_points"]
     for group in reversed(unproven):
         fewer = [g for g in kept if g is not group]
         if not fewer:
@@ -142,11 +142,11 @@ class Trials:
         row = {"attempt": len(self.rows) + 1, "note": note, "calibration_images": len(quantizer.calibration),
                "float_layers": [name for name, _ in groups], "search_top1": top1, "drop_points": drop,
                "drop_margin95": margin,
-               "within_budget": bool(drop <= self.max_drop), "size_bytes": len(blob),
+               "within_max_drop": bool(drop <= self.max_drop), "size_bytes": len(blob),
                "latency_ms_1t": kit.latency(path, 1, LATENCY_RUNS)["median_ms"], "input": input_type,
                "rejected": input_type != self.mode.input_type}
         if row["rejected"]:  # the file would no longer take what the mode promises (raw uint8 pixels)
-            row.update(within_budget=False, note=f"{note} (rejected: the file's input would be {input_type})")
+            row.update(within_max_drop=False, note=f"{note} (rejected: the file's input would be {input_type})")
         self.rows.append(row)
         self.blobs.append(blob)
         return row
@@ -155,14 +155,14 @@ class Trials:
         floats = f"{len(row['float_layers'])} layer(s) in float" if row["float_layers"] else "no layer in float"
         self.echo(f"  attempt {row['attempt']} ({row['note']}): {floats}, {row['calibration_images']} calibration "
                   f"images: top-1 {row['search_top1'] * 100:.2f}%, drop {row['drop_points']:.2f} "
-                  f"(+/- {row['drop_margin95']:.2f}) {'<=' if row['within_budget'] else '>'} {self.max_drop:g}")
+                  f"(+/- {row['drop_margin95']:.2f}) {'<=' if row['within_max_drop'] else '>'} {self.max_drop:g}")
         return row
 
     def result(self, max_float):
-        """The file to ship and the summary: the attempt within budget with the fewest float layers
+        """The file to ship and the summary: the attempt within max_drop with the fewest float layers
         (then the smaller drop), else the best drop (then the fewer float layers)."""
         valid = [r for r in self.rows if not r["rejected"]]
-        met = [r for r in valid if r["within_budget"]]
+        met = [r for r in valid if r["within_max_drop"]]
         if met:
             chosen = min(met, key=lambda r: (len(r["float_layers"]), r["drop_points"], r["attempt"]))
         else:
@@ -180,18 +180,18 @@ class Trials:
                 f"against the plain {self.mode.name} file")
         names = ", ".join(chosen["float_layers"]) or "none"
         if met:
-            summary["message"] = (f"budget met by attempt {chosen['attempt']}: drop {chosen['drop_points']:.2f} <= "
+            summary["message"] = (f"max-drop met by attempt {chosen['attempt']}: drop {chosen['drop_points']:.2f} <= "
                                   f"{self.max_drop:g} point(s) with {len(chosen['float_layers'])} layer(s) in float "
                                   f"({names}), {chosen['calibration_images']} calibration images; {cost}")
         else:
-            summary["message"] = (f"budget NOT met: after {len(self.rows)} attempts (limit: the {max_float} worst "
+            summary["message"] = (f"max-drop NOT met: after {len(self.rows)} attempts (limit: the {max_float} worst "
                                   f"layers tried in float) the best drop is {chosen['drop_points']:.2f} > "
                                   f"{self.max_drop:g} point(s), attempt {chosen['attempt']} ({names} in float); "
                                   f"shipping it; {cost}")
         if chosen["drop_margin95"] > self.max_drop:
             summary["resolution_note"] = (
                 f"{len(self.labels)} search images resolve a drop to +/- {chosen['drop_margin95']:.2f} point(s) (95%), "
-                f"more than the {self.max_drop:g} budget: the search cannot tell such a file from one within it")
+                f"more than max_drop {self.max_drop:g}: the search cannot tell such a file from one within it")
             summary["message"] += f"; note: {summary['resolution_note']}"
         self.echo(summary["message"])
         return self.blobs[chosen["attempt"] - 1], summary

@@ -6,6 +6,10 @@ happen after training, and plans the number of steps; the learning-rate schedule
 exactly the planned steps. At every epoch end it plans again from the speed it measured over that
 epoch (a slower or busier machine gets fewer steps, not a broken promise), and it stops at once
 if the end of training would cross into the time reserved for the final steps.
+
+Every reading of the time goes through the budget's `clock` (time.time unless one is injected), so
+the whole plan can be tested on a fake clock: the engine, the final steps and the closing record
+all read it.
 """
 import time
 
@@ -18,7 +22,8 @@ REPORT_SECONDS = 10.0  # model.keras, plots, report.html
 
 
 class Budget:
-    def __init__(self, minutes, started, val_images, eval_views, exports, calibration_images):
+    def __init__(self, minutes, started, val_images, eval_views, exports, calibration_images, clock=time.time):
+        self.clock = clock
         self.minutes = float(minutes)
         self.started = started
         self.deadline = started + 60.0 * self.minutes
@@ -32,6 +37,28 @@ class Budget:
         self.val_seconds = 0.0  # one validation pass while training
         self.ckpt_seconds = 0.0  # one checkpoint save
         self.replans = 0
+        self._warmup = None  # (clock, step) when the warm-up steps were done
+
+    def timed(self, fn):
+        """(fn(), seconds it took) on the budget's clock."""
+        t = self.clock()
+        out = fn()
+        return out, self.clock() - t
+
+    def time_first_steps(self, local, step_cost):
+        """Called after each step until the first plan: True once `seconds_per_step` is measured
+        (WARMUP_STEPS traced and run, then at least TIMED_STEPS timed, or 10 seconds' worth, up to 4x
+        that many). `step_cost(first, last)` is what those steps cost in full-size steps."""
+        if local == WARMUP_STEPS:
+            self._warmup = (self.clock(), local)
+            return False
+        if local < WARMUP_STEPS + TIMED_STEPS:
+            return False
+        t0, l0 = self._warmup
+        if self.clock() - t0 < 10.0 and local < WARMUP_STEPS + 4 * TIMED_STEPS:
+            return False
+        self.seconds_per_step = (self.clock() - t0) / step_cost(l0, local)
+        return True
 
     def final_seconds(self):
         """What still happens after the last training step: evaluation (plain and every TTA view),
@@ -60,7 +87,7 @@ class Budget:
         its validations and checkpoints, then the final steps, all before the deadline less a safety
         margin. `seconds_per_step` is a full-size step's; `low_res` (fraction, cost), while training
         is still in its low-resolution part: that share of all the steps costs `cost` of a step each."""
-        left = max(self.deadline - time.time() - self.margin - self.final_seconds(), 0.0)
+        left = max(self.deadline - self.clock() - self.margin - self.final_seconds(), 0.0)
         per_epoch = (self.val_seconds / val_every if val_every else 0.0) + self.ckpt_seconds * checkpoints_per_epoch
         overhead = per_epoch / steps_per_epoch
         full = self.seconds_per_step + overhead
@@ -78,7 +105,7 @@ class Budget:
         return total, low_steps
 
     def out_of_time(self):
-        return time.time() + self.final_seconds() + self.margin >= self.deadline
+        return self.clock() + self.final_seconds() + self.margin >= self.deadline
 
     def record(self, total_steps, steps_done):
         return {"budget_minutes": self.minutes, "planned_steps": int(total_steps), "steps_done": int(steps_done),
@@ -113,7 +140,24 @@ def check_budget_recipe(recipe, command):
         raise RecipeError("train.average.kind swa averages from a fixed epoch: not supported with train.budget_minutes")
 
 
-def timed(fn):
-    t = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t
+def close(metrics, state, budget, started, finishing, parts, echo, clock=time.time):
+    """The plan and the command's wall time into `metrics`; for a budgeted run the promise kept (or
+    not), with what the final steps took (each part's seconds) against the time the plan kept."""
+    now = clock()
+    if budget is not None:
+        metrics["budget"] = {**state["plan"], **budget.record(state["plan"]["total_steps"], state["step"]),
+                             "final_seconds": round(now - finishing, 1), "final_parts": parts}
+    if started is None:
+        return
+    metrics["wall_seconds"] = round(now - started, 1)
+    if budget is None:
+        return
+    b = metrics["budget"]
+    b.update(actual_wall_seconds=metrics["wall_seconds"], training_ended_seconds=round(finishing - started, 1))
+    echo(f"budget: {budget.minutes:g} min ({60 * budget.minutes:.0f} s); the command took {metrics['wall_seconds']:.0f} s")
+    if metrics["wall_seconds"] > 60 * budget.minutes:
+        # Say where the time went: a stall (a busy or swapping machine) shows as one part far over.
+        took = ", ".join(f"{k} {v:.1f} s" for k, v in parts.items())
+        echo(f"budget: over by {metrics['wall_seconds'] - 60 * budget.minutes:.1f} s; training ended at "
+             f"{b['training_ended_seconds']:.0f} s and the final steps took {b['final_seconds']:.1f} s ({took}) "
+             f"against {b['reserved_final_seconds']:.1f} s kept and a {b['margin_seconds']:.1f} s margin")

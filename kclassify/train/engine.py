@@ -20,7 +20,8 @@ import numpy as np
 import tensorflow as tf
 from keras.layers import InputSpec
 
-from kclassify.data.pipeline import augment_on_device, eval_batch_size, eval_dataset, recipe_train_dataset, steps_per_epoch
+from kclassify.data.holdout import resolve_count
+from kclassify.data.pipeline import augment_on_device, eval_batch_size, eval_dataset, recipe_preparer, recipe_train_dataset, steps_per_epoch
 from kclassify.errors import RecipeError, TrainingDiverged
 from kclassify.inference import predictor, Predictor
 from kclassify.layers.conv_grad import filter_gradients
@@ -29,6 +30,7 @@ from kclassify.metrics import cross_entropy
 from kclassify.models import as_float32
 from kclassify.train import budget as budgets
 from kclassify.train.averaging import load_arrays, WeightAverage
+from kclassify.train.distill import distillation_model, DistillationLoss, student_metrics
 from kclassify.train.dropblock_schedule import dropblock_layers, DropBlockSchedule
 from kclassify.train.loop import distribute, make_train_function, worker_of
 from kclassify.train.optim import make_loss, make_metrics, make_optimizer
@@ -50,7 +52,7 @@ class Rewind(Exception):
 
 class Engine:
     def __init__(self, recipe, run, data, model, strategy, echo=print, callbacks=(), started=None, teacher=None,
-                 data_filter=None):
+                 data_filter=None, clock=time.time):
         self.recipe, self.run, self.data, self.model, self.strategy = recipe, run, data, model, strategy
         self.echo = echo if run.chief else (lambda *a, **k: None)
         self.echo_every_worker = echo  # the resume point: each worker says where it restarts
@@ -67,16 +69,13 @@ class Engine:
         self.spe = steps_per_epoch(data.train, self.batch, t.steps_per_epoch, self.worker[1])
         self.val_ds = eval_dataset(data.val, self.k, recipe.evaluate.batch_size)
         self.predict = predictor(model)
-        self.started = started or time.time()
+        self.clock = clock  # every reading of the time (a budget is tested on a fake clock)
+        self.started = started or clock()
         self.budget = None
         if t.budget_minutes:
-            from kclassify.tta import view_count
-
-            from kclassify.data.holdout import resolve_count
-
             calibration = resolve_count(recipe.output.calibration_images, self.k, len(data.train))
             self.budget = budgets.Budget(t.budget_minutes, self.started, len(data.val),
-                                         view_count(recipe.evaluate), recipe.output.export, calibration)
+                                         view_count(recipe.evaluate), recipe.output.export, calibration, clock)
         self.averager = self._averager()
         self.phase_total = None
         self.low_res = low_res_shape(t.low_res, data.train.image_shape)  # (h, w, cost of a step) or None
@@ -109,8 +108,6 @@ class Engine:
         with self.strategy.scope():
             trainer, loss, metrics = self.model, make_loss(phase.train), make_metrics(self.k)
             if self.teacher is not None:
-                from kclassify.train.distill import DistillationLoss, distillation_model, student_metrics
-
                 d = self.recipe.train.distill
                 trainer = distillation_model(self.model, self.teacher)
                 loss, metrics = DistillationLoss(self.k, d.alpha, d.temperature), student_metrics(self.k)
@@ -172,8 +169,6 @@ class Engine:
             return None
         good = self.run.good_checkpoints(self.echo)
         if not good:
-            from kclassify.errors import RecipeError
-
             raise RecipeError(f"no usable checkpoint in {self.run.dir / 'ckpt'}: start over with --fresh")
         entry = good[0]
         if entry["file"] != s["checkpoints"][-1]["file"]:
@@ -244,8 +239,6 @@ class Engine:
         inner = self.data_filter.wrap if self.data_filter else None
         stages = []
         if self.augment_on_device:
-            from kclassify.data.pipeline import recipe_preparer
-
             stages.append(recipe_preparer(self.recipe, self.data.train, self.k, mix))
         if low:
             stages.append(batch_resizer(*self.low_res[:2]))
@@ -284,7 +277,7 @@ class Engine:
         out = self.recipe.output
         segment = iterator = train_fn = None
         callbacks.on_train_begin()
-        epoch_start, new_epoch = time.time(), True  # a resume mid-epoch begins its epoch too
+        epoch_start, new_epoch = self.clock(), True  # a resume mid-epoch begins its epoch too
         while s["phase_step"] < self.phase_total:
             local, step = s["phase_step"], s["step"]
             want = segment_at(self.recipe.augment, self.recipe.train, self.spe, self.phase_total, local,
@@ -304,7 +297,7 @@ class Engine:
             if new_epoch or step % self.spe == 0:
                 trainer.reset_metrics()
                 callbacks.on_epoch_begin(step // self.spe)
-                epoch_start, new_epoch = time.time(), False
+                epoch_start, new_epoch = self.clock(), False
             callbacks.on_train_batch_begin(step % self.spe)
             if segment[2]:
                 with any_input_size(trainer, *self.small_input_networks):
@@ -322,11 +315,11 @@ class Engine:
             if not end_of_epoch and self._out_of_time(schedule):
                 end_of_epoch = True
             if end_of_epoch:
-                self._end_epoch(trainer, opt, schedule, callbacks, logs, phase, time.time() - epoch_start)
+                self._end_epoch(trainer, opt, schedule, callbacks, logs, phase, self.clock() - epoch_start)
             elif out.checkpoint_every_steps and s["step"] % out.checkpoint_every_steps == 0:
-                s["train_seconds"] += time.time() - epoch_start
+                s["train_seconds"] += self.clock() - epoch_start
                 self._checkpoint(trainer)
-                epoch_start = time.time()
+                epoch_start = self.clock()
         callbacks.on_train_end()
 
     def _out_of_time(self, schedule):
@@ -343,24 +336,15 @@ class Engine:
     def _maybe_plan(self, local, schedule):
         """The first plan of a budgeted run, once the warm-up steps are timed."""
         b, s = self.budget, self.run.state
-        if b is None or s.get("plan"):
+        if b is None or s.get("plan") or not b.time_first_steps(local, self._step_cost):
             return
-        if local == budgets.WARMUP_STEPS:
-            self._timer = (time.perf_counter(), local)
-            return
-        if local < budgets.WARMUP_STEPS + budgets.TIMED_STEPS:
-            return
-        t0, l0 = self._timer
-        if time.perf_counter() - t0 < 10.0 and local < budgets.WARMUP_STEPS + 4 * budgets.TIMED_STEPS:
-            return
-        b.seconds_per_step = (time.perf_counter() - t0) / self._step_cost(l0, local)
         self._time_inference()
         self._replan(schedule, first=True)
 
     def _time_inference(self):
         b = self.budget
         batch = next(iter(self.val_ds.take(1)))[0]
-        b.val_seconds = _seconds_per_image(self.predict._fn, batch) * len(self.data.val)
+        b.val_seconds = self._seconds_per_image(self.predict._fn, batch) * len(self.data.val)
         b.inference_timed(*self._time_final_evaluation(batch))
 
     def _time_final_evaluation(self, batch):
@@ -370,12 +354,18 @@ class Engine:
         plainly and with the recipe's test-time views."""
         ev = self.recipe.evaluate
         final = as_float32(self.model)  # the model itself when it trains in float32
-        plain = _seconds_per_image((self.predict if final is self.model else Predictor(final))._fn, batch)
+        plain = self._seconds_per_image((self.predict if final is self.model else Predictor(final))._fn, batch)
         if not view_count(ev):
             return plain, 0.0
         tta = Predictor(tta_model(final, views_of(ev), ev.average))._fn
         size = eval_batch_size(self.data.val.image_shape, view_count(ev), ev.batch_size)  # the report's batch
-        return plain, _seconds_per_image(tta, batch[:size])
+        return plain, self._seconds_per_image(tta, batch[:size])
+
+    def _seconds_per_image(self, fn, batch):
+        """One traced call, then one timed."""
+        fn(batch)
+        _, seconds = self.budget.timed(lambda: fn(batch).numpy())
+        return seconds / int(batch.shape[0])
 
     def _replan(self, schedule, first=False):
         s, b, t = self.run.state, self.budget, self.recipe.train
@@ -441,20 +431,20 @@ class Engine:
         row = {"epoch": epoch, "step": s["step"], **{k: float(v) for k, v in logs.items()}}
         last = s["phase_step"] >= self.phase_total and s["phase"] == len(self.phases) - 1
         if (t.val_every and (epoch + 1) % t.val_every == 0) or last:
-            val_time = time.time()
+            val_time = self.clock()
             row.update(self._validate())
             if self.budget is not None:
-                self.budget.val_seconds = time.time() - val_time
+                self.budget.val_seconds = self.clock() - val_time
         row.update(lr=float(schedule(opt.iterations)), seconds=round(seconds, 2), **phase.tags)
         # Keras callbacks (TensorBoard) take numbers only; the phase's text tags stay in the history.
         callbacks.on_epoch_end(epoch, {k: v for k, v in row.items() if not isinstance(v, str)})
         s["epoch"], s["train_seconds"] = epoch + 1, s["train_seconds"] + seconds
         s["history"] = [h for h in s["history"] if h["epoch"] != epoch] + [row]
         self._echo_epoch(row)
-        ckpt_time = time.time()
+        ckpt_time = self.clock()
         self._checkpoint(trainer)
         if self.budget is not None:
-            self.budget.ckpt_seconds = time.time() - ckpt_time
+            self.budget.ckpt_seconds = self.clock() - ckpt_time
             if s.get("plan") and s["phase_step"] < self.phase_total:
                 self._timed_epoch(seconds)
                 self._replan(schedule)
@@ -559,10 +549,3 @@ def set_whitening_bias_trainable(model, trainable):
     for layer in model._flatten_layers(include_self=False):
         if isinstance(layer, PatchWhitening) and layer.bias is not None:
             layer.bias.trainable = trainable
-
-
-def _seconds_per_image(fn, batch):
-    """One traced call, then one timed."""
-    fn(batch)
-    _, seconds = budgets.timed(lambda: fn(batch).numpy())
-    return seconds / int(batch.shape[0])

@@ -2,6 +2,7 @@
 import keras
 
 from kclassify.train import schedules  # a module import: safe while schedules is half-initialized
+from kclassify.train.muon import muon_sgd
 
 
 def make_optimizer(train, steps_per_epoch, model, multipliers=(), total_steps=None, learning_rate=None):
@@ -33,7 +34,6 @@ def make_optimizer(train, steps_per_epoch, model, multipliers=(), total_steps=No
     if multipliers:
         opt.set_lr_multipliers(multipliers)
     if train.optimizer == "muon":  # the SGD keeps what the filters do not take
-        from kclassify.train.muon import muon_sgd
 
         opt = muon_sgd(opt, model, train.muon)
     return opt

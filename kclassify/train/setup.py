@@ -15,12 +15,12 @@ from kclassify.models.init import dirac_init
 from kclassify.train.engine import Engine
 
 
-def make_engine(recipe, run, data, model, strategy, echo, callbacks, started, data_filter=None):
+def make_engine(recipe, run, data, model, strategy, echo, callbacks, started, data_filter=None, clock=time.time):
     teacher = recipe.train.distill.teacher if recipe.train.distill else None
     echo(f"model: {recipe.model.name}, {model.count_params():,} parameters; replicas: {strategy.num_replicas_in_sync}"
          + (f"; distilling from {teacher}" if teacher else ""))
     return Engine(recipe, run, data, model, strategy, echo, callbacks, started, teacher=teacher,
-                  data_filter=data_filter)
+                  data_filter=data_filter, clock=clock)
 
 
 def build_for_run(recipe, data, strategy, fresh_start, echo=print):
