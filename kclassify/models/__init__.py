@@ -18,7 +18,7 @@ _FIXED = ("num_classes", "input_shape", "mean", "std", "bn_momentum")
 def model_params(name):
     """The tunable keyword parameters of a registered model (what `model.params` may hold)."""
     fn = MODELS.info(name).get("params_of") or MODELS.get(name)
-    return [p for p in inspect.signature(fn).parameters if p not in _FIXED and p not in ("depth", "k", "family")]
+    return [p for p in inspect.signature(fn).parameters if p not in _FIXED and p not in ("depth", "k", "family", "name")]
 
 
 def build_model(name, num_classes, input_shape, mean=None, std=None, bn_momentum=0.9, **params):

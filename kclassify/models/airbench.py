@@ -10,7 +10,7 @@ from keras import layers
 
 from kclassify.layers.whitening import PatchWhitening
 from kclassify.models.blocks import model_input
-from kclassify.models.registry import MODELS
+from kclassify.models.registry import register
 
 # PyTorch's default conv/linear initialization (kaiming_uniform, a=sqrt(5)): U(+-1/sqrt(fan_in)).
 TORCH_INIT = keras.initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform")
@@ -48,16 +48,6 @@ def airbench(num_classes, input_shape, mean=None, std=None, bn_momentum=0.6, wid
     return keras.Model(inputs, outputs, name=name)
 
 
-def _variant(name, widths):
-    def build(num_classes, input_shape, mean=None, std=None, bn_momentum=0.6, widths=widths, act="gelu",
-              logit_scale=1.0 / 9.0, whiten=True):
-        return airbench(num_classes, input_shape, mean, std, bn_momentum, widths, act=act,
-                        logit_scale=logit_scale, whiten=whiten, name=name)
-
-    build.__doc__ = f"{name}: airbench with group widths {'/'.join(map(str, widths))}."
-    MODELS.add(name, build, family="airbench")
-
-
-_variant("airbench93", (64, 128, 128))
-_variant("airbench94", (64, 256, 256))
-_variant("airbench95", (128, 384, 384))
+register("airbench93", airbench, "airbench", widths=(64, 128, 128), name="airbench93")
+register("airbench94", airbench, "airbench", widths=(64, 256, 256), name="airbench94")
+register("airbench95", airbench, "airbench", widths=(128, 384, 384), name="airbench95")

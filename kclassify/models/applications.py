@@ -14,7 +14,7 @@ from keras import layers
 
 from kclassify.errors import ModelFileError
 from kclassify.models.keras_hub import BLOCKS as KERAS_HUB_BLOCKS
-from kclassify.models.registry import MODELS
+from kclassify.models.registry import register
 from kclassify.models.saving import load_model
 
 # name: (keras.applications attribute, preprocessing, block regex on the backbone's layer names)
@@ -120,16 +120,9 @@ def block_regex(family):
     return KCLASSIFY_BLOCKS if family == "kclassify" else FAMILIES[family][2]
 
 
-def _variant(family):
-    def build(num_classes, input_shape, **kw):
-        return backbone_model(family, num_classes, input_shape, **kw)
-    build.__doc__ = f"Keras Applications {family} backbone with a classification head."
-    return build
-
-
 # Keras' own networks: tested by Keras; kclassify's wrapping is tested in test_finetune.py, so
 # the registry-wide model tests skip them (generic_tests=False).
 for _family in [*FAMILIES, "kclassify"]:
-    MODELS.add(f"keras_{_family}", _variant(_family), family="applications", params_of=backbone_model,
-               slow=True, backbone=_family, input_size=299 if _family == "inception_v3" else 224,
-               generic_tests=False, needs_file=_family == "kclassify")
+    register(f"keras_{_family}", backbone_model, "applications", slow=True,
+             input_size=299 if _family == "inception_v3" else 224, family=_family,
+             info={"backbone": _family, "generic_tests": False, "needs_file": _family == "kclassify"})

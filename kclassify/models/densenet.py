@@ -6,7 +6,7 @@ import keras
 from keras import layers
 
 from kclassify.models.blocks import bn_act, classifier_head, conv, conv_bn, dense_block, model_input
-from kclassify.models.presets import register
+from kclassify.models.registry import register
 
 IMAGENET_BLOCKS = {121: (6, 12, 24, 16), 169: (6, 12, 32, 32), 201: (6, 12, 48, 32)}
 

@@ -5,7 +5,7 @@ import keras
 from keras import layers
 
 from kclassify.models.blocks import classifier_head, conv_bn, model_input
-from kclassify.models.presets import register
+from kclassify.models.registry import register
 
 # Table 1: (1x1, 3x3 reduce, 3x3, 5x5 reduce, 5x5, pool proj) per module, stages 3, 4, 5
 STAGES = {3: [(64, 96, 128, 16, 32, 32), (128, 128, 192, 32, 96, 64)],

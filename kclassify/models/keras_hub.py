@@ -22,7 +22,7 @@ from keras import layers
 
 from kclassify.errors import ModelFileError, RecipeError
 from kclassify.models.blocks import classification_head
-from kclassify.models.registry import MODELS
+from kclassify.models.registry import register
 
 # Block names of each KerasHub family, as finetune.groups reads them (one group per block):
 # ResNet "stack2_block1_...", MobileNet "block_3_1", EfficientNet "block2a_...", ViT and DeiT
@@ -145,5 +145,5 @@ def pool_tokens(tokens, pooling):
     return pool(name="head_pool")(tokens), None
 
 
-MODELS.add("keras_hub", keras_hub_model, family="keras_hub", slow=True, backbone="keras_hub", input_size=224,
-           generic_tests=False, needs_file=True)
+register("keras_hub", keras_hub_model, "keras_hub", slow=True, input_size=224,
+         info={"backbone": "keras_hub", "generic_tests": False, "needs_file": True})

@@ -7,7 +7,7 @@ the stem stride 1 so a 32x32 image keeps enough resolution."""
 import keras
 
 from kclassify.models.blocks import classifier_head, conv_bn, inverted_residual, make_divisible, model_input
-from kclassify.models.presets import register
+from kclassify.models.registry import register
 
 # kernel, expanded channels, output channels, SE, activation, stride
 LARGE = [(3, 16, 16, False, "relu", 1), (3, 64, 24, False, "relu", 2), (3, 72, 24, False, "relu", 1),

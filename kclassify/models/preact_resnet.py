@@ -8,7 +8,7 @@ the same builder with k=10, dropout between the convs and SE in every unit."""
 import keras
 
 from kclassify.models.blocks import ResidualStyle, bn_act, classifier_head, conv, model_input, residual_stages
-from kclassify.models.presets import register
+from kclassify.models.registry import register
 
 
 def preact_resnet(depth, num_classes, input_shape, mean=None, std=None, bn_momentum=0.9, bottleneck=False,

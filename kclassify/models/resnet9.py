@@ -6,7 +6,7 @@ import keras
 from keras import layers
 
 from kclassify.models.blocks import conv_bn, model_input
-from kclassify.models.registry import MODELS
+from kclassify.models.registry import register
 
 
 def _conv_pool_res(x, filters, name, bn_momentum, residual):
@@ -19,7 +19,6 @@ def _conv_pool_res(x, filters, name, bn_momentum, residual):
     return x
 
 
-@MODELS.register("resnet9", family="resnet9")
 def resnet9(num_classes, input_shape, mean=None, std=None, bn_momentum=0.9, width=64, dropout=0.0,
             logit_scale=0.125):
     """ResNet-9 with base width `width` (stages width, 2w, 4w, 8w). Logits are scaled by
@@ -37,3 +36,6 @@ def resnet9(num_classes, input_shape, mean=None, std=None, bn_momentum=0.9, widt
         x = layers.Rescaling(logit_scale, name="head_scale")(x)
     outputs = layers.Activation("softmax", dtype="float32", name="predictions")(x)
     return keras.Model(inputs, outputs, name="resnet9")
+
+
+register("resnet9", resnet9, "resnet9")

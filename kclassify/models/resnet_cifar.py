@@ -3,7 +3,7 @@
 import keras
 
 from kclassify.models.blocks import basic_block, classifier_head, conv_bn, model_input
-from kclassify.models.registry import MODELS
+from kclassify.models.registry import register
 
 
 def cifar_resnet(depth, num_classes, input_shape, mean=None, std=None, bn_momentum=0.9,
@@ -24,13 +24,5 @@ def cifar_resnet(depth, num_classes, input_shape, mean=None, std=None, bn_moment
     return keras.Model(inputs, outputs, name=f"resnet{depth}")
 
 
-def _variant(depth):
-    def build(num_classes, input_shape, **kw):
-        return cifar_resnet(depth, num_classes, input_shape, **kw)
-    build.__doc__ = f"CIFAR ResNet-{depth} (He et al. 2016)."
-    return build
-
-
 for _depth in (20, 32, 44, 56, 110, 1202):
-    MODELS.add(f"resnet{_depth}", _variant(_depth), family="resnet_cifar", params_of=cifar_resnet,
-               slow=_depth >= 110)
+    register(f"resnet{_depth}", cifar_resnet, "resnet_cifar", slow=_depth >= 110, depth=_depth)

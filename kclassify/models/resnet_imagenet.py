@@ -9,7 +9,7 @@ import keras
 from keras import layers
 
 from kclassify.models.blocks import ResidualStyle, classifier_head, conv_bn, model_input, residual_stages
-from kclassify.models.presets import register
+from kclassify.models.registry import register
 
 # depth -> (bottleneck, blocks per stage)
 DEPTHS = {18: (False, (2, 2, 2, 2)), 34: (False, (3, 4, 6, 3)), 50: (True, (3, 4, 6, 3)),

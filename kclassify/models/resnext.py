@@ -5,7 +5,7 @@ shortcuts. 8x64d has 34.4M parameters, 16x64d 68.1M (at 100 classes). The ImageN
 import keras
 
 from kclassify.models.blocks import ResidualStyle, classifier_head, conv_bn, model_input, residual_stages
-from kclassify.models.presets import register
+from kclassify.models.registry import register
 
 
 def resnext_cifar(depth, num_classes, input_shape, mean=None, std=None, bn_momentum=0.9, cardinality=8,

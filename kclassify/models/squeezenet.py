@@ -6,7 +6,7 @@ import keras
 from keras import layers
 
 from kclassify.models.blocks import activation, conv, model_input
-from kclassify.models.presets import register
+from kclassify.models.registry import register
 
 # (squeeze, expand) per fire module; a max pool precedes the modules marked True
 FIRES = [(16, 64, False), (16, 64, False), (32, 128, False), (32, 128, True), (48, 192, False),

@@ -6,7 +6,7 @@ import keras
 from keras import layers
 
 from kclassify.models.blocks import classifier_head, conv_bn, model_input
-from kclassify.models.presets import register
+from kclassify.models.registry import register
 
 # convolutions per stage (widths 64, 128, 256, 512, 512)
 DEPTHS = {11: (1, 1, 2, 2, 2), 13: (2, 2, 2, 2, 2), 16: (2, 2, 3, 3, 3), 19: (2, 2, 4, 4, 4)}

@@ -5,7 +5,7 @@ import keras
 from keras import layers
 
 from kclassify.models.blocks import classifier_head, model_input
-from kclassify.models.registry import MODELS
+from kclassify.models.registry import register
 
 
 def _bn_relu(x, name, bn_momentum):
@@ -48,13 +48,5 @@ def wide_resnet(depth, k, num_classes, input_shape, mean=None, std=None, bn_mome
     return keras.Model(inputs, outputs, name=f"wrn{depth}_{k}")
 
 
-def _variant(depth, k):
-    def build(num_classes, input_shape, **kw):
-        return wide_resnet(depth, k, num_classes, input_shape, **kw)
-    build.__doc__ = f"WRN-{depth}-{k}."
-    return build
-
-
 for _d, _k in ((16, 4), (16, 8), (28, 10), (40, 4)):
-    MODELS.add(f"wrn{_d}_{_k}", _variant(_d, _k), family="wide_resnet", params_of=wide_resnet,
-               slow=_d * _k >= 128)
+    register(f"wrn{_d}_{_k}", wide_resnet, "wide_resnet", slow=_d * _k >= 128, depth=_d, k=_k)

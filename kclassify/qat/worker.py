@@ -351,6 +351,8 @@ def fine_tune(model, train, data, callbacks=()):
 
 
 def accuracy(model, split, batch_size=256):
+    """top-1 of the tf_keras model while it fine-tunes, in this child process (legacy Keras: the
+    package's Predictor is Keras 3). The shipped file is measured by the parent, as every export."""
     import numpy as np
 
     probs = model.predict(split["images"].astype(np.float32), batch_size=batch_size, verbose=0)

@@ -26,7 +26,7 @@ from kclassify.errors import RecipeError, TrainingDiverged
 from kclassify.inference import predictor, Predictor
 from kclassify.layers.conv_grad import filter_gradients
 from kclassify.layers.whitening import PatchWhitening
-from kclassify.metrics import cross_entropy
+from kclassify.metrics import cross_entropy, top_k
 from kclassify.models import as_float32
 from kclassify.train import budget as budgets
 from kclassify.train.averaging import load_arrays, WeightAverage
@@ -419,10 +419,9 @@ class Engine:
     def _validate(self):
         probs = self.predict(self.val_ds)
         labels = self.data.val.labels
-        top = np.argsort(-probs, axis=1)[:, :5]
-        out = {"val_loss": cross_entropy(probs, labels), "val_top1": float(np.mean(top[:, 0] == labels))}
+        out = {"val_loss": cross_entropy(probs, labels), "val_top1": top_k(probs, labels, 1)}
         if self.k > 5:
-            out["val_top5"] = float(np.mean((top == labels[:, None]).any(axis=1)))
+            out["val_top5"] = top_k(probs, labels, 5)
         return out
 
     def _end_epoch(self, trainer, opt, schedule, callbacks, logs, phase, seconds):
