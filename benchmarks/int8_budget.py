@@ -28,7 +28,7 @@ def calibration_sweep(run, counts, seeds):
     """The post-training int8 drop against the calibration count (several draws each)."""
     from kclassify.inference import predict
     from kclassify.commands.export import ExportJob
-    from kclassify.data.holdout import calibration_images
+    from kclassify.data.splits import calibration_images
     from kclassify.tflite.convert import convert
     from kclassify.kit import kitlib
 

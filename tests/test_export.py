@@ -37,7 +37,7 @@ def test_int8_accuracy_within_one_point_and_small(exports):
 
 
 def test_report_beside_the_file(exports, digits_run):
-    from kclassify.data.holdout import auto_count
+    from kclassify.data.splits import auto_count
 
     rep = json.loads((digits_run / "model_int8.json").read_text())
     assert rep["class_names"] == [str(i) for i in range(10)] and rep["calibration_images"] == auto_count(10, 1000)
@@ -46,7 +46,7 @@ def test_report_beside_the_file(exports, digits_run):
 
 def test_calibration_is_stratified_and_pins_input_range():
     from kclassify.data.sources import Split
-    from kclassify.data.holdout import calibration_images
+    from kclassify.data.splits import calibration_images
 
     labels = np.repeat(np.arange(5), [100, 10, 10, 10, 70])
     images = np.full((200, 4, 4, 3), 128, np.uint8)
@@ -74,7 +74,7 @@ class Streamed:
 
 
 def test_calibration_and_search_read_only_what_they_pick():
-    from kclassify.data.holdout import auto_count, calibration_images, search_indices
+    from kclassify.data.splits import auto_count, calibration_images, search_indices
 
     labels = np.repeat(np.arange(10), 300)
     split = Streamed(np.zeros((3000, 2, 2, 3), np.uint8), labels)
@@ -194,7 +194,7 @@ def test_max_drop_holdout_keeps_the_search_images_out_of_training(tmp_path):
     from conftest import tiny_recipe
     from kclassify.data import load_data
     from kclassify.commands.export import ExportJob
-    from kclassify.data.holdout import hold_out_for_max_drop, search_indices
+    from kclassify.data.splits import hold_out_for_max_drop, search_indices
     from kclassify.commands.fit import fit
 
     recipe = tiny_recipe(tmp_path, train={"epochs": 1}, output={"max_drop": 5.0, "max_drop_holdout": True})

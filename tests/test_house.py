@@ -2,7 +2,6 @@
 the floors and never in a circle, and kclassify's own imports sit at the top of each file except
 at the boundary that must stay free of TensorFlow."""
 import ast
-from pathlib import Path
 
 import pytest
 

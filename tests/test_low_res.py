@@ -3,7 +3,6 @@ budgeted run plans its steps at their cost, and what cannot work is refused by n
 import json
 
 import keras
-import numpy as np
 import pytest
 import tensorflow as tf
 

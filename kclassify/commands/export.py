@@ -12,7 +12,7 @@ from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter
 
 from kclassify.commands.evaluate import evaluation_split
-from kclassify.data.holdout import calibration_images, resolve_count, search_indices, take
+from kclassify.data.splits import calibration_images, resolve_count, search_indices, take
 from kclassify.data.sources import resize_all
 from kclassify.errors import DataError, ExportError
 from kclassify.inference import predict

@@ -12,7 +12,7 @@ from kclassify import runtime
 from kclassify.commands.checks import check_finetune_recipe, resolve_phases
 from kclassify.commands.finish import finish_run
 from kclassify.data import load_data
-from kclassify.data.holdout import hold_out_for_max_drop
+from kclassify.data.splits import hold_out_for_max_drop
 from kclassify.errors import RecipeError
 from kclassify.models import MODELS
 from kclassify.models.applications import block_regex

@@ -5,7 +5,7 @@ from kclassify import runtime
 from kclassify.commands.checks import check_fit_recipe
 from kclassify.commands.finish import finish_run
 from kclassify.data import load_data
-from kclassify.data.holdout import hold_out_for_max_drop
+from kclassify.data.splits import hold_out_for_max_drop
 from kclassify.run import training_run
 from kclassify.train.data_filter import build_filter
 from kclassify.train.engine import Phase, low_res_shape

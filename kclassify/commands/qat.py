@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from kclassify.commands.export import ExportJob
 from kclassify.commands.finetune import block_pattern
-from kclassify.data.holdout import hold_out_for_max_drop, take
+from kclassify.data.splits import hold_out_for_max_drop, take
 from kclassify.data.pipeline import augment_on_device
 from kclassify.errors import RecipeError
 from kclassify.models import MODELS

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from kclassify.commands.augment import write_preview
 from kclassify.errors import DataError
 from kclassify.inference import predict
 from kclassify.kit import kitlib
@@ -397,7 +398,6 @@ def calibration_section(ctx):
 
 def augment_section(ctx):
     """The recipe's own training pipeline on a batch of training images (the augment preview's grid)."""
-
     recipe = ctx["recipe"]
     buf = io.BytesIO()
     write_preview(recipe, buf, PREVIEW_IMAGES, data=ctx.get("data"), echo=lambda *a: None)

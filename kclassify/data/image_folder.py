@@ -9,14 +9,14 @@ TFRecord shards in the cache (pack.py, with a progress bar) and streamed (tfreco
 """
 import hashlib
 import os
-from pathlib import Path
 
 import numpy as np
 
 from kclassify.data.decode import check_strict, DECODER_VERSION, read_images, skipped_note
 from kclassify.data.files import cache_root, list_files, resolve_root
 from kclassify.data.pack import MIN_SHARDS, pack_folder
-from kclassify.data.sources import Dataset, SOURCES, Split, stratified_split
+from kclassify.data.sources import Dataset, SOURCES, Split
+from kclassify.data.splits import stratified_split
 from kclassify.data.spec import crop_ranges
 from kclassify.data.tfrecord import FORMAT_VERSION, in_memory_if_fits, MANIFEST, Pack, skipped_of, StreamSplit
 from kclassify.errors import DataError

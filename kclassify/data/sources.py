@@ -15,6 +15,7 @@ import numpy as np
 from kclassify.data.decode import resize_image
 from kclassify.data.order import block_shuffle, epoch_seed
 from kclassify.data.spec import check_data
+from kclassify.data.splits import stratified_split
 from kclassify.errors import DataError
 from kclassify.registry import Registry
 
@@ -111,22 +112,6 @@ def load_data(cfg, seed=0, augment=None):
     if len(data.val) == 0:
         raise DataError("the validation split is empty: set data.val_fraction, data.val_count or data.val_path")
     return data
-
-
-def stratified_split(split, cfg, seed):
-    """Hold out a stratified validation split of a Split or StreamSplit: data.val_count
-    examples, else data.val_fraction of them."""
-    from sklearn.model_selection import train_test_split
-
-    size = cfg.val_count or cfg.val_fraction
-    everything = np.arange(len(split))
-    if not size:
-        return split, split.subset(everything[:0])
-    try:
-        tr, va = train_test_split(everything, test_size=size, stratify=split.labels, random_state=seed)
-    except ValueError as exc:
-        raise DataError(f"cannot make a stratified validation split: {exc}") from None
-    return split.subset(tr), split.subset(va)  # a StreamSplit keeps its stored order
 
 
 def resize_all(images, size, resize="crop"):

@@ -13,7 +13,8 @@ import socket
 import numpy as np
 
 from kclassify.data.decode import _kit, check_strict, read_many, skipped_note
-from kclassify.data.sources import Dataset, SOURCES, Split, stratified_split
+from kclassify.data.sources import Dataset, SOURCES, Split
+from kclassify.data.splits import stratified_split
 from kclassify.errors import DataError
 
 PROBE = ("storage.googleapis.com", 443)  # tfds' own mirror, tried first by its downloader

@@ -15,7 +15,8 @@ import numpy as np
 
 from kclassify.data.decode import skipped_note
 from kclassify.data.order import block_shuffle, epoch_seed
-from kclassify.data.sources import channel_stats, Dataset, SOURCES, Split, stratified_split
+from kclassify.data.sources import channel_stats, Dataset, SOURCES, Split
+from kclassify.data.splits import stratified_split
 from kclassify.data.spec import crop_ranges
 from kclassify.errors import DataError
 

@@ -10,7 +10,6 @@ from kclassify.models import keras_hub  # noqa: F401,E402  (KerasHub presets; ke
 from kclassify.models.registry import MODELS
 from kclassify.registry import suggest
 from kclassify.layers.dropblock import DropBlock2D
-import keras
 
 _FIXED = ("num_classes", "input_shape", "mean", "std", "bn_momentum")
 

@@ -13,6 +13,7 @@ import keras
 from keras import layers
 
 from kclassify.errors import ModelFileError
+from kclassify.models.blocks import classification_head
 from kclassify.models.keras_hub import BLOCKS as KERAS_HUB_BLOCKS
 from kclassify.models.registry import register
 from kclassify.models.saving import load_model

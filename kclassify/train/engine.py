@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 from keras.layers import InputSpec
 
-from kclassify.data.holdout import resolve_count
+from kclassify.data.splits import resolve_count
 from kclassify.data.pipeline import augment_on_device, eval_batch_size, eval_dataset, recipe_preparer, recipe_train_dataset, steps_per_epoch
 from kclassify.errors import RecipeError, TrainingDiverged
 from kclassify.inference import predictor, Predictor

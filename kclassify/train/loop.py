@@ -9,7 +9,6 @@ dimensions"). Both are in the driver, not in the step: Keras' own `model.train_s
 optimizer, losses and metrics) with a reduction that suits scalars, one code path for one
 device, mirrored GPUs/CPUs and several workers.
 """
-import numpy as np
 import tensorflow as tf
 
 def is_multi_worker(strategy):

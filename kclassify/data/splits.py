@@ -1,5 +1,6 @@
-"""Which training images calibrate a quantized export, and which are held out for the accuracy
-max-drop search. Selections are stratified picks on the split's labels, then `split.take(idx)`:
+"""Every split of a Dataset, owned in one place: the stratified validation split a source holds
+out (data.val_count or data.val_fraction), the training images that calibrate a quantized export,
+and those held out for the max-drop search. Selections are stratified picks on the split's labels, then `split.take(idx)`:
 only the chosen images are read, so a streamed split works as well as one held in memory.
 
 The default count ("auto") scales with the data: PER_CLASS images a class, at least MINIMUM,
@@ -11,6 +12,9 @@ the floor stays at 300 and the count grows only where classes would get few imag
 import dataclasses
 
 import numpy as np
+from sklearn.model_selection import train_test_split
+
+from kclassify.errors import DataError
 
 PER_CLASS = 32
 MINIMUM = 300
@@ -18,6 +22,20 @@ MAXIMUM = 1000
 SEARCH_FRACTION = 0.15  # of the training split, held out from calibration for the max-drop search
 SEARCH_MINIMUM = 200
 SEARCH_MAXIMUM = 2000
+
+
+def stratified_split(split, cfg, seed):
+    """Hold out a stratified validation split of a Split or StreamSplit: data.val_count
+    examples, else data.val_fraction of them."""
+    size = cfg.val_count or cfg.val_fraction
+    everything = np.arange(len(split))
+    if not size:
+        return split, split.subset(everything[:0])
+    try:
+        tr, va = train_test_split(everything, test_size=size, stratify=split.labels, random_state=seed)
+    except ValueError as exc:
+        raise DataError(f"cannot make a stratified validation split: {exc}") from None
+    return split.subset(tr), split.subset(va)  # a StreamSplit keeps its stored order
 
 
 def auto_count(num_classes, available):
