@@ -2,7 +2,7 @@
 the recipe before it), one `kclassify fit` after another on the same machine. Test-time augmentation needs no run of its own:
 the full recipe's plain validation figure is it.
 
-    python benchmarks/cifar10_fast_ablation.py [--budget-minutes 30 | --epochs N] [--only NAME ...]
+    python benchmarks/cifar10_fast_ablation.py [--budget-minutes 30 | --epochs N] [--only NAME ...] [--set KEY=VALUE ...]
 
 At a time budget (run nothing else beside it) a technique's speed cost counts against it; with
 --epochs every variant trains the same number of steps, so the figures do not depend on what else
@@ -52,7 +52,8 @@ def run_variant(sets, length, out):
         return {"error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
     m = json.loads((out / "metrics.json").read_text())
     return {"val_top1": round(m["val"]["top1"], 4), "val_top1_tta": round(m.get("val_tta", m["val"])["top1"], 4),
-            "epochs": round(m["steps"] * trained_batch(out) / 45000, 2), "wall_seconds": round(time.time() - t0, 1)}
+            "epochs": round(m["steps"] * trained_batch(out) / m["train_images"], 2),
+            "wall_seconds": round(time.time() - t0, 1)}
 
 
 def trained_batch(out):
@@ -69,6 +70,8 @@ def main():
     parser.add_argument("--epochs", type=int, help="a fixed length instead of the budget")
     parser.add_argument("--only", nargs="*", help="variant names (default: all)")
     parser.add_argument("--out", default="/tmp/kc-fast-ablation")
+    parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
+                        help="a recipe field for every variant, under the variant's own (e.g. data.path=...)")
     args = parser.parse_args()
     length = ([f"train.epochs={args.epochs}", "train.budget_minutes="] if args.epochs
               else [f"train.budget_minutes={args.budget_minutes}"])
@@ -76,7 +79,7 @@ def main():
     for i, (name, sets) in enumerate(VARIANTS.items()):
         if args.only and name not in args.only:
             continue
-        results[name] = run_variant(sets, length, Path(args.out) / str(i))
+        results[name] = run_variant([*args.overrides, *sets], length, Path(args.out) / str(i))
         print(name, results[name], file=sys.stderr, flush=True)
     print(json.dumps({"recipe": "cifar10_fast", **({"epochs": args.epochs} if args.epochs else
                                                     {"budget_minutes": args.budget_minutes}),

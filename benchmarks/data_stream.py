@@ -97,7 +97,7 @@ from kclassify.data import load_data
 from kclassify.recipe import DataConfig
 size, cache_gb, batch, limit = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 t0 = time.time()
-data = load_data(DataConfig(source="image_folder", path=sys.argv[5], subdir="train", val_count=5000,
+data = load_data(DataConfig(source="image_folder", path=sys.argv[5], subdir="train", val_count=int(sys.argv[6]),
                             image_size=size, cache_gb=cache_gb))
 loaded = time.time() - t0
 import tensorflow as tf
@@ -133,10 +133,11 @@ def fit_all(args, env):
     """Every fit configuration (the 32 pair alternated --rounds times), then the model-alone rows."""
     subset = subset_folder(args.data, args.out, args.subset)
     results, order = {}, [*PAIR_32] * args.rounds + [*FITS_224] + ([*IN_MEMORY_224] if args.with_224_in_memory else [])
+    order = [name for name in order if chosen(name, args)]
     configs = {**PAIR_32, **FITS_224, **IN_MEMORY_224}
     for i, name in enumerate(order):
         which, size, cache_gb, batch, steps, val = configs[name]
-        steps = args.steps or steps
+        steps, val = args.steps or steps, args.val_count or val
         cmd, run = fit_command(name, subset if which == "subset" else args.data, size, cache_gb, batch, steps, val, args)
         code, rss, wall, out, err = run_child(cmd, env, Path(args.out) / "logs" / f"{run.name}-{i}")
         row = ({**fit_figures(run, batch, steps), "peak_rss_mb": round(rss), "wall_seconds": round(wall, 1)}
@@ -154,10 +155,16 @@ def fit_all(args, env):
         if "images_per_s" in a and "images_per_s" in b:
             results[f"streamed / in memory images/s at {size}"] = round(b["images_per_s"] / a["images_per_s"], 3)
     for name, (size, batch) in MODEL_ALONE.items():  # what the network's training alone holds (plain keras fit)
+        if not chosen(name, args):
+            continue
         cmd = [sys.executable, "-c", MODEL_CHILD, str(size), str(batch), "4"]
         code, rss, wall, out, err = run_child(cmd, env, Path(args.out) / "logs" / f"model-{size}")
         results[name] = {"peak_rss_mb": round(rss)} if code == 0 else {"error": err.strip().splitlines()[-3:]}
     return results
+
+
+def chosen(name, args):
+    return not args.only or name in args.only
 
 
 def main():
@@ -171,6 +178,9 @@ def main():
     parser.add_argument("--stream-only", action="store_true", help="Time one epoch of examples() only, no training.")
     parser.add_argument("--batches", type=int, default=0, help="--stream-only: stop after N batches (0: the whole epoch).")
     parser.add_argument("--with-224-in-memory", action="store_true", help="Also fit in memory at 224 (needs ~16 GB).")
+    parser.add_argument("--only", nargs="+", help="Configuration and model-alone row names to run (default: all).")
+    parser.add_argument("--val-count", type=int, help="Validation images of every configuration (default: 1000 at 32, "
+                                                      "200 at 224, 5000 with --stream-only).")
     args = parser.parse_args()
     if not Path(args.data).exists():
         sys.exit(f"needs {args.data} (the project's shared CIFAR-10 JPEGs)")
@@ -179,7 +189,10 @@ def main():
     if args.stream_only:
         for name, (size, cache_gb, batch) in {"32 in memory": (32, 4.0, 128), "32 streamed": (32, 0.0, 128),
                                               "224 streamed, cache_gb 1": (224, 1.0, 128)}.items():
-            cmd = [sys.executable, "-c", STREAM_CHILD, str(size), str(cache_gb), str(batch), str(args.batches), args.data]
+            if not chosen(name, args):
+                continue
+            cmd = [sys.executable, "-c", STREAM_CHILD, str(size), str(cache_gb), str(batch), str(args.batches), args.data,
+                   str(args.val_count or 5000)]
             code, rss, wall, out, err = run_child(cmd, env, Path(args.out) / "logs" / f"stream-{size}-{cache_gb}")
             results[name] = ({**json.loads(out.strip().splitlines()[-1]), "peak_rss_mb": round(rss), "wall_seconds": round(wall, 1)}
                              if code == 0 else {"error": err.strip().splitlines()[-3:]})

@@ -2,7 +2,7 @@
 128x128) and the same epoch budget, trained four ways. Prints JSON: validation top-1 and wall
 seconds of each, and the int8 export of the staged run. Run from the repository root:
 
-    python benchmarks/finetune_clothing.py [--epochs 10] [--out /tmp/kc-ft]
+    python benchmarks/finetune_clothing.py [--epochs 10] [--out /tmp/kc-ft] [--only NAME ...] [--set KEY=VALUE ...]
 """
 import argparse
 import json
@@ -30,14 +30,20 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--out", default="/tmp/kc-ft")
+    parser.add_argument("--only", nargs="+", help="variant names (default: all)")
+    parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
+                        help="a recipe field for every variant, under the variant's own (e.g. data.path=...)")
     args = parser.parse_args()
     results = {}
+    sets = [item for s in args.overrides for item in ("--set", s)]
     for name, extra in variants(args.epochs).items():
+        if args.only and name not in args.only:
+            continue
         run = Path(args.out) / name.split()[0]
         export = [] if name.startswith("staged") else ["--set", "output.export=[]"]
         t0 = time.time()
         proc = subprocess.run([sys.executable, "-m", "kclassify", "finetune", "clothing_mobilenet", "--out", str(run),
-                               "--fresh", *extra, *export], cwd=ROOT, capture_output=True, text=True)
+                               "--fresh", *sets, *extra, *export], cwd=ROOT, capture_output=True, text=True)
         if proc.returncode:
             results[name] = {"error": proc.stderr.strip().splitlines()[-1:]}
             continue

@@ -73,7 +73,7 @@ def table(run, max_drop, qat_steps, echo):
     both = q["comparison"]
     default_ships = ("QAT int8" if both["qat"]["tflite"]["top1"] >= both["post_training"]["tflite"]["top1"]
                      else "post-training int8")
-    b = budget["budget"]
+    b = budget["max_drop_search"]
     return {
         "run": str(run), "recipe": job.run.recipe.name, "model": job.run.recipe.model.name,
         "input_size": int(job.model.input_shape[1]), "val_images": len(job.val), "machine": machine(),

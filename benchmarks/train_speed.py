@@ -56,16 +56,16 @@ def matmul_peak(dtype, size=2048, reps=10):
     return 2 * size ** 3 * reps / (time.perf_counter() - t) / 1e9
 
 
-def arrays(n):
-    """(uint8 images, int labels): real CIFAR-10 training images when ../shared has them."""
+def arrays(n, path):
+    """(uint8 images, int labels, source): the archive's training images when it is there, else random."""
     import numpy as np
 
-    if CIFAR.exists():
+    if Path(path).is_file():
         from kclassify.data import load_data
         from kclassify.recipe import DataConfig
 
-        data = load_data(DataConfig(source="image_folder", path=str(CIFAR), subdir="train", val_count=1000))
-        return data.train.images[:n], data.train.labels[:n], "CIFAR-10 JPEGs (../shared)"
+        data = load_data(DataConfig(source="image_folder", path=str(path), subdir="train", val_count=1000))
+        return data.train.images[:n], data.train.labels[:n], Path(path).name
     rng = np.random.default_rng(0)
     return rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n), "random uint8"
 
@@ -154,7 +154,7 @@ def measure(args):
     from kclassify.commands.profile import profile_model
 
     n = args.batch * args.steps
-    x, y, source = arrays(n)
+    x, y, source = arrays(n, args.data)
     stats = channel_stats(x)
     plain, ours, ours_keras_bn, ours_aug, ours_native_grad = [], [], [], [], []
     for _ in range(args.rounds):
@@ -207,7 +207,7 @@ def conv_grad_ab(args):
     from kclassify.layers.conv_grad import filter_gradients
     from kclassify.layers.fused_bn import fuse_batchnorm
 
-    x, labels, source = arrays(args.batch * 2)
+    x, labels, source = arrays(args.batch * 2, args.data)
     y = keras.utils.to_categorical(labels, 10)
     stats = channel_stats(x)
     mode = "auto" if args.conv_grad == "native" else args.conv_grad
@@ -329,7 +329,8 @@ def sweep(args):
     rows = {}
     for name, extra, env in SWEEP:
         cmd = [sys.executable, __file__, "--model", args.model, "--params", args.params, "--rounds", "1", "--only-kclassify",
-               "--precision", args.precision, "--batch", str(args.batch), "--steps", str(args.steps), *extra]
+               "--precision", args.precision, "--batch", str(args.batch), "--steps", str(args.steps), "--data", args.data,
+               *extra]
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env})
         try:
             out = json.loads(proc.stdout)
@@ -347,6 +348,8 @@ def main():
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--steps", type=int, default=12, help="timed steps per epoch")
     parser.add_argument("--precision", default="auto")
+    parser.add_argument("--data", default=str(CIFAR), help="an archive of train/CLASS/IMAGE (default: CIFAR-10); "
+                        "'random' (or a missing file): uniform uint8 noise")
     parser.add_argument("--jit", action="store_true")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--keras-bn", action="store_true", help="runtime.fused_bn false (Keras' own BatchNorm ops)")

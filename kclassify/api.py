@@ -3,7 +3,7 @@
     import kclassify
     run = kclassify.fit("quickstart", train={"epochs": 3}, out="runs/q")   # a Run
     print(run.metrics["val"]["top1"])
-    report = kclassify.evaluate(run.dir, tta="flip")
+    report = kclassify.evaluate(run.dir)                                 # the recipe's TTA
     kclassify.export(run.dir, "int8")
     model = kclassify.build_model("resnet20", num_classes=10, input_shape=(32, 32, 3))
 
@@ -34,11 +34,11 @@ def _prepared(recipe, overrides, sections, command=None, schedule=None):
 
 def fit(recipe, *, out=None, fresh=False, teacher=None, overrides=(), callbacks=(), echo=print, **sections):
     """Train a recipe (resuming its run folder when interrupted); returns the `Run`."""
-    from kclassify.run import Run
-    from kclassify.commands.fit import fit as run_fit
-
     extra = [f"train.distill.teacher={teacher}"] if teacher else []
     cfg = _prepared(recipe, [*overrides, *extra], sections, "fit")
+    from kclassify.commands.fit import fit as run_fit
+    from kclassify.run import Run
+
     return Run.load(run_fit(cfg, out=out, fresh=fresh, echo=echo, callbacks=callbacks))
 
 
@@ -46,10 +46,10 @@ def finetune(recipe, *, schedule=None, out=None, fresh=False, dry_run=False, ove
              **sections):
     """Fine-tune a pretrained backbone in phases (`schedule` like "head:3,top2:3,all:6");
     returns the `Run` (None for a dry run)."""
+    cfg = _prepared(recipe, overrides, sections, "finetune", schedule)
     from kclassify.commands.finetune import finetune as run_finetune
     from kclassify.run import Run
 
-    cfg = _prepared(recipe, overrides, sections, "finetune", schedule)
     folder = run_finetune(cfg, schedule=None, out=out, fresh=fresh, dry_run=dry_run, echo=echo,
                           callbacks=callbacks)
     return Run.load(folder) if folder else None

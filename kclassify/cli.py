@@ -86,10 +86,10 @@ def report(run, out):
     """One self-contained HTML page about a finished run: metrics, data, curves, weak classes,
     confused pairs, wrong images, calibration, augmentation and exports."""
     from kclassify import runtime
-    from kclassify.commands.report import write_report
+    from kclassify.commands.report import write_html_report
 
     runtime.quiet_tensorflow()
-    write_report(run, out or os.path.join(run, "report.html"), echo=click.echo)
+    write_html_report(run, out or os.path.join(run, "report.html"), echo=click.echo)
 
 
 @cli.command()

@@ -55,7 +55,7 @@ def evaluate_model(model, split, class_names, batch_size=None, views=None, avera
     return report, probs
 
 
-def write_report(report, out_dir, prefix, plots=True):
+def write_evaluation(report, out_dir, prefix, plots=True):
     """<prefix>_report.json (everything) and <prefix>_confusion.json/.png."""
     out_dir = Path(out_dir)
     (out_dir / f"{prefix}_report.json").write_text(json.dumps(report, indent=1))

@@ -194,7 +194,6 @@ class Run:
 
     @property
     def recipe(self):
-
         return load_recipe(self.dir / "recipe.yaml")
 
     @property
@@ -210,7 +209,6 @@ class Run:
         return read_json(self.dir / "metrics.json", {})
 
     def load_model(self):
-
         return load_model(self.model_path)
 
     def data(self):

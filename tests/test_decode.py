@@ -1,4 +1,4 @@
-"""The one image decoder (export/kitlib.py, loaded by kclassify.data.decode) on real files made here
+"""The one image decoder (kclassify/kit/kitlib.py, used by kclassify.data.decode) on real files made here
 with Pillow: EXIF orientation, bit depth, transparency, animation, modes, broken files; the
 resize policies (PIL and their TensorFlow twins); random-resized-crop; and the kit, run in a
 process where TensorFlow and kclassify cannot be imported, giving the same arrays."""

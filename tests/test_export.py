@@ -122,12 +122,11 @@ def broken_job(digits_run):
 def test_budget_search_ships_the_fewest_float_layers_that_meet_it(broken_job, tmp_path, monkeypatch, order):
     """Two ruined layers: floating either alone gains nothing (the other still ruins int8), in
     whichever order the debugger ranks them; the search keeps both and prunes what is not needed."""
-    import importlib
+    from kclassify.tflite import max_drop
 
-    debug = importlib.import_module("kclassify.tflite.debug")
     if order == "head_first":  # the other order the debugger may rank them in (its errors are near ties)
-        ranked = debug.layer_groups
-        monkeypatch.setattr(debug, "layer_groups", lambda rows: sorted(ranked(rows), key=lambda g: g[0][:5] != "head_"))
+        ranked = max_drop.layer_groups
+        monkeypatch.setattr(max_drop, "layer_groups", lambda rows: sorted(ranked(rows), key=lambda g: g[0][:5] != "head_"))
     lines = []
     # 2.5 points: with both ruined layers in float, plain int8 noise on 216 images is 0-2 points (run to run)
     rep = broken_job.export("int8", tmp_path / "budget.tflite", max_drop=2.5, echo=lines.append)
@@ -185,7 +184,7 @@ def test_a_budget_below_what_the_search_images_resolve_is_said(broken_job, tmp_p
     assert all(line.count("(+/- ") == 1 for line in lines if line.lstrip().startswith("attempt"))
     wide = broken_job.export("int8", tmp_path / "wide.tflite", max_drop=99, echo=lambda *a: None)
     assert wide["max_drop_search"]["met"] and wide["max_drop_search"]["chosen_attempt"] == 1  # the ruined file, within a 99-point budget
-    assert 1 < wide["max_drop_search"]["drop_margin95_search"] < 99 and "resolution_note" not in wide["budget"]
+    assert 1 < wide["max_drop_search"]["drop_margin95_search"] < 99 and "resolution_note" not in wide["max_drop_search"]
 
 
 def test_max_drop_holdout_keeps_the_search_images_out_of_training(tmp_path):
@@ -222,23 +221,20 @@ def test_a_budget_met_on_the_search_images_but_not_on_the_evaluation_split_is_re
                                                                                        monkeypatch):
     """The search images were trained on and can flip less than unseen ones: when the shipped file
     is over budget on the evaluation split, the report and the output say so."""
-    import importlib
-
+    from kclassify.commands import export as export_command
     from kclassify.tflite.convert import convert
-
-    budget_module = importlib.import_module("kclassify.tflite.max_drop")  # kclassify.commands.export is also the API function
 
     def optimistic(job, quant, max_drop, max_float, echo):  # a search that saw no drop at all
         return convert(job.model, quant, job.calibration), {
             "met": True, "drop_points_search": 0.0, "drop_margin95_search": 0.0, "float_layers": [],
             "calibration_images": len(job.calibration)}
 
-    monkeypatch.setattr(budget_module, "search", optimistic)
+    monkeypatch.setattr(export_command, "search", optimistic)
     lines = []
     rep = broken_job.export("int8", tmp_path / "o.tflite", max_drop=0.5, echo=lines.append)
     budget = rep["max_drop_search"]
     assert budget["eval_drop_points"] > 0.5 and not budget["eval_within_max_drop"]
-    assert "over the 0.5 budget" in budget["eval_note"] and "the model trained on those" in budget["eval_note"]
+    assert "over the max_drop 0.5" in budget["eval_note"] and "the model trained on those" in budget["eval_note"]
     assert any(line.startswith("warning: the evaluation split lost") for line in lines)
     assert json.loads((tmp_path / "o.json").read_text())["max_drop_search"]["eval_note"] == budget["eval_note"]
 

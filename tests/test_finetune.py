@@ -75,13 +75,15 @@ def test_only_the_phase_layers_change(tmp_path, tiny_npz, group, expect_backbone
     from kclassify import runtime
     from kclassify.data.pipeline import train_dataset
     from kclassify.train.unfreeze import apply_phase
-    from kclassify.commands.finetune import _data_and_model, block_pattern, engine_phases
+    from kclassify.commands.finetune import _data, block_pattern, engine_phases
+    from kclassify.train.setup import build_for_run
     from kclassify.commands.checks import resolve_phases
     from kclassify.train.optim import make_loss, make_metrics, make_optimizer
 
     recipe = resolve_phases(ft_recipe(tmp_path, tiny_npz, [{"unfreeze": group, "epochs": 1}]))
     strategy = runtime.setup(recipe.runtime)
-    data, model = _data_and_model(recipe, strategy)
+    data = _data(recipe)
+    model = build_for_run(recipe, data, strategy, fresh_start=True)
     calibrate_bn(model, data.train.images)
     unfrozen = apply_phase(model, group, block_pattern(recipe))
     assert {layer.name for layer in unfrozen} == expect_backbone

@@ -127,13 +127,15 @@ def test_phase_round_trip_and_export(tmp_path, presets, tiny_npz, family):
     from kclassify.data.pipeline import train_dataset
     from kclassify.commands.export import export_tflite
     from kclassify.train.unfreeze import apply_phase
-    from kclassify.commands.finetune import _data_and_model, block_pattern, engine_phases
+    from kclassify.commands.finetune import _data, block_pattern, engine_phases
+    from kclassify.train.setup import build_for_run
     from kclassify.commands.checks import resolve_phases
     from kclassify.train.optim import make_loss, make_metrics, make_optimizer
 
     recipe = resolve_phases(hub_recipe(tmp_path, tiny_npz, presets[family][0], [{"unfreeze": "top1", "epochs": 1}]))
     strategy = runtime.setup(recipe.runtime)
-    data, model = _data_and_model(recipe, strategy)
+    data = _data(recipe)
+    model = build_for_run(recipe, data, strategy, fresh_start=True)
     unfrozen = apply_phase(model, "top1", block_pattern(recipe))
     assert {layer.name for layer in unfrozen} == TOP1[family]
     phase = engine_phases(recipe, block_pattern(recipe), echo=lambda *a: None)[0]

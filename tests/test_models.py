@@ -3,6 +3,7 @@ round-tripped through .keras and converted to builtins-only TFLite; no per-model
 import numpy as np
 import pytest
 
+from harness import check_config, check_fresh_process, check_gradients, check_keras_file, check_tflite
 from kclassify.models import MODELS, build_model
 
 GENERIC = [n for n in MODELS.names() if MODELS.info(n).get("generic_tests", True)]
@@ -46,37 +47,19 @@ def tier(names):
 
 
 def check_model(name, size=32):
-    import keras
-    import tensorflow as tf
-
     model = build_model(name, 5, (size, size, 3))
     x = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype("float32")
-    with tf.GradientTape() as tape:
-        probs = model(x, training=True)
-        loss = keras.losses.categorical_crossentropy(np.eye(5)[[0, 3]], probs)
-    grads = tape.gradient(loss, model.trainable_variables)
+    probs = check_gradients(model, x, 5)
     assert probs.shape == (2, 5) and np.allclose(probs.numpy().sum(1), 1, atol=1e-5)
-    missing = [v.path for v, g in zip(model.trainable_variables, grads) if g is None]
-    assert not missing, f"no gradient reaches {missing[:3]}"
-    assert all(np.isfinite(g.numpy()).all() for g in grads)
     return model, x
 
 
 @pytest.mark.parametrize("name", FAST)
 def test_model_trains_saves_and_converts(name, tmp_path):
-    import keras
-
-    from kclassify.tflite.convert import convert
-    from kclassify.kit import kitlib
-
     model, x = check_model(name)
-    path = tmp_path / "m.keras"
-    model.save(path)
-    loaded = keras.models.load_model(path)
-    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
-    (tmp_path / "m.tflite").write_bytes(convert(model, "float32"))
-    lite = kitlib.Classifier(tmp_path / "m.tflite")
-    np.testing.assert_allclose(lite.predict(x.astype(np.uint8)), model.predict(x.astype(np.uint8).astype("float32"), verbose=0), atol=1e-4)
+    check_config(model)
+    check_keras_file(model, x, tmp_path / "m.keras", atol=0)
+    check_tflite(model, x, tmp_path / "m.tflite")
 
 
 @pytest.mark.slow
@@ -84,25 +67,21 @@ def test_model_trains_saves_and_converts(name, tmp_path):
 def test_big_model_forward_backward_and_tflite(name, tmp_path):
     """The big models get the fast tier's checks too: gradients, an identical .keras round trip,
     and a builtins-only float32 .tflite whose outputs match Keras."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    from kclassify.tflite.convert import convert
-    from kclassify.kit import kitlib
-
-    import keras
-
     model, x = check_model(name, size=32)
-    model.save(tmp_path / "m.keras")
-    np.testing.assert_array_equal(keras.models.load_model(tmp_path / "m.keras").predict(x, verbose=0),
-                                  model.predict(x, verbose=0))
+    check_keras_file(model, x, tmp_path / "m.keras", atol=0)
     (tmp_path / "m.keras").unlink()  # the VGGs are 0.5 GB
-    path = tmp_path / "m.tflite"
-    path.write_bytes(convert(model, "float32"))
-    ops = {op["op_name"] for op in Interpreter(model_path=str(path))._get_ops_details()}
-    assert not any(o.startswith("Flex") or o == "CUSTOM" for o in ops), ops
-    pixels = x.astype("uint8")
-    np.testing.assert_allclose(kitlib.Classifier(path).predict(pixels),
-                               model.predict(pixels.astype("float32"), verbose=0), atol=1e-3)
+    check_tflite(model, x, tmp_path / "m.tflite", atol=1e-3)
+
+
+def test_every_fast_model_loads_in_a_fresh_process(tmp_path):
+    """`import kclassify; keras.models.load_model(...)` in a new Python, for every registered model
+    the fast tier builds (one process for all of them)."""
+    paths = []
+    for name in FAST:
+        model, x = check_model(name)
+        paths.append(tmp_path / f"{name}.keras")
+        check_keras_file(model, x, paths[-1], atol=0)
+    check_fresh_process(paths)
 
 
 @pytest.mark.parametrize("name", tier(EXACT))
@@ -139,8 +118,8 @@ def test_layers_are_named_by_stage():
 def test_unknown_model_param_is_named():
     from kclassify.errors import RecipeError
 
-    with pytest.raises(RecipeError, match="no parameter 'widht'.*did you mean 'width'"):
-        build_model("resnet20", 10, (32, 32, 3), widht=2)
+    with pytest.raises(RecipeError, match="no parameter 'width_mlt'.*did you mean 'width_mult'"):
+        build_model("resnet20", 10, (32, 32, 3), width_mlt=2)
 
 
 def test_normalization_is_inside_the_model():
@@ -171,32 +150,20 @@ def _options():
 
 @pytest.mark.parametrize("case", sorted(_options()))
 def test_family_options_train_and_save(case, tmp_path):
-    import keras
-    import tensorflow as tf
-
     model = _options()[case]()
     x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
-    with tf.GradientTape() as tape:
-        loss = keras.losses.categorical_crossentropy(np.eye(5)[[0, 3]], model(x, training=True))
-    grads = tape.gradient(loss, model.trainable_variables)
-    assert all(g is not None and np.isfinite(g.numpy()).all() for g in grads)
-    model.save(tmp_path / "m.keras")
-    loaded = keras.models.load_model(tmp_path / "m.keras")
-    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+    check_gradients(model, x, 5)
+    check_keras_file(model, x, tmp_path / "m.keras")
 
 
 def test_custom_layers_and_hard_swish_convert_to_builtins(tmp_path):
     """GeM (POW), SE, hard-swish, hard-sigmoid and stochastic depth in one builtins-only file."""
-    from kclassify.tflite.convert import convert
-    from kclassify.kit import kitlib
     from kclassify.models import resnext
 
     model = resnext.resnext_cifar(11, 5, (32, 32, 3), cardinality=2, base_width=4, se_ratio=4,
                                   activation="hard_swish", drop_path_rate=0.2, pooling="gem")
-    x = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3)).astype(np.uint8)
-    (tmp_path / "m.tflite").write_bytes(convert(model, "float32"))
-    lite = kitlib.Classifier(tmp_path / "m.tflite")
-    np.testing.assert_allclose(lite.predict(x), model.predict(x.astype("float32"), verbose=0), atol=1e-4)
+    x = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3)).astype("float32")
+    check_tflite(model, x, tmp_path / "m.tflite")
 
 
 def test_resnet_variants_differ_as_bag_of_tricks_says():

@@ -53,7 +53,7 @@ def test_mix_off_epochs_and_whitening_bias_segments():
 
 
 def test_augment_preview_writes_a_grid(tmp_path):
-    from kclassify.commands.augment import augment_preview
+    from kclassify.api import augment_preview
     from kclassify.augment.preview import label_text
 
     recipe = tiny_recipe(tmp_path, augment={"mixup_alpha": 0.4, "crop_pad": 1})

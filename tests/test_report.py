@@ -11,7 +11,7 @@ import pytest
 import browser
 from conftest import run_cli
 from kclassify.errors import DataError
-from kclassify.commands.report import CLASS_ROWS, PAIRS, SECTIONS, WRONG_IMAGES, calibration, write_report, write_run_report
+from kclassify.commands.report import CLASS_ROWS, PAIRS, SECTIONS, WRONG_IMAGES, calibration, write_html_report, write_run_report
 
 SECTION_IDS = [sid for sid, _ in SECTIONS]
 
@@ -75,7 +75,7 @@ def test_report_in_browser(run_copy, tmp_path):
 
 def test_report_content(run_copy, tmp_path):
     """Without a browser: self-contained, figures from the run's files, export row measured."""
-    out = write_report(run_copy, tmp_path / "r.html", echo=lambda *a: None)
+    out = write_html_report(run_copy, tmp_path / "r.html", echo=lambda *a: None)
     page = out.read_text()
     assert "<script" not in page and not re.search(r'(src|href)="(?!data:|#)', page)
     assert_metrics_equal(html_metrics(page), json.loads((run_copy / "metrics.json").read_text()))
@@ -95,7 +95,7 @@ def test_report_shows_tta(run_copy, tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     metrics["val_tta"] = {"top1": metrics["val"]["top1"] + 0.01, "top5": 1.0, "loss": 0.05, "tta": "flip", "views": 2}
     (run / "metrics.json").write_text(json.dumps(metrics))
-    page = write_report(run, run / "report.html", echo=lambda *a: None).read_text()
+    page = write_html_report(run, run / "report.html", echo=lambda *a: None).read_text()
     assert "test-time augmentation (flip, 2 views)" in page
     assert_metrics_equal(html_metrics(page), metrics)
 
@@ -109,11 +109,11 @@ def test_report_reads_saved_predictions(run_copy, tmp_path):
     labels = Run.load(run).data().val.labels
     perfect = np.eye(10, dtype=np.float32)[labels]
     np.savez(run / "val_predictions.npz", probs=perfect, labels=labels.astype(np.int32))
-    page = write_report(run, run / "report.html", echo=lambda *a: None).read_text()
+    page = write_html_report(run, run / "report.html", echo=lambda *a: None).read_text()
     assert "No validation image was misclassified" in page
     np.savez(run / "val_predictions.npz", probs=perfect[:-1], labels=labels[:-1].astype(np.int32))
     with pytest.raises(DataError, match="does not match"):
-        write_report(run, run / "report.html", echo=lambda *a: None)
+        write_html_report(run, run / "report.html", echo=lambda *a: None)
 
 
 def test_report_cli(run_copy, tmp_path):
@@ -158,7 +158,7 @@ def test_thousand_classes(tmp_path):
     probs = rng.dirichlet(np.full(k, 0.05), len(data.val)).astype(np.float32)
     top1 = float((probs.argmax(1) == data.val.labels).mean())
     (run / "metrics.json").write_text(json.dumps({"val": {"top1": top1, "top5": 0.01, "loss": 6.9}}))
-    page = write_report(run, run / "report.html", data=data, probs=probs, echo=lambda *a: None).read_text()
+    page = write_html_report(run, run / "report.html", data=data, probs=probs, echo=lambda *a: None).read_text()
     assert f"Showing the {CLASS_ROWS} weakest of {k} classes" in page
     assert f"the other {k - CLASS_ROWS} classes" in page
     assert page.count('<figure class="example">') <= WRONG_IMAGES + PAIRS * 4
@@ -196,5 +196,5 @@ def test_the_report_does_not_set_the_runtime_up_again(run_copy, tmp_path, monkey
         raise AssertionError("runtime.setup called again by the report")
 
     monkeypatch.setattr(runtime, "setup", refuse)
-    out = write_report(run_copy, tmp_path / "r.html", echo=lambda *a: None)
+    out = write_html_report(run_copy, tmp_path / "r.html", echo=lambda *a: None)
     assert "augmentation preview" in out.read_text()

@@ -140,7 +140,7 @@ def test_nan_loss_cli_exit_code(tmp_path):
 def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
     res = run_cli("fit", "quickstart", "--out", tmp_path / "m", "--set", "runtime.strategy=mirrored",
                   "--set", "runtime.cpu_devices=2", "--set", "train.epochs=1", "--set", "output.export=[]",
-                  "--set", "model.params.width=0.5")
+                  "--set", "model.params.width_mult=0.5")
     assert res.returncode == 0, res.stderr[-2000:]
     assert "replicas: 2" in res.stdout
     assert json.loads((tmp_path / "m" / "metrics.json").read_text())["epochs"] == 1

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from kclassify.data import SOURCES
 from kclassify.errors import DataError
-from kclassify.inference import evaluate_model, write_report
+from kclassify.inference import evaluate_model, write_evaluation
 from kclassify.metrics import format_report
 from kclassify.models.saving import load_model
 from kclassify.recipe import DataConfig, EvaluateConfig
@@ -68,7 +68,7 @@ def run_evaluate(path, spec=None, json_out=None, echo=print, tta=None):
     shown = f" (TTA: {cfg.tta}, {view_count(cfg)} views)" if view_count(cfg) else ""
     echo(format_report(report, title=f"evaluation of {path}{shown}"))
     out_dir = Path(json_out).parent if json_out else (run_dir or Path(path).parent)
-    write_report(report, out_dir, "eval")
+    write_evaluation(report, out_dir, "eval")
     if json_out:
         Path(json_out).write_text(json.dumps(report, indent=1))
     return report

@@ -9,7 +9,7 @@ import numpy as np
 
 from kclassify.commands.export import ExportJob
 from kclassify.commands.report import write_run_report
-from kclassify.inference import evaluate_model, write_report
+from kclassify.inference import evaluate_model, write_evaluation
 from kclassify.metrics import format_report
 from kclassify.models import as_float32
 from kclassify.plots import plot_history
@@ -78,10 +78,9 @@ def _write_evaluation(run, reports, arrays, plots):
 
 
     for name, report in reports.items():
-        write_report(report, run.dir, name, plots=plots and name == "val")
+        write_evaluation(report, run.dir, name, plots=plots and name == "val")
     np.savez(run.dir / "val_predictions.npz", **arrays)
     if plots and (run.dir / "history.csv").exists():
-
         plot_history(run.dir / "history.csv", run.dir / "curves.png")
 
 

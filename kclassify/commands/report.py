@@ -60,10 +60,10 @@ def write_run_report(run_dir, data=None, probs=None, echo=print):
     """Write run_dir/report.html; `data` (the run's Dataset) and `probs` (validation
     probabilities, N x K, in data.val order) are loaded or predicted when not given."""
     run_dir = Path(run_dir)
-    return write_report(run_dir, run_dir / "report.html", data, probs, echo)
+    return write_html_report(run_dir, run_dir / "report.html", data, probs, echo)
 
 
-def write_report(run_dir, out, data=None, probs=None, echo=print):
+def write_html_report(run_dir, out, data=None, probs=None, echo=print):
     """The report of `run_dir` written to `out` (any path); returns that path."""
     run = Run.load(run_dir)
     if data is None:
@@ -236,7 +236,6 @@ def curves_section(ctx):
     if png.is_file():
         blob = png.read_bytes()
     else:  # plots were off for the run: draw them now, with the run's own plotting code
-
         buf = io.BytesIO()
         plot_history(history, buf)
         blob = buf.getvalue()

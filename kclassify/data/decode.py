@@ -1,4 +1,4 @@
-"""THE image decoder. Its code lives in the on-device kit (export/kitlib.py: decode_image,
+"""THE image decoder. Its code lives in the on-device kit (kclassify/kit/kitlib.py: decode_image,
 resize_image, load_image), which cannot import kclassify; kclassify loads that file (as it does
 for the kit's runner and metrics), so training, evaluation, export calibration and the kit
 decode every file with one function and get bit-identical arrays.

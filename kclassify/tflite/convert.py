@@ -89,7 +89,6 @@ class Quantizer:
     fraction of a second, where a fresh conversion re-runs the calibration."""
 
     def __init__(self, model, mode, calibration):
-
         self.mode = get_mode(mode)
         if not self.mode.calibrate:
             raise ExportError(f"keeping layers in float applies to calibrated modes (int8, 16x8...), not {mode}")

@@ -11,7 +11,6 @@ import keras
 from keras import ops
 
 from kclassify.errors import ModelFileError
-from kclassify.models.saving import load_model
 
 EPS = 1e-7
 
@@ -49,9 +48,8 @@ def student_metrics(num_classes):
     return [top1, top5] if num_classes > 5 else [top1]
 
 
-def distillation_model(student, teacher_path):
-    """Student and frozen teacher side by side on the same input."""
-    teacher = load_model(teacher_path)
+def distillation_model(student, teacher, teacher_path):
+    """Student and frozen `teacher` (loaded from `teacher_path`) side by side on the same input."""
     if tuple(teacher.input_shape[1:]) != tuple(student.input_shape[1:]) or teacher.output_shape != student.output_shape:
         raise ModelFileError(f"teacher {teacher_path} takes {teacher.input_shape[1:]} -> {teacher.output_shape[1:]}, "
                              f"the student {student.input_shape[1:]} -> {student.output_shape[1:]}")

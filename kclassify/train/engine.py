@@ -21,13 +21,15 @@ import tensorflow as tf
 from keras.layers import InputSpec
 
 from kclassify.data.splits import resolve_count
-from kclassify.data.pipeline import augment_on_device, eval_batch_size, eval_dataset, recipe_preparer, recipe_train_dataset, steps_per_epoch
+from kclassify.data.pipeline import (augment_on_device, eval_batch_size, eval_dataset, recipe_preparer,
+                                     recipe_train_dataset, steps_per_epoch)
 from kclassify.errors import RecipeError, TrainingDiverged
 from kclassify.inference import predictor, Predictor
 from kclassify.layers.conv_grad import filter_gradients
 from kclassify.layers.whitening import PatchWhitening
 from kclassify.metrics import cross_entropy, top_k
 from kclassify.models import as_float32
+from kclassify.models.saving import load_model
 from kclassify.train import budget as budgets
 from kclassify.train.averaging import load_arrays, WeightAverage
 from kclassify.train.distill import distillation_model, DistillationLoss, student_metrics
@@ -109,7 +111,7 @@ class Engine:
             trainer, loss, metrics = self.model, make_loss(phase.train), make_metrics(self.k)
             if self.teacher is not None:
                 d = self.recipe.train.distill
-                trainer = distillation_model(self.model, self.teacher)
+                trainer = distillation_model(self.model, load_model(self.teacher), self.teacher)
                 loss, metrics = DistillationLoss(self.k, d.alpha, d.temperature), student_metrics(self.k)
             opt = make_optimizer(phase.train, self.spe, self.model, multipliers, total_steps)
             trainer.compile(optimizer=opt, loss=loss, metrics=metrics)

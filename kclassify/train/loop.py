@@ -11,6 +11,7 @@ device, mirrored GPUs/CPUs and several workers.
 """
 import tensorflow as tf
 
+
 def is_multi_worker(strategy):
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
 

@@ -34,7 +34,6 @@ def make_optimizer(train, steps_per_epoch, model, multipliers=(), total_steps=No
     if multipliers:
         opt.set_lr_multipliers(multipliers)
     if train.optimizer == "muon":  # the SGD keeps what the filters do not take
-
         opt = muon_sgd(opt, model, train.muon)
     return opt
 
