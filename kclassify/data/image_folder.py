@@ -15,7 +15,7 @@ import numpy as np
 from kclassify.data.decode import check_strict, DECODER_VERSION, read_images, skipped_note
 from kclassify.data.files import cache_root, list_files, resolve_root
 from kclassify.data.pack import MIN_SHARDS, pack_folder
-from kclassify.data.sources import Dataset, SOURCES, Split
+from kclassify.data.sources import check_classes, Dataset, SOURCES, Split
 from kclassify.data.splits import stratified_split
 from kclassify.data.spec import crop_ranges
 from kclassify.data.tfrecord import FORMAT_VERSION, in_memory_if_fits, MANIFEST, Pack, skipped_of, StreamSplit
@@ -122,17 +122,18 @@ def image_folder_source(cfg, seed, augment=None):
     root = resolve_root(cfg.path, cfg.subdir)
     vroot = resolve_root(cfg.val_path, cfg.val_subdir) if cfg.val_path else None
     paths, _, classes = list_files(root)
+    check_classes(classes, root)  # before a single image is read
     vpaths = list_files(vroot)[0] if vroot else []
     crop = crop_ranges(augment.random_resized_crop) if augment is not None else None
-    budget = cfg.cache_gb * 1e9
-    if crop is None and decoded_bytes(paths, cfg.image_size) + decoded_bytes(vpaths, cfg.image_size) <= budget:
+    memory = cfg.cache_gb * 1e9
+    if crop is None and decoded_bytes(paths, cfg.image_size) + decoded_bytes(vpaths, cfg.image_size) <= memory:
         return _in_memory(root, vroot, cfg, seed)
 
     train, notes, classes = _streamed(root, cfg, crop)
     if vroot is None:
         train, val = stratified_split(train, cfg, seed)
         return Dataset(train, in_memory_if_fits(val, cfg.cache_gb), classes, notes)
-    if decoded_bytes(vpaths, cfg.image_size) <= budget:
+    if decoded_bytes(vpaths, cfg.image_size) <= memory:
         vimages, vlabels, vclasses, vbad = decode_folder(vroot, cfg.image_size, cfg.strict, cfg.resize)
         val, vnotes = Split(vimages, vlabels), [skipped_note(vbad, "validation file")] if vbad else []
     else:

@@ -106,12 +106,22 @@ def load_data(cfg, seed=0, augment=None):
     if errors:
         raise DataError("; ".join(errors))
     data = SOURCES.get(cfg.source)(cfg, seed, augment=augment)
+    check_classes(data.class_names, cfg.path or cfg.source)
     if cfg.limit and len(data.train) > cfg.limit:
         keep = np.random.default_rng(seed).permutation(len(data.train))[: cfg.limit]
         data.train = data.train.subset(keep)
     if len(data.val) == 0:
         raise DataError("the validation split is empty: set data.val_fraction, data.val_count or data.val_path")
     return data
+
+
+def check_classes(class_names, where):
+    """A classifier needs two classes at least: one class would train without a word and report
+    100% top-1."""
+    if len(class_names) < 2:
+        found = f"only {class_names[0]!r}" if class_names else "none"
+        raise DataError(f"{where}: a classifier needs at least two classes, found {found} "
+                        "(one sub-folder per class)")
 
 
 def resize_all(images, size, resize="crop"):

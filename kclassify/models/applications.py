@@ -13,7 +13,7 @@ import keras
 from keras import layers
 
 from kclassify.errors import ModelFileError
-from kclassify.models.blocks import classification_head
+from kclassify.models.blocks import classification_head, match_channels
 from kclassify.models.keras_hub import BLOCKS as KERAS_HUB_BLOCKS
 from kclassify.models.registry import register
 from kclassify.models.saving import load_model
@@ -98,6 +98,7 @@ def backbone_model(family, num_classes, input_shape, mean=None, std=None, bn_mom
         size = input_size or input_shape[0]
         weights = _weights_arg(weights)
         backbone = application(family, size, weights, alpha)
+    x = match_channels(x, backbone.input_shape[-1], f"backbone keras_{family}")
     if x.shape[1] != size or x.shape[2] != size:
         x = layers.Resizing(size, size, interpolation="bilinear", name="upscale")(x)
     if family != "kclassify":

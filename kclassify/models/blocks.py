@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import keras
 from keras import layers
 
+from kclassify.errors import RecipeError
+
 from kclassify.layers.gem_pooling import GeMPooling2D
 from kclassify.layers.pad_shortcut import PadShortcut
 from kclassify.layers.stochastic_depth import StochasticDepth
@@ -252,6 +254,19 @@ def model_input(input_shape, mean, std):
     std = [float(s) for s in (std if std is not None else [64.0] * channels)]
     x = layers.Normalization(mean=mean, variance=[s * s for s in std], name="normalize")(inputs)
     return inputs, x
+
+
+def match_channels(x, channels, what):
+    """`x` for a network that takes `channels`-channel images: a grayscale image reaches a 3-channel
+    pretrained backbone with its one channel repeated inside the model (as the literature feeds
+    grayscale data to ImageNet weights), so the exported file still takes the data's own channels."""
+    have = int(x.shape[-1])
+    if have == channels:
+        return x
+    if have == 1 and channels == 3:
+        return layers.Concatenate(axis=-1, name="gray_to_rgb")([x, x, x])
+    raise RecipeError(f"{what} takes {channels}-channel images but the data has {have}; only grayscale "
+                      "(1 channel) is converted, by repeating it into RGB")
 
 
 def classification_head(x, num_classes, pooling="avg", dropout=0.0, l2_normalize=False):

@@ -21,7 +21,7 @@ import keras
 from keras import layers
 
 from kclassify.errors import ModelFileError, RecipeError
-from kclassify.models.blocks import classification_head
+from kclassify.models.blocks import classification_head, match_channels
 from kclassify.models.registry import register
 
 # Block names of each KerasHub family, as finetune.groups reads them (one group per block):
@@ -99,14 +99,12 @@ def keras_hub_model(num_classes, input_shape, mean=None, std=None, bn_momentum=0
                           f"known: {', '.join(FAMILY_BLOCKS)}")
     backbone = as_backbone(hub_backbone)
     _, height, width, channels = backbone.input_shape
-    if channels != input_shape[-1]:
-        raise RecipeError(f"the {family} preset takes {channels}-channel images but the data has {input_shape[-1]}")
     if height is None:  # a convolutional net takes any size: the data's, or input_size
         height = width = input_size or input_shape[0]
     elif input_size and input_size != height:
         raise RecipeError(f"the {family} preset takes {height}x{width} images only (model.params.input_size {input_size})")
     inputs = keras.Input(shape=tuple(input_shape), name="pixels")
-    x = inputs
+    x = match_channels(inputs, channels, f"the {family} preset")
     if (x.shape[1], x.shape[2]) != (height, width):
         x = layers.Resizing(height, width, interpolation=converter.interpolation, name="upscale")(x)
     x = preprocessing(x, converter)
