@@ -376,6 +376,29 @@ def load_recipe(name_or_path, overrides=(), sections=None):
     return _apply(raw, overrides, sections, str(path))
 
 
+def load_saved_recipe(path):
+    """The recipe.yaml a run folder saved, read as today's schema: fields renamed since it was
+    written are carried over (migrate_saved), so an older run still evaluates, exports and resumes."""
+    return validate(migrate_saved(yaml.safe_load(Path(path).read_text()) or {}), source=str(path))
+
+
+def migrate_saved(raw):
+    """A resolved recipe written by an earlier version, with renamed fields under their new names:
+    output.budget_holdout is output.max_drop_holdout; model.params.width of the CIFAR ResNets and
+    MobileNetV3 (a channel multiplier) is width_mult. Only for saved runs: in a user's recipe a
+    renamed field is refused by name, so `width` never silently changes meaning."""
+    raw = copy.deepcopy(raw)
+    output = raw.get("output") or {}
+    if "budget_holdout" in output:
+        output["max_drop_holdout"] = output.pop("budget_holdout")
+    model = raw.get("model") or {}
+    params = model.get("params") or {}
+    takes = catalog.load()["models"].get(model.get("name"), {}).get("params", [])
+    if "width" in params and "width" not in takes and "width_mult" in takes:
+        params["width_mult"] = params.pop("width")
+    return raw
+
+
 def recipe_from(recipe, overrides=(), sections=None):
     """A validated Recipe from a Recipe, a dict of sections, or a YAML file / shipped recipe name."""
     if isinstance(recipe, Recipe):

@@ -30,7 +30,7 @@ from kclassify import runtime
 from kclassify.data import load_data
 from kclassify.errors import KClassifyError, ModelFileError, RecipeError
 from kclassify.models.saving import MODEL_FILE, load_model, model_file
-from kclassify.recipe import Recipe, load_recipe
+from kclassify.recipe import load_saved_recipe, migrate_saved, Recipe
 LOCK_FILE = "run.lock"
 _HELD_LOCKS = {}  # run folder -> open lock file descriptor (the flock lives as long as it)
 
@@ -136,7 +136,7 @@ class Run:
         run.state = None if fresh else run.read_state()
         saved = run.dir / "recipe.yaml"
         if run.state is not None and saved.exists():
-            diffs = recipe_diff(yaml.safe_load(saved.read_text()) or {}, recipe.model_dump(mode="json"))
+            diffs = recipe_diff(migrate_saved(yaml.safe_load(saved.read_text()) or {}), recipe.model_dump(mode="json"))
             if diffs:
                 raise RecipeError(f"{run.dir} holds a run of a different recipe ({'; '.join(diffs[:5])}).\n"
                                   "  Use --fresh to start it over, or --out DIR for a new run folder.")
@@ -194,7 +194,7 @@ class Run:
 
     @property
     def recipe(self):
-        return load_recipe(self.dir / "recipe.yaml")
+        return load_saved_recipe(self.dir / "recipe.yaml")
 
     @property
     def labels(self):
