@@ -102,26 +102,24 @@ def test_the_cases_cover_every_registered_object():
     assert registered <= covered, f"registered objects without a round-trip case: {sorted(registered - covered)}"
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_registered_object_round_trips(case, tmp_path):
-    build, _, tflite = CASES[case]
-    model = build()
-    x = np.random.default_rng(1).uniform(0, 255, (2, *model.input_shape[1:])).astype("float32")
-    if not tflite:
-        check_gradients(model, x, model.output_shape[-1])
-    check_keras_file(model, x, tmp_path / f"{case}.keras")
-    if tflite:
-        check_tflite(model, x, tmp_path / f"{case}.tflite")
-
-
-def test_every_registered_object_loads_in_a_fresh_process(tmp_path):
-    paths = []
-    for case, (build, _, _) in sorted(CASES.items()):
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """case -> .keras file (with its inputs and outputs), each case built and checked once."""
+    folder, files = tmp_path_factory.mktemp("registered"), {}
+    for case, (build, _, tflite) in sorted(CASES.items()):
         model = build()
         x = np.random.default_rng(1).uniform(0, 255, (2, *model.input_shape[1:])).astype("float32")
-        paths.append(tmp_path / f"{case}.keras")
-        check_keras_file(model, x, paths[-1])
-    found = check_fresh_process(paths)
+        if tflite:
+            check_tflite(model, x, folder / f"{case}.tflite")
+        else:
+            check_gradients(model, x, model.output_shape[-1])
+        files[case] = folder / f"{case}.keras"
+        check_keras_file(model, x, files[case])
+    return files
+
+
+def test_every_registered_object_round_trips_in_a_fresh_process(saved):
+    found = check_fresh_process([saved[case] for case in sorted(CASES)])
     kinds = {p.split("/")[-1][:-6]: (opt, loss) for p, (_, opt, loss) in found.items()}
     assert kinds["muon"][0] == "MuonSGD" and kinds["sgd_multipliers"][0] == "GroupSGD"
     assert kinds["adamw_multipliers"][0] == "GroupAdamW" and kinds["distillation_loss"][1] == "DistillationLoss"
