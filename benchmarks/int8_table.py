@@ -71,7 +71,7 @@ def table(run, max_drop, qat_steps, echo):
     rows.append(("QAT int8", q, seconds))
     lat = latencies([r["file"] for _, r, _ in rows])
     both = q["comparison"]
-    default_ships = ("QAT int8" if both["qat"]["tflite"]["top1"] >= both["post_training"]["tflite"]["top1"]
+    default_ships = ("QAT int8" if both["qat"]["agreement"] >= both["post_training"]["agreement"]
                      else "post-training int8")
     b = budget["max_drop_search"]
     return {
@@ -79,15 +79,16 @@ def table(run, max_drop, qat_steps, echo):
         "input_size": int(job.model.input_shape[1]), "val_images": len(job.val), "machine": machine(),
         "rows": [{"file": name, "top1": r["tflite"]["top1"], "keras_top1": r["keras"]["top1"],
                   "drop_points": round((r["keras"]["top1"] - r["tflite"]["top1"]) * 100, 2),
+                  "flip_points": round((1 - r["agreement"]) * 100, 2),
                   "agreement": r["agreement"], "size_bytes": r["size_bytes"], "ms_1t": lat[r["file"]][1],
                   "ms_2t": lat[r["file"]][2], "calibration_images": r.get("calibration_images"),
                   "seconds": seconds} for name, r, seconds in rows],
         "budget": {k: b[k] for k in ("met", "message", "float_layers", "calibration_images", "search_images",
-                                     "drop_points_search", "drop_margin95_search", "eval_drop_points",
-                                     "eval_within_max_drop")}
-                   | {k: b[k] for k in ("eval_note", "resolution_note") if k in b},
+                                     "search_source", "search_views", "flip_points_search", "flip_margin95_search",
+                                     "eval_drop_points", "eval_within_max_drop")}
+                   | {k: b[k] for k in ("eval_note",) if k in b},
         "budget_attempts": [{k: a[k] for k in ("attempt", "note", "float_layers", "calibration_images",
-                                               "drop_points", "drop_margin95", "size_bytes")} for a in b["attempts"]],
+                                               "flip_points", "flip_margin95", "size_bytes")} for a in b["attempts"]],
         "qat": {"steps": q["steps"], "lr": q["lr"], "optimizer": q["optimizer"], "settings": q["settings"],
                 "trainable": q["trainable"], "ranges_settled_at_step": q["ranges_settled_at_step"],
                 "translation_max_abs_diff": q["worker"]["translation_max_abs_diff"],

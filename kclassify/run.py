@@ -239,8 +239,7 @@ class Run:
             self.dir.mkdir(parents=True, exist_ok=True)
             (self.dir / "recipe.yaml").write_text(recipe.to_yaml())
             self.write_json("labels.json", {"class_names": data.class_names, "input_shape": list(data.input_shape),
-                                            "train_images": len(data.train), "val_images": len(data.val),
-                                            "max_drop_search_held_out": data.max_drop_held_out})
+                                            "train_images": len(data.train), "val_images": len(data.val)})
         echo(f"data: {len(data.train)} train / {len(data.val)} val images, {len(data.class_names)} classes, "
              f"shape {data.input_shape}")
         if self.state is None:

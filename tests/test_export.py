@@ -73,15 +73,13 @@ class Streamed:
         return self._images[idx]
 
 
-def test_calibration_and_search_read_only_what_they_pick():
-    from kclassify.data.splits import auto_count, calibration_images, search_indices
+def test_calibration_reads_only_what_it_picks():
+    from kclassify.data.splits import auto_count, calibration_images
 
     labels = np.repeat(np.arange(10), 300)
     split = Streamed(np.zeros((3000, 2, 2, 3), np.uint8), labels)
-    search = search_indices(labels)
-    calib = calibration_images(split, auto_count(10, len(labels) - len(search)), exclude=search)
+    calib = calibration_images(split, auto_count(10, len(labels)))
     assert len(calib) == 320 and split.taken == [320]
-    assert 400 <= len(search) <= 500 and set(np.bincount(labels[search])) == {45}
     assert auto_count(10, 5000) == 320 and auto_count(2, 5000) == 300 and auto_count(100, 5000) == 1000
     assert auto_count(10, 120) == 120
 
@@ -132,7 +130,7 @@ def test_budget_search_ships_the_fewest_float_layers_that_meet_it(broken_job, tm
     rep = broken_job.export("int8", tmp_path / "budget.tflite", max_drop=2.5, echo=lines.append)
     budget, said = rep["max_drop_search"], "\n".join(lines)
     attempts = budget["attempts"]
-    assert attempts[0]["note"] == "plain" and attempts[0]["drop_points"] > 50, said  # the spoiled layers ruin int8
+    assert attempts[0]["note"] == "plain" and attempts[0]["flip_points"] > 50, said  # the spoiled layers ruin int8
     forward = [a for a in attempts if "(pruning)" not in a["note"]]
     assert budget["met"] and forward[-1]["within_max_drop"], said  # the forward pass stopped at the first set within
     assert not any(a["within_max_drop"] for a in forward[:-1]), said
@@ -141,9 +139,11 @@ def test_budget_search_ships_the_fewest_float_layers_that_meet_it(broken_job, tm
     assert chosen["within_max_drop"] and all(len(a["float_layers"]) >= 2 for a in attempts if a["within_max_drop"])
     assert rep["float_layers"] == budget["float_layers"] and rep["input"]["dtype"] == "uint8"
     assert budget["size_bytes"] > budget["plain_size_bytes"] and budget["latency_ms_1t"]["ratio"] > 0
-    assert budget["search_images"] < 300 and rep["tflite"]["count"] == 360  # searched on training images
+    assert budget["search_originals"] == rep["tflite"]["count"] == 360  # searched on the validation images
+    assert budget["search_source"].startswith("validation images") and "never trained on" in said
     assert budget["eval_drop_points"] == round((rep["keras"]["top1"] - rep["tflite"]["top1"]) * 100, 3)
-    assert budget["eval_drop_points"] <= 4 and any("max-drop met by attempt" in line for line in lines)
+    # a flip is needed to lose an image: the labelled drop on the searched images is at most their flips
+    assert budget["eval_drop_points"] <= budget["flip_points_search"] <= 2.5 and "max-drop met by attempt" in said
     saved = json.loads((tmp_path / "budget.json").read_text())
     assert saved["max_drop_search"]["eval_drop_points"] == budget["eval_drop_points"]
 
@@ -155,96 +155,121 @@ def test_budget_not_met_within_the_limit_ships_the_best_and_says_so(broken_job, 
     # the limit: one layer tried in float (one of the two spoiled ones: the other still ruins int8)
     tried = [a for a in budget["attempts"] if a["float_layers"]]
     assert len(tried) == 1 and len(tried[0]["float_layers"]) == 1 and len(budget["float_layers"]) <= 1
-    best = min(budget["attempts"], key=lambda a: (a["drop_points"], len(a["float_layers"])))
-    assert budget["chosen_attempt"] == best["attempt"] and budget["drop_points_search"] == best["drop_points"] > 1.0
+    best = min(budget["attempts"], key=lambda a: (a["flip_points"], len(a["float_layers"])))
+    assert budget["chosen_attempt"] == best["attempt"] and budget["flip_points_search"] == best["flip_points"] > 1.0
 
 
-def test_drop_margin_is_the_paired_95_percent_half_width():
-    from kclassify.tflite.max_drop import drop_margin
+def test_flip_margin_is_the_binomial_95_percent_half_width():
+    from kclassify.tflite.max_drop import flip_margin
 
-    float_right = np.ones(400, bool)
-    assert drop_margin(float_right, float_right) == 0.0  # no disagreement, no doubt
-    quant_right = float_right.copy()
-    quant_right[:20] = False  # 20 of 400 lost: d is 1 on 20 images, p = 0.05
-    expected = 1.96 * np.sqrt(0.05 * 0.95 / 400) * 100
-    assert drop_margin(float_right, quant_right) == pytest.approx(expected)  # 2.14 points
-    both = quant_right.copy()
-    both[20:40] = False
-    float_wrong = float_right.copy()
-    float_wrong[20:40] = False  # 20 more that both get wrong change nothing
-    assert drop_margin(float_wrong, both) == pytest.approx(expected)
+    assert flip_margin(0.05, 400) == pytest.approx(1.96 * np.sqrt(0.05 * 0.95 / 400) * 100)  # 2.14 points
+    assert flip_margin(0.0, 400) == pytest.approx(1.96 * np.sqrt(1 / 400 * (1 - 1 / 400) / 400) * 100)  # one flip's
 
 
-def test_a_budget_below_what_the_search_images_resolve_is_said(broken_job, tmp_path):
+def test_a_limit_finer_than_the_images_resolve_adds_their_views_and_says_so(broken_job, tmp_path):
+    from kclassify.tflite.max_drop import search_set
+
+    images = np.random.default_rng(0).integers(0, 256, (100, 8, 8, 1), dtype=np.uint8)
+    enough, n, added = search_set(images, 5.0)
+    assert len(enough) == n == 100 and added == []  # 100 images resolve 5 points (4 flips' worth at least)
+    more, n, added = search_set(images, 1.0, mirror=False)
+    assert n == 100 and len(more) == 400 and added == ["shifted +2,+0", "shifted -2,+0", "shifted +0,+2"]
+    np.testing.assert_array_equal(more[:100], images)
     lines = []
-    rep = broken_job.export("int8", tmp_path / "tight.tflite", max_drop=0.05, max_float=1, echo=lines.append)
-    budget = rep["max_drop_search"]  # one layer in float leaves int8 ruined: 88.9 points lost, +/- 4.2 on 216 images
-    assert not budget["met"] and budget["drop_margin95_search"] > 1
-    assert "cannot tell" in budget["resolution_note"] and "note: 216 search images" in budget["message"]
+    rep = broken_job.export("int8", tmp_path / "tight.tflite", max_drop=0.2, max_float=1, echo=lines.append)
+    searched = rep["max_drop_search"]
+    assert searched["search_originals"] == 360 and searched["search_images"] > 360 and searched["search_views"]
+    assert "too coarse for 0.2 alone" in lines[0] and not searched["met"]
     assert all(line.count("(+/- ") == 1 for line in lines if line.lstrip().startswith("attempt"))
-    wide = broken_job.export("int8", tmp_path / "wide.tflite", max_drop=99, echo=lambda *a: None)
-    assert wide["max_drop_search"]["met"] and wide["max_drop_search"]["chosen_attempt"] == 1  # the ruined file, within a 99-point budget
-    assert 1 < wide["max_drop_search"]["drop_margin95_search"] < 99 and "resolution_note" not in wide["max_drop_search"]
 
 
-def test_max_drop_holdout_keeps_the_search_images_out_of_training(tmp_path):
-    """output.max_drop_holdout: training leaves out exactly the images the max-drop search measures
-    on, so the search sees unseen images; without it the search says they were trained on."""
-    from conftest import tiny_recipe
-    from kclassify.data import load_data
+def corner_model(base, push=8.0):
+    """`base` with a branch that reads the mean of the top-left 2x2 pixels: where the corner is dark
+    (every digit the run trained on) it adds `push` to every logit, which changes no prediction;
+    where it is bright it adds `push` to class 0's logit only. The branch's Dense layer is spoiled
+    for int8 (badly_quantized): int8 rounds its weights to zero, keeps its bias and adds `push` to
+    every logit whatever the corner, so it flips bright-corner images and no dark-corner one. The
+    values the branch gives stay inside what calibration saw, so floating that one layer mends it."""
+    import keras
+
+    pixels, k = base.input, base.output_shape[-1]  # one flat graph: the branch beside the base's layers
+    corner = keras.layers.Cropping2D(((0, base.input_shape[1] - 2), (0, base.input_shape[2] - 2)), name="corner")(pixels)
+    branch = keras.layers.Dense(k, name="corner_dense")
+    logits = keras.layers.Add(name="corner_push")([base.get_layer("predictions").input,
+                                                   branch(keras.layers.GlobalAveragePooling2D(name="corner_mean")(corner))])
+    model = keras.Model(pixels, keras.layers.Activation("softmax", name="probs")(logits), name="cornered")
+    kernel = np.full((base.input_shape[-1], k), -push / 255.0, np.float32)
+    kernel[:, 0] = 0.0
+    branch.set_weights([kernel, np.full(k, push, np.float32)])
+    return badly_quantized(model, spoil=("corner_dense",))
+
+
+def test_the_search_finds_a_layer_that_only_unseen_images_show(digits_run, tmp_path):
+    """Trained-on images hide the damage of a layer that int8 ruins (their corners are dark), the
+    validation images a user brings show it (bright corners): the search, measuring flips on the
+    validation images, floats that layer; on the training images the plain file flips nothing.
+    Calibration sees both kinds of image (as a device's would), so one float layer mends it."""
+    import dataclasses
+
     from kclassify.commands.export import ExportJob
-    from kclassify.data.splits import hold_out_for_max_drop, search_indices
-    from kclassify.commands.fit import fit
+    from kclassify.data.splits import calibration_images
+    from kclassify.kit import kitlib
+    from kclassify.models.saving import load_model
+    from kclassify.run import Run
 
-    recipe = tiny_recipe(tmp_path, train={"epochs": 1}, output={"max_drop": 5.0, "max_drop_holdout": True})
-    full = load_data(recipe.data, recipe.runtime.seed)
-    held = search_indices(full.train.labels, recipe.runtime.seed)
-    trained = hold_out_for_max_drop(full, recipe)
-    assert len(trained.train) == len(full.train) - len(held) and trained.train_all is full.train
-    kept = np.setdiff1d(np.arange(len(full.train)), held)
-    np.testing.assert_array_equal(trained.train.images, full.train.images[kept])  # none of the held-out ones
+    def bright(images):
+        images = images.copy()
+        images[:, :2, :2] = 255  # the user's photos: a bright corner the training images never had
+        return images
+
+    data = Run.load(digits_run).data()
+    data = dataclasses.replace(data, val=type(data.val)(bright(data.val.images), data.val.labels))
+    calibration = calibration_images(data.train, 320)
+    calibration[::2] = bright(calibration[::2])
+    job = ExportJob(digits_run, model=corner_model(load_model(digits_run)), data=data, calibration=calibration)
+    plain = job.export("int8", tmp_path / "plain.tflite", max_drop=None)
+    train_images = data.train.images[:300]
+    flips_trained = np.mean(kitlib.Classifier(plain["file"]).predict(train_images).argmax(1)
+                            != np.asarray(job.model.predict(train_images.astype("float32"), verbose=0)).argmax(1))
+    # hidden on the training images; on the user's 15% flip (2% once the layer is float, one box)
+    assert flips_trained <= 0.02 and plain["agreement"] < 0.92
     lines = []
-    run = fit(recipe, echo=lines.append)
-    labels = json.loads((run / "labels.json").read_text())
-    assert labels["max_drop_search_held_out"] == len(held) and labels["train_images"] == len(kept)
-    assert any(line.startswith(f"note: output.max_drop_holdout: {len(held)} training images kept out") for line in lines)
-    job = ExportJob(run)
-    assert job.search_unseen and len(job.calib_split) == len(full.train)
-    np.testing.assert_array_equal(job.search[0], held)
-    rep = job.export("int8", tmp_path / "b.tflite", echo=lines.append)  # the recipe's max_drop
-    assert rep["max_drop_search"]["search_images_trained_on"] is False
-    assert any("(kept out of training;" in line for line in lines)
-    assert hold_out_for_max_drop(full, tiny_recipe(tmp_path / "plain", output={"max_drop": 0.5})) is full  # off
+    rep = job.export("int8", tmp_path / "searched.tflite", max_drop=4.0, echo=lines.append)
+    searched = rep["max_drop_search"]
+    assert searched["met"] and searched["float_layers"] == ["corner_dense"], lines
+    assert searched["eval_drop_points"] <= searched["flip_points_search"] <= 4.0
 
 
 def test_a_budget_met_on_the_search_images_but_not_on_the_evaluation_split_is_reported(broken_job, tmp_path,
                                                                                        monkeypatch):
-    """The search images were trained on and can flip less than unseen ones: when the shipped file
-    is over budget on the evaluation split, the report and the output say so."""
+    """Where the search had to use training images (a run without a validation split), those can
+    flip less than unseen ones: when the shipped file is over the limit on the evaluation split, the
+    report and the output say so."""
     from kclassify.commands import export as export_command
     from kclassify.tflite.convert import convert
 
     def optimistic(job, quant, max_drop, max_float, echo):  # a search that saw no drop at all
         return convert(job.model, quant, job.calibration), {
-            "met": True, "drop_points_search": 0.0, "drop_margin95_search": 0.0, "float_layers": [],
-            "calibration_images": len(job.calibration)}
+            "met": True, "flip_points_search": 0.0, "flip_margin95_search": 0.0, "float_layers": [],
+            "calibration_images": len(job.calibration), "search_source": "training images (the run has none)"}
 
     monkeypatch.setattr(export_command, "search", optimistic)
     lines = []
     rep = broken_job.export("int8", tmp_path / "o.tflite", max_drop=0.5, echo=lines.append)
     budget = rep["max_drop_search"]
     assert budget["eval_drop_points"] > 0.5 and not budget["eval_within_max_drop"]
-    assert "over the max_drop 0.5" in budget["eval_note"] and "the model trained on those" in budget["eval_note"]
+    assert "over max_drop 0.5" in budget["eval_note"] and "training images the search measured" in budget["eval_note"]
     assert any(line.startswith("warning: the evaluation split lost") for line in lines)
     assert json.loads((tmp_path / "o.json").read_text())["max_drop_search"]["eval_note"] == budget["eval_note"]
 
 
-def test_budget_needs_training_data_apart_from_the_evaluation_split(digits_run, tmp_path):
+def test_a_bare_model_searches_on_its_data_images_and_modes_without_calibration_refuse(digits_run, tmp_path):
     from kclassify.commands.export import ExportJob
 
-    job = ExportJob(digits_run / "model.keras", data_spec="digits")
-    with pytest.raises(ExportError, match="--max-drop needs a run folder"):
-        job.export("int8", tmp_path / "x.tflite", max_drop=0.5)
+    lines = []
+    rep = ExportJob(digits_run / "model.keras", data_spec="digits").export("int8", tmp_path / "x.tflite", max_drop=5,
+                                                                          echo=lines.append)
+    assert rep["max_drop_search"]["search_source"].startswith("--data images") and "--data images" in lines[0]
     with pytest.raises(ExportError, match="calibrated modes"):
         ExportJob(digits_run).export("float16", tmp_path / "y.tflite", max_drop=0.5)
 
@@ -405,7 +430,7 @@ def test_cli_debug_quant_and_kit(digits_run, tmp_path):
 def test_cli_max_drop(digits_run, tmp_path):
     out = run_cli("export", digits_run, "--tflite", "--quant", "int8", "--max-drop", "5", "--out", tmp_path / "b.tflite")
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "held-out training images" in out.stdout and "max-drop met by attempt 1" in out.stdout
+    assert "360 validation images (never trained on)" in out.stdout and "max-drop met by attempt 1" in out.stdout
     assert json.loads((tmp_path / "b.json").read_text())["max_drop_search"]["chosen_attempt"] == 1
     bad = run_cli("export", digits_run, "--tflite", "--quant", "float16", "--max-drop", "0.5")
     assert bad.returncode == 2 and "--max-drop applies to calibrated modes" in bad.stderr
@@ -472,4 +497,6 @@ def test_input_size_resizes_inside_the_graph(digits_run, tmp_path):
     assert rep["input"]["shape"] == [None, 16, 16, 1] and "in the graph" in rep["input"]["resize"]
     ops = {op["op_name"] for op in Interpreter(model_path=rep["file"])._get_ops_details()}
     assert "RESIZE_BILINEAR" in ops
-    assert rep["agreement"] >= 0.95 and rep["tflite"]["top1"] >= 0.9
+    # against the float model on the same 16-pixel frames, not a fixed figure (one box measured 0.886
+    # with agreement 0.989: the resized frames cost accuracy in float as well)
+    assert rep["agreement"] >= 0.95 and abs(rep["tflite"]["top1"] - rep["keras"]["top1"]) <= 0.03

@@ -12,7 +12,7 @@ from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter
 
 from kclassify.commands.evaluate import evaluation_split
-from kclassify.data.splits import calibration_images, resolve_count, search_indices, take
+from kclassify.data.splits import calibration_images, resolve_count, take
 from kclassify.data.sources import resize_all
 from kclassify.errors import DataError, ExportError
 from kclassify.inference import predict
@@ -32,10 +32,11 @@ class ExportJob:
     """One model and its data, shared by the exports of several modes.
 
     A run folder (or a .keras file inside one) is opened through kclassify.run.Run: its recipe
-    gives the data (training split: calibration and the max-drop search; validation split: the
-    figures) and the calibration default. A bare .keras file needs `data_spec`."""
+    gives the data (training split: calibration; validation split: the max-drop search, unlabelled,
+    and the figures) and the calibration default. A bare .keras file needs `data_spec`."""
 
-    def __init__(self, path, model=None, data=None, data_spec=None, calibration_count=None, input_size=None):
+    def __init__(self, path, model=None, data=None, data_spec=None, calibration_count=None, input_size=None,
+                 calibration=None):
         self.source = Path(path)
         if model is None:
             model_file, self.run = Run.resolve(path)
@@ -44,26 +45,26 @@ class ExportJob:
             self.run = Run.load(path) if self.source.is_dir() and (self.source / "recipe.yaml").is_file() else None
         self.model = model
         self.run_dir = self.run.dir if self.run else None
-        self.calib_split, self.val, self.names, self.held_out = self._splits(data, data_spec)
+        self.calib_split, self.val, self.names = self._splits(data, data_spec)
+        self.data_spec = data_spec
         self.seed = self.run.recipe.runtime.seed if self.run else 0
         self.calibration_count = calibration_count
         self.resize_note = self.resize_to = None
-        self._calib = self._keras_probs = self._val_images = self._search = None
+        self._calib, self._keras_probs, self._val_images = calibration, None, None
+        self.calibration_given = calibration is not None
         if input_size and input_size != self.model.input_shape[1]:
             self._resize_in_graph(input_size)
 
     def _splits(self, data, data_spec):
-        """(calibration split, evaluation split, class names, whether the calibration split is
-        training data kept apart from the evaluation split)."""
+        """(calibration split, evaluation split, class names)."""
         if data is None and self.run is not None and not data_spec:
             data = self.run.data()
         if data is not None:
-            train = data.train if data.train_all is None else data.train_all  # the search's images included
-            return train, data.val, data.class_names, True
+            return data.train, data.val, data.class_names
         if not data_spec:
             raise DataError("exporting a bare model file needs --data SPEC for calibration and evaluation")
         split, names = evaluation_split(None, data_spec, self.model)
-        return split, split, names, False
+        return split, split, names
 
     def _resize_in_graph(self, size):
         """Let the file take size x size frames: a bilinear Resizing layer in front of the network.
@@ -82,30 +83,27 @@ class ExportJob:
         return resize_all(images, self.resize_to) if self.resize_to else images
 
     @property
-    def search(self):
-        """(indices, images, labels) of the training images the max-drop search measures
-        on; calibration never uses them."""
-        if self._search is None:
-            if not self.held_out:
-                raise ExportError("--max-drop needs a run folder: the search measures on held-out training "
-                                  "images, never on the evaluation data (--data) it reports")
-            idx = search_indices(self.calib_split.labels, self.seed)
-            self._search = idx, self.images(self.calib_split, idx), np.asarray(self.calib_split.labels)[idx]
-        return self._search
+    def search_images(self):
+        """(what they are, uint8 images) the max-drop search counts flips on, labels unused: the
+        evaluation split's images, which the model has not trained on; training images only where
+        there is no evaluation split."""
+        if len(self.val):
+            where = "--data images (labels unused)" if self.data_spec else "validation images (never trained on)"
+            return where, self.val_images
+        return ("training images (the run has no validation split: the model fitted these, and they flip "
+                "less than a user's next image)", self.images(self.calib_split, np.arange(len(self.calib_split))))
 
     @property
-    def search_unseen(self):
-        """Whether training left the search images out (the run's recipe had output.max_drop_holdout)."""
-        return bool(self.run and self.run.labels.get("max_drop_search_held_out", 0) == len(self.search[0]))
+    def mirrored_views_ok(self):
+        """Whether a mirrored image keeps its class: the run trained with flips."""
+        return bool(self.run and self.run.recipe.augment.flip)
 
     def calibration_for(self, count=None):
         """`count` calibration images (None: the recipe's output.calibration_images, "auto" without
-        a recipe), balanced across classes, never from the search's held-out images."""
-        exclude = self.search[0] if self.held_out else None
-        available = len(self.calib_split) - (0 if exclude is None else len(exclude))
+        a recipe), unaugmented training images balanced across classes."""
         setting = count or (self.run.recipe.output.calibration_images if self.run else "auto")
-        count = resolve_count(setting, len(self.names), available)
-        return calibration_images(self.calib_split, count, self.seed, exclude, load=self.images)
+        count = resolve_count(setting, len(self.names), len(self.calib_split))
+        return calibration_images(self.calib_split, count, self.seed, load=self.images)
 
     @property
     def calibration(self):
@@ -171,9 +169,10 @@ class ExportJob:
         if searched and "tflite" in report:  # the evaluation split, measured once, after the search
             drop = (report["keras"]["top1"] - report["tflite"]["top1"]) * 100
             searched.update(eval_drop_points=round(drop, 3), eval_within_max_drop=bool(drop <= max_drop))
-            if searched["met"] and drop > max_drop:
-                searched["eval_note"] = _over_max_drop_note(searched, drop, max_drop, report["tflite"]["count"],
-                                                        self.search_unseen)
+            if searched["met"] and drop > max_drop:  # only where the search had to use training images
+                searched["eval_note"] = (f"the evaluation split lost {drop:.2f} point(s), over max_drop {max_drop:g}, "
+                                         f"though the {searched['search_source'].split(' (')[0]} the search measured "
+                                         f"flipped {searched['flip_points_search']:.2f}")
                 (echo or (lambda *a: None))(f"warning: {searched['eval_note']}")
             out.with_suffix(".json").write_text(json.dumps(report, indent=1))
         return report
@@ -260,17 +259,3 @@ def copy_kit(dest):
     for name in KIT_FILES:
         shutil.copy2(kit_dir() / name, dest / name)
     return dest
-
-
-def _over_max_drop_note(searched, drop, max_drop, n_eval, unseen):
-    """Why a file within max_drop on the search images can be over it on the evaluation split: few
-    images resolve little (one flip of n images moves top-1 by 100/n points) and, unless the recipe
-    kept them out of training, the model fitted the search images. Said whenever it happens."""
-    n_search = searched.get("search_images", 0)
-    return (f"the evaluation split lost {drop:.2f} point(s), over the max_drop {max_drop:g} that the held-out "
-            f"training images met ({searched['drop_points_search']:.2f} +/- {searched.get('drop_margin95_search', 0):.2f}); "
-            f"one image is {100 / n_eval:.2f} point(s) "
-            f"of the evaluation split" + (f" and {100 / n_search:.2f} of the {n_search} search images" if n_search else "")
-            + (": a max_drop near that resolution is noise" if unseen else
-               ", and the model trained on those (output.max_drop_holdout keeps them out of training, at a cost "
-               "in training data)") + "; `kclassify export --debug-quant` ranks the layers to try with --float-layers")

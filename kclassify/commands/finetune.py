@@ -12,7 +12,6 @@ from kclassify import runtime
 from kclassify.commands.checks import check_finetune_recipe, resolve_phases
 from kclassify.commands.finish import finish_run
 from kclassify.data import load_data
-from kclassify.data.splits import hold_out_for_max_drop
 from kclassify.errors import RecipeError
 from kclassify.models import MODELS
 from kclassify.models.applications import block_regex
@@ -96,4 +95,4 @@ def _dry_run(recipe, pattern, echo):
 
 
 def _data(recipe):
-    return hold_out_for_max_drop(load_data(recipe.data, recipe.runtime.seed, augment=recipe.augment), recipe)
+    return load_data(recipe.data, recipe.runtime.seed, augment=recipe.augment)

@@ -5,7 +5,6 @@ from kclassify import runtime
 from kclassify.commands.checks import check_fit_recipe
 from kclassify.commands.finish import finish_run
 from kclassify.data import load_data
-from kclassify.data.splits import hold_out_for_max_drop
 from kclassify.run import training_run
 from kclassify.train.data_filter import build_filter
 from kclassify.train.engine import Phase, low_res_shape
@@ -20,7 +19,7 @@ def fit(recipe, out=None, fresh=False, echo=print, callbacks=(), started=None, c
     with training_run(recipe, out, fresh, "fit", echo) as (run, strategy):
         if strategy is None:
             return run.dir
-        data = hold_out_for_max_drop(load_data(recipe.data, recipe.runtime.seed, augment=recipe.augment), recipe)
+        data = load_data(recipe.data, recipe.runtime.seed, augment=recipe.augment)
         low_res_shape(recipe.train.low_res, data.train.image_shape)  # a size the images allow, before the model
         run.begin(recipe, data, echo)
         run.clear_final()

@@ -5,7 +5,8 @@ child process, then measure the .tflite exactly as `kclassify export` does (Lite
 validation split, agreement and max probability difference against the Keras model).
 
 `kclassify qat` also measures the post-training int8 file (model_int8.tflite, the export with the
-same calibration images) on the same split and, by default, ships the better of the two.
+same calibration images) on the same split and, by default, ships the one that agrees with the float
+model on more validation images (no labels: the choice cannot fit them).
 
 This process never imports tfmot or tf_keras and never sets TF_USE_LEGACY_KERAS: only the child's
 environment carries it.
@@ -26,7 +27,7 @@ from pydantic import ValidationError
 
 from kclassify.commands.export import ExportJob
 from kclassify.commands.finetune import block_pattern
-from kclassify.data.splits import hold_out_for_max_drop, take
+from kclassify.data.splits import take
 from kclassify.data.pipeline import augment_on_device
 from kclassify.errors import RecipeError
 from kclassify.models import MODELS
@@ -59,7 +60,7 @@ class Prepared:
 
         self.model = run.load_model()
 
-        self.data = hold_out_for_max_drop(run.data(), self.recipe)  # QAT trains on what the run trained on
+        self.data = run.data()  # QAT trains on what the run trained on
         self.phase = respect_last_phase(self.model, self.recipe)
         self.export_job = ExportJob(self.run_dir, model=self.model, data=self.data)  # Keras predicts once
 
@@ -230,17 +231,20 @@ def qat(run_dir, epochs=None, lr=None, batch_size=None, steps_per_epoch=None, st
 
 
 def choose(prep, out, report, echo):
-    """Measure the post-training int8 export on the same split and keep the better file (the QAT
-    one on a tie), unless qat.keep is "qat". Rewrites <out>.json with both figures."""
+    """Measure the post-training int8 export on the same images and keep the file that agrees with
+    the float model on more of them (the QAT one on a tie), unless qat.keep is "qat". Agreement
+    needs no labels, so the choice cannot fit the validation labels (the max-drop search's rule);
+    both files' labelled top-1 is reported. Rewrites <out>.json with both figures."""
     ptq_file = prep.run_dir / "model_int8.tflite"
     ptq = prep.export_job.export("int8", ptq_file, max_drop=None)
-    qat_top1, ptq_top1 = report["tflite"]["top1"], ptq["tflite"]["top1"]
+    qat_agree, ptq_agree = report["agreement"], ptq["agreement"]
     figures = lambda r: {k: r[k] for k in ("file", "size_bytes", "tflite", "agreement", "max_prob_diff")}
     both = {"qat": figures(report), "post_training": {**figures(ptq), "calibration_images": ptq["calibration_images"]},
             "float_top1": report["keras"]["top1"], "split": f"validation ({report['tflite']['count']} images)"}
-    echo(f"on the validation split ({report['tflite']['count']} images): float {report['keras']['top1']:.4f}, "
-         f"post-training int8 {ptq_top1:.4f}, QAT int8 {qat_top1:.4f}")
-    if prep.cfg.keep == "better" and ptq_top1 > qat_top1:
+    echo(f"on the validation split ({report['tflite']['count']} images): float top-1 {report['keras']['top1']:.4f}; "
+         f"post-training int8 {ptq['tflite']['top1']:.4f} (agreement {ptq_agree:.4f}), QAT int8 "
+         f"{report['tflite']['top1']:.4f} (agreement {qat_agree:.4f})")
+    if prep.cfg.keep == "better" and ptq_agree > qat_agree:
         rejected = out.with_name(out.stem + "_rejected.tflite")
         shutil.move(str(out), rejected)
         shutil.move(str(out.with_suffix(".json")), rejected.with_suffix(".json"))
@@ -248,12 +252,13 @@ def choose(prep, out, report, echo):
         shutil.copyfile(ptq_file, out)
         kept = {**ptq, "file": str(out), "kind": "post-training-int8", "qat_run": {k: report[k] for k in
                                                                                    ("worker", "settings", "steps", "lr")}}
-        kept["kept"] = (f"post-training int8: it scored {ptq_top1:.4f} against QAT's {qat_top1:.4f} on the validation "
-                        f"split; the QAT file is kept as {rejected.name} (qat.keep=qat ships it)")
+        kept["kept"] = (f"post-training int8: it agrees with the float model on {ptq_agree:.4f} of the validation "
+                        f"images against QAT's {qat_agree:.4f}; the QAT file is kept as {rejected.name} "
+                        "(qat.keep=qat ships it)")
     else:
         kept = dict(report)
         kept["kept"] = ("QAT int8" + (" (qat.keep=qat)" if prep.cfg.keep == "qat" else "") +
-                        f": {qat_top1:.4f} against post-training {ptq_top1:.4f} on the validation split")
+                        f": agreement {qat_agree:.4f} against post-training {ptq_agree:.4f} on the validation images")
     kept["comparison"] = both
     out.with_suffix(".json").write_text(json.dumps(kept, indent=1))
     echo(f"{out}: kept {kept['kept']}")

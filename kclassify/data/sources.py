@@ -67,12 +67,6 @@ class Dataset:
     val: object
     class_names: list
     notes: list = field(default_factory=list)  # e.g. skipped corrupt files
-    train_all: object = None  # the whole training split when some was kept out (the export's search reads it)
-
-    @property
-    def max_drop_held_out(self):
-        """Training images kept out of training for the int8 max-drop search."""
-        return 0 if self.train_all is None else len(self.train_all) - len(self.train)
 
     @property
     def input_shape(self):
