@@ -141,19 +141,19 @@ def test_catalog_file_matches_the_live_registries():
 
 
 def test_a_run_saved_before_the_renames_still_loads(tmp_path):
-    """A recipe.yaml written by an earlier version (output.budget_holdout; a CIFAR ResNet's width
-    multiplier as `width`) loads from its run folder under today's names; a user's recipe with the
-    old names is refused by name instead."""
+    """A recipe.yaml written by an earlier version (output.budget_holdout, since removed; a CIFAR
+    ResNet's width multiplier as `width`) loads from its run folder under today's names; a user's
+    recipe with the old names is refused by name instead."""
     import yaml
 
     from kclassify.recipe import load_recipe
     from kclassify.run import Run
 
     old = load_recipe("quickstart").model_dump(mode="json")
-    old["output"]["budget_holdout"] = old["output"].pop("max_drop_holdout")
+    old["output"]["budget_holdout"] = False
     old["model"]["params"] = {"width": 0.5}
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(old))
     recipe = Run.load(tmp_path).recipe
-    assert recipe.model.params == {"width_mult": 0.5} and recipe.output.max_drop_holdout is False
-    with pytest.raises(RecipeError, match="unknown key 'budget_holdout' in section 'output' .did you mean 'max_drop_holdout'"):
+    assert recipe.model.params == {"width_mult": 0.5} and not hasattr(recipe.output, "budget_holdout")
+    with pytest.raises(RecipeError, match="unknown key 'budget_holdout' in section 'output'"):
         load_recipe(tmp_path / "recipe.yaml")
