@@ -136,7 +136,6 @@ def multi_worker_strategy():
 
     import tensorflow as tf
 
-
     if "cluster" not in json.loads(os.environ.get("TF_CONFIG", "{}")):
         raise RecipeError("runtime.strategy multi_worker needs TF_CONFIG (the cluster and this task); "
                           "`kclassify launch --workers N RECIPE` sets it for local workers")

@@ -22,8 +22,6 @@ def finish_run(run, model, data, recipe, echo=print, budget=None, started=None):
     """The end of a training command: save the inference model, evaluate it (plainly and with the
     recipe's test-time augmentation), write metrics, reports, plots and predictions, then the
     recipe's exports and the HTML report; metrics.json last, with the wall time of the command."""
-
-
     clock = budget.clock if budget is not None else time.time
     state, finishing, parts = run.state, clock(), {}
 
@@ -59,8 +57,6 @@ def finish_run(run, model, data, recipe, echo=print, budget=None, started=None):
 
 def _final_evaluation(model, data, recipe, echo):
     """({"val": report[, "val_tta": report]}, arrays for val_predictions.npz)."""
-
-
     ev = recipe.evaluate
     report, probs = evaluate_model(model, data.val, data.class_names, ev.batch_size)
     echo(format_report(report, title=f"validation ({recipe.model.name})"))

@@ -52,7 +52,6 @@ class Split:
         needs the stored resolution, is refused for in-memory sources by spec.check_data.)"""
         import tensorflow as tf
 
-
         ds = tf.data.Dataset.from_tensor_slices((self.images, self.labels))
         if shard_count > 1:
             ds = ds.shard(shard_count, shard_index)

@@ -105,7 +105,6 @@ def _split_arrays(builder, split, cfg):
     """A tfds split through the one decoder at data.image_size: (Split, [(record, reason)] skipped)."""
     import tensorflow_datasets as tfds
 
-
     image_key, label_key, channels, shape = _image_feature(builder, cfg)
     _check_fits(builder, split, cfg, shape, channels)
     ds = builder.as_dataset(split=split, decoders={image_key: tfds.decode.SkipDecoding()})

@@ -3,22 +3,16 @@ The file takes raw pixels: normalization (and any upscaling) is inside the model
 
 `configure` is the one converter set-up (also used by the QAT worker on its tf_keras model);
 `Quantizer` calibrates a model once and then quantizes it with any set of ops kept in float
-(`--float-layers`, the int8-xnnpack mode and the accuracy-budget search all go through it)."""
+(`--float-layers`, the int8-xnnpack mode and the max-drop search all go through it)."""
 import re
 
 import numpy as np
-
-from kclassify.errors import ExportError
-from kclassify.tflite.modes import MODES, get_mode  # noqa: F401 (MODES re-exported)
-from kclassify.runtime import quiet_conversion
-from kclassify.runtime import quiet_conversion
-from kclassify.runtime import quiet_conversion
-from kclassify.runtime import quiet_conversion
 import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
-import tensorflow as tf
-import tensorflow as tf
-import tensorflow as tf
+
+from kclassify.errors import ExportError
+from kclassify.runtime import quiet_conversion
+from kclassify.tflite.modes import MODES, get_mode  # noqa: F401 (MODES re-exported)
 
 
 def make_converter(model, mode, calibration=None, allow_flex=False):
