@@ -196,8 +196,10 @@ def test_user_errors(tmp_path, presets, monkeypatch):
         build_model("keras_hub", 3, (32, 32, 3))
     with pytest.raises(RecipeError, match="takes 32x32 images only"):
         build_model("keras_hub", 3, (32, 32, 3), preset=str(presets["vit"][0]), input_size=64)
-    with pytest.raises(RecipeError, match="3-channel"):
-        build_model("keras_hub", 3, (32, 32, 1), preset=str(presets["resnet"][0]))
+    with pytest.raises(RecipeError, match="takes 3-channel images but the data has 2"):
+        build_model("keras_hub", 3, (32, 32, 2), preset=str(presets["resnet"][0]))
+    gray = build_model("keras_hub", 3, (32, 32, 1), preset=str(presets["resnet"][0]))  # grayscale: repeated inside
+    assert gray.input_shape[-1] == 1 and gray.get_layer("gray_to_rgb") is not None
     if not online():  # a handle that exists nowhere: offline it must fail in seconds, with the way out
         t0 = time.time()
         with pytest.raises(ModelFileError, match="set model.params.preset=DIR"):

@@ -107,9 +107,9 @@ def test_a_budgeted_run_records_where_the_full_size_began(tmp_path, monkeypatch)
     resized = _count_resized_steps(monkeypatch)
     clock = FakeClock()
 
-    class Steps(keras.callbacks.Callback):  # a full-size step takes 0.1 s on the fake clock, a small one 0.06
+    class Steps(keras.callbacks.Callback):  # a full-size step takes 0.25 s on the fake clock, a small one 0.15
         def on_train_batch_end(self, batch, logs=None):
-            clock.advance(0.06 if int(self.model.optimizer.iterations.numpy()) <= int(resized.numpy()) else 0.1)
+            clock.advance(0.15 if int(self.model.optimizer.iterations.numpy()) <= int(resized.numpy()) else 0.25)
 
     budget = 0.5  # minutes
     # Epochs of 8 steps (256 images), so that even a slow machine replans several times after the switch.

@@ -173,6 +173,7 @@ def test_checkpoint_loads_after_import_kclassify_only(digits_run):
     assert out.stdout.strip() == "WarmupSchedule", out.stderr[-1000:]
 
 
+@pytest.mark.slow  # 22 s of the fast tier; the tfds source keeps its fast tests in test_data.py
 def test_cifar100_recipe_runs_on_mocked_tfds(tmp_path):
     """The GPU recipe, unchanged but for size knobs, runs two steps on tfds mock data."""
     import tensorflow_datasets as tfds
