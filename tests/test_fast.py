@@ -132,6 +132,7 @@ def test_airbench_parameter_and_mac_counts_are_our_arithmetic(name, widths):
         assert abs(macs - 1.39e15 / (15 * 50000 * 6)) / macs < 0.03
 
 
+@pytest.mark.slow  # 15-30 s of the fast tier (two workers on 2 cores)
 def test_the_recipe_evaluation_is_what_evaluate_run_reproduces(tmp_path):
     """evaluate.tta in the recipe: fit's final report and `kclassify evaluate RUN` give the same
     figure; --tta overrides it."""

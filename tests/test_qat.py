@@ -217,6 +217,7 @@ def test_translation_is_exact_and_tfmot_accepts_it(checked, name):
         assert row["quantized_layers"] >= row["layers"]
 
 
+@pytest.mark.slow  # 15-30 s of the fast tier (two workers on 2 cores)
 @needs_tfmot
 def test_translation_replacements(checked):
     rows = {**checked("cifar")[0], **checked("preact")[0], **checked("mobile")[0]}
@@ -470,6 +471,7 @@ def test_one_table_of_layers_for_both_sides():
     assert json.loads(out.stdout) == sorted(name for name, kind in LAYERS.items() if not kind.dropped)
 
 
+@pytest.mark.slow  # 15-30 s of the fast tier (two workers on 2 cores)
 @needs_tfmot
 def test_nested_translation_keeps_frozen_layers_and_splits_inner_activations(checked):
     rows = checked("nested")[0]

@@ -137,6 +137,7 @@ def test_nan_loss_cli_exit_code(tmp_path):
     assert "loss became" in res.stderr and "Traceback" not in res.stderr
 
 
+@pytest.mark.slow  # 15-30 s of the fast tier (two workers on 2 cores)
 def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
     res = run_cli("fit", "quickstart", "--out", tmp_path / "m", "--set", "runtime.strategy=mirrored",
                   "--set", "runtime.cpu_devices=2", "--set", "train.epochs=1", "--set", "output.export=[]",

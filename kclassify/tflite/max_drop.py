@@ -17,10 +17,10 @@ than the limit below the float model's. Each step is an attempt in the report:
    becomes the base of the next steps when it flips fewer images;
 3. the quantization debugger ranks the Keras layers by their own error (debug.py); the worst goes
    to float, then the next, one group (the ops of one Keras layer) at a time, each added to
-   the ones before. A layer that lowers the flips stays in float; one that raises them goes back
-   to int8; one that leaves them unchanged stays for now: a layer ruined further on hides what
-   floating this one gains (with two ruined layers neither helps alone, in either order). The
-   forward pass stops at the first set within the limit;
+   the ones before. A layer that lowers the flips stays in float; one that raises them beyond
+   the measurement's 95% margin goes back to int8; one that leaves them unchanged within it stays
+   for now: a layer ruined further on hides what floating this one gains (with two ruined layers
+   neither helps alone, in either order). The forward pass stops at the first set within the limit;
 4. pruning: each layer that stayed without a gain is tried back in int8, last first, and goes
    back where the file stays within the limit (or, not met, no worse than the best): the file
    shipped has no float layer that the search images do not need;
@@ -126,7 +126,8 @@ def _float_search(trial, quantizer, base_row, max_float):
             pass
         elif row["flip_points"] < last["flip_points"]:
             kept, last = kept + [group], row
-        elif row["flip_points"] == last["flip_points"]:
+        elif row["flip_points"] <= last["flip_points"] + last["flip_margin95"]:
+            # unchanged within the measurement's noise: a layer ruined further on can hide a real gain
             row["note"] += " (no gain yet: a later layer may hide it; stays in float, pruned at the end if unneeded)"
             kept, unproven, last = kept + [group], unproven + [group], row
         else:
