@@ -1,10 +1,15 @@
 """Process-level set-up that must happen before TensorFlow runs anything: logging, logical CPU
-devices, seeds, precision, and the distribution strategy."""
+devices, seeds, precision, and the distribution strategy. TensorFlow and Keras are imported inside
+the functions on purpose: this is where they are first imported, quietly, and the TensorFlow-free
+boundary (import kclassify, the CLI's start, recipe checks) imports this module."""
 import contextlib
+import json
+import logging
 import os
 import re
 import sys
 import tempfile
+import time
 import warnings
 
 from kclassify.errors import KClassifyError, RecipeError
@@ -39,8 +44,6 @@ CONVERTER_NOISE = re.compile(r"fully_quantize:|XNNPACK delegate for CPU|^\s*$")
 def quiet_conversion():
     """TFLite conversion and calibration without their chatter: the deprecated-interpreter and
     trackable_obj warnings, the per-conversion "fully_quantize" line and the delegate notice."""
-    import logging
-
     absl = logging.getLogger("absl")
     level = absl.level
     absl.setLevel(logging.ERROR)
@@ -75,8 +78,6 @@ _COMMAND_STARTED = None
 def mark_command_start(when=None):
     """The CLI calls this first thing: a time budget counts the whole command from here."""
     global _COMMAND_STARTED
-    import time
-
     _COMMAND_STARTED = when or time.time()
 
 
@@ -89,8 +90,6 @@ def is_chief(runtime):
     multi-worker run (TF_CONFIG task index > 0; worker 0 is the chief)."""
     if runtime.strategy != "multi_worker":
         return True
-    import json
-
     task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {})
     return task.get("type", "worker") in ("chief",) or (task.get("type", "worker") == "worker"
                                                           and int(task.get("index", 0)) == 0)
@@ -132,8 +131,6 @@ def setup(runtime, echo=print):
 
 
 def multi_worker_strategy():
-    import json
-
     import tensorflow as tf
 
     if "cluster" not in json.loads(os.environ.get("TF_CONFIG", "{}")):
@@ -165,8 +162,6 @@ def bf16_is_faster(size=1024, reps=5):
     """Time a float32 and a bfloat16 matmul of `size` x `size` on this CPU (about half a second)."""
     global _BF16_FASTER
     if _BF16_FASTER is None:
-        import time
-
         import tensorflow as tf
 
         def seconds(dtype):
@@ -185,8 +180,6 @@ def bf16_is_faster(size=1024, reps=5):
 
 def timed(fn, clock=None):
     """(fn(), the seconds it took): perf_counter unless a clock is given."""
-    import time
-
     clock = clock or time.perf_counter
     t = clock()
     out = fn()

@@ -16,7 +16,7 @@ from kclassify.data.splits import calibration_images, resolve_count, take
 from kclassify.data.sources import resize_all
 from kclassify.errors import DataError, ExportError
 from kclassify.inference import predict
-from kclassify.kit import kit_dir, KIT_FILES, kitlib
+from kclassify.kit import KIT_DIR, KIT_FILES, kitlib
 from kclassify.models.saving import load_model
 from kclassify.run import Run
 from kclassify.tflite.convert import convert, Quantizer
@@ -257,5 +257,5 @@ def copy_kit(dest):
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     for name in KIT_FILES:
-        shutil.copy2(kit_dir() / name, dest / name)
+        shutil.copy2(KIT_DIR / name, dest / name)
     return dest

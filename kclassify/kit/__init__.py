@@ -9,7 +9,3 @@ from pathlib import Path
 
 KIT_DIR = Path(__file__).resolve().parent
 KIT_FILES = ("kitlib.py", "evaluate.py", "benchmark.py", "predict.py", "README.md")
-
-
-def kit_dir():
-    return KIT_DIR
