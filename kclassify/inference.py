@@ -5,6 +5,7 @@ import json
 import weakref
 from pathlib import Path
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -30,13 +31,40 @@ class Predictor:
 
     def __init__(self, model):
         self.model = model
-        spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
-        self._fn = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+        self._fn = jax_inference(model) if keras.backend.backend() == "jax" else tf.function(
+            lambda x: model(x, training=False), input_signature=[tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)])
 
     def __call__(self, dataset):
         """Probabilities (float32 numpy) for a dataset of (images, ...) batches."""
-        outs = [self._fn(batch[0] if isinstance(batch, tuple) else batch).numpy() for batch in dataset]
+        outs = [self.batch(batch[0] if isinstance(batch, tuple) else batch) for batch in dataset]
         return np.concatenate(outs).astype(np.float32) if outs else np.zeros((0, 0), np.float32)
+
+    def batch(self, images):
+        """Probabilities (numpy) for one batch of images."""
+        return np.asarray(self._fn(images))
+
+
+def jax_inference(model):
+    """The model's forward pass jitted on JAX, with the variables' current values as arguments (a
+    jitted closure would keep the values it saw when it was traced)."""
+    import jax  # the JAX backend's own module: present wherever Keras runs on JAX
+
+    @jax.jit
+    def forward(trainable, non_trainable, images):
+        return model.stateless_call(trainable, non_trainable, images, training=False)[0]
+
+    widest = [0]
+
+    def call(images):
+        images = np.asarray(images, np.float32)
+        n = len(images)
+        widest[0] = max(widest[0], n)  # a dataset's last, smaller batch is padded: one compile, not two
+        padded = np.concatenate([images, np.zeros((widest[0] - n, *images.shape[1:]), np.float32)]) \
+            if n < widest[0] else images
+        return forward([v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables],
+                       padded)[:n]
+
+    return call
 
 
 def predict(model, images, batch_size=None, views=1):

@@ -85,6 +85,50 @@ def command_started():
     return _COMMAND_STARTED
 
 
+def keras_backend():
+    """The Keras backend this process runs on, read as Keras reads it (KERAS_BACKEND, then
+    keras.json) without importing Keras: the recipe checks run before any framework loads."""
+    if "keras" in sys.modules and hasattr(sys.modules["keras"], "backend"):
+        return sys.modules["keras"].backend.backend()
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"]
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    try:
+        with open(os.path.join(home, "keras.json")) as f:
+            return json.load(f).get("backend", "tensorflow")
+    except (OSError, ValueError):
+        return "tensorflow"
+
+
+BACKENDS = ("tensorflow", "jax")
+
+
+def check_backend(recipe, backend, echo=print):
+    """What is TensorFlow's own is refused by name on another backend where the recipe sets it,
+    and set aside with a line where it is a default (fused_bn) or `auto` would pick it; the
+    recipe's runtime section is replaced by what this backend runs."""
+    if backend not in BACKENDS:
+        raise RecipeError(f"Keras backend {backend!r}: kclassify trains on {' or '.join(BACKENDS)} "
+                          "(set KERAS_BACKEND)")
+    if backend == "tensorflow":
+        return
+    rt, t = recipe.runtime, recipe.train
+    refused = [name for name, tf_only in (
+        (f"runtime.strategy: {rt.strategy}", rt.strategy != "default"),
+        ("runtime.cpu_devices", rt.cpu_devices is not None),
+        ("runtime.fused_bn: true", rt.fused_bn and "fused_bn" in rt.model_fields_set),
+        ("runtime.conv_filter_grad: matmul", rt.conv_filter_grad == "matmul"),
+        ("runtime.augment_on: device", rt.augment_on == "device"),
+        ("train.data_filter", t.data_filter is not None),
+        ("train.low_res", t.low_res is not None)) if tf_only]
+    if refused:
+        raise RecipeError(f"{refused[0]} runs on TensorFlow only (a tf.distribute strategy, a TensorFlow kernel "
+                          f"or a TensorFlow step); on {backend} leave it out, or run with KERAS_BACKEND=tensorflow")
+    if rt.fused_bn:
+        echo(f"runtime.fused_bn: TensorFlow's fused BatchNorm kernel is set aside on {backend} (Keras' own ops)")
+    recipe.runtime = rt.model_copy(update={"fused_bn": False, "conv_filter_grad": "native", "augment_on": "host"})
+
+
 def is_chief(runtime):
     """Whether this process writes the run folder: always, except the non-chief workers of a
     multi-worker run (TF_CONFIG task index > 0; worker 0 is the chief)."""
@@ -115,7 +159,8 @@ def setup(runtime, echo=print):
     keras.utils.set_random_seed(runtime.seed)
     precision = resolve_precision(runtime.precision, echo)
     keras.mixed_precision.set_global_policy(precision)
-    if precision != "float32" and not tf.config.list_physical_devices("GPU") and runtime.precision != "auto":
+    if (precision != "float32" and keras.backend.backend() == "tensorflow" and not tf.config.list_physical_devices("GPU")
+            and runtime.precision != "auto"):
         if not bf16_is_faster():
             # Measured (FACTS.md): CPUs without bf16 arithmetic compute mixed precision in float32
             # with extra casts: 6-12x slower for bfloat16 without XLA.
@@ -145,9 +190,15 @@ def resolve_precision(precision, echo=print):
     measure faster than float32 (AMX or AVX512-BF16); float32 otherwise."""
     if precision != "auto":
         return precision
+    import keras
     import tensorflow as tf
 
-    if tf.config.list_physical_devices("GPU"):
+    if keras.backend.backend() == "jax":
+        import jax  # the backend's own module
+
+        # bfloat16 needs no loss scaling; a CPU under XLA's own kernels is not measured here: float32
+        chosen = "mixed_bfloat16" if jax.default_backend() == "gpu" else "float32"
+    elif tf.config.list_physical_devices("GPU"):
         chosen = "mixed_float16"
     else:
         chosen = "mixed_bfloat16" if bf16_is_faster() else "float32"

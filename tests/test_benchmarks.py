@@ -211,6 +211,7 @@ def test_plot_budget(tmp_path):
                     assert 0 <= point[key]["min"] <= point[key]["mean"] <= point[key]["max"] <= 100
 
 
+@pytest.mark.slow  # the slow tier (-m slow): keeps the fast tier under 8 minutes on 2 cores
 def test_airbench94_gpu_tf_stream(cifar_like):
     """--tf-stream times kclassify's own tf.data stream: TensorFlow, no JAX."""
     out = last_object(run_script("airbench94_gpu.py", "--tf-stream", 3, "--set", f"data.path={cifar_like}",
@@ -219,6 +220,7 @@ def test_airbench94_gpu_tf_stream(cifar_like):
     assert out["tf_stream"]["batches"] == 3 and out["tf_stream"]["tf_data_img_per_s"] > 0
 
 
+@pytest.mark.slow  # the slow tier (-m slow): keeps the fast tier under 8 minutes on 2 cores
 def test_airbench94_gpu(cifar_like):
     if importlib.util.find_spec("jax") is None:
         pytest.skip("airbench94_gpu.py trains with Keras' JAX backend, and JAX is not installed here")

@@ -70,7 +70,7 @@ def test_the_proxy_state_round_trips_through_checkpoint_arrays():
     assert not fresh.restore({"w0": np.zeros(1)})  # an averages file written without a filter
 
 
-@pytest.mark.parametrize("augment_on", ["host", "device"])  # device: the filter ranks batches prepared in the step
+@pytest.mark.parametrize("augment_on", ["host", pytest.param("device", marks=pytest.mark.slow)])  # device: the filter ranks batches prepared in the step
 def test_a_filtered_fit_learns_saves_only_the_model_and_checkpoints_the_proxy(tmp_path, tiny_npz, augment_on):
     import keras
 

@@ -40,6 +40,7 @@ def test_import_kclassify_stays_free_of_tensorflow():
     assert out.stdout.strip() == "False", out.stderr[-800:]
 
 
+@pytest.mark.slow  # the slow tier (-m slow): keeps the fast tier under 8 minutes on 2 cores
 def test_same_ema_recipe_through_fit_and_finetune_reports_the_averaged_weights(tmp_path):
     """EMA works in both commands: the saved model holds the shadow weights, not the last ones."""
     from kclassify.commands.finetune import finetune
@@ -101,6 +102,7 @@ def _wait_for(predicate, timeout=240):
     return predicate()
 
 
+@pytest.mark.slow  # the slow tier (-m slow): keeps the fast tier under 8 minutes on 2 cores
 def test_augmentation_inside_the_step_trains_exactly_as_the_host_stream(tmp_path):
     """runtime.augment_on device (what a GPU gets by default) moves flip, smoothing and class weights
     into the compiled step; with no random draws the two runs are the same run, step for step."""
@@ -120,6 +122,7 @@ def test_augmentation_inside_the_step_trains_exactly_as_the_host_stream(tmp_path
     np.testing.assert_allclose(losses["device"], losses["host"], rtol=1e-5)
 
 
+@pytest.mark.slow  # the slow tier (-m slow): keeps the fast tier under 8 minutes on 2 cores
 def test_a_second_process_is_refused_and_a_sigkilled_run_resumes_at_the_same_step_and_learning_rate(tmp_path):
     """One killed run serves both promises (each run of the CLI costs seconds of the fast tier): while
     it trains, a second process on its folder exits 2 naming it; after SIGKILL mid-epoch, the next
@@ -171,6 +174,7 @@ def test_data_order_is_a_function_of_the_step():
     np.testing.assert_array_equal(first, full[0])  # two workers split the same global batch
 
 
+@pytest.mark.slow  # the slow tier (-m slow): keeps the fast tier under 8 minutes on 2 cores
 def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
     from kclassify.commands.fit import fit
 

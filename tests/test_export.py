@@ -427,6 +427,7 @@ def test_cli_debug_quant_and_kit(digits_run, tmp_path):
     assert "fully_quantize" not in out.stderr and "deprecated" not in out.stderr, out.stderr
 
 
+@pytest.mark.slow  # the slow tier (-m slow): keeps the fast tier under 8 minutes on 2 cores
 def test_cli_max_drop(digits_run, tmp_path):
     out = run_cli("export", digits_run, "--tflite", "--quant", "int8", "--max-drop", "5", "--out", tmp_path / "b.tflite")
     assert out.returncode == 0, out.stderr[-2000:]

@@ -100,6 +100,7 @@ def test_the_first_share_of_the_steps_trains_on_smaller_images(tmp_path, monkeyp
     assert json.loads((run / "metrics.json").read_text())["val"]["top1"] > 0.6
 
 
+@pytest.mark.slow  # the slow tier (-m slow): keeps the fast tier under 8 minutes on 2 cores
 def test_a_budgeted_run_records_where_the_full_size_began(tmp_path, monkeypatch):
     """Replans after the switch keep the step it happened at; the run ends inside its budget."""
     from kclassify.commands.fit import fit
@@ -157,6 +158,7 @@ def test_low_res_is_refused_where_it_cannot_hold(tmp_path):
     assert not (tmp_path / "run" / "model.keras").exists()
 
 
+@pytest.mark.slow  # the slow tier (-m slow): keeps the fast tier under 8 minutes on 2 cores
 def test_low_res_with_the_data_filter_resizes_for_the_proxy_too(tmp_path, tiny_npz):
     """The proxy ranks the batch the model trains on: both take the 24x24 images of the early steps."""
     from kclassify.commands.fit import fit

@@ -9,6 +9,7 @@ from kclassify.models import MODELS, build_model
 GENERIC = [n for n in MODELS.names() if MODELS.info(n).get("generic_tests", True)]
 FAST = [n for n in GENERIC if not MODELS.info(n).get("slow")]
 SLOW = [n for n in GENERIC if MODELS.info(n).get("slow")]
+DEEPER = {"resnet44", "resnet56"}  # deeper copies of resnet20/32's family: the slow tier checks them
 
 # Trainable parameters at 10 classes, 32x32x3 (BN moving statistics are not trainable and
 # not counted, as in the papers). CIFAR ResNets: exact counts of the option-A reference
@@ -60,7 +61,7 @@ def saved(tmp_path_factory):
     return {"folder": tmp_path_factory.mktemp("saved")}
 
 
-@pytest.mark.parametrize("name", FAST)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in DEEPER else n for n in FAST])
 def test_model_trains_saves_and_converts(name, tmp_path, saved):
     model, x = check_model(name)
     check_config(model)

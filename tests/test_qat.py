@@ -395,6 +395,7 @@ def test_the_worker_augments_inside_the_step_when_the_recipe_says_device(tmp_pat
     assert runs["probe"]["dtype"] == "float32" and runs["probe"]["shifted"] > 0.5  # the step translated them
 
 
+@pytest.mark.slow  # the slow tier (-m slow): keeps the fast tier under 8 minutes on 2 cores
 @needs_tfmot
 def test_qat_gives_measured_int8_with_uint8_input(digits_run):
     from ai_edge_litert.interpreter import Interpreter

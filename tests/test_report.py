@@ -116,6 +116,7 @@ def test_report_reads_saved_predictions(run_copy, tmp_path):
         write_html_report(run, run / "report.html", echo=lambda *a: None)
 
 
+@pytest.mark.slow  # the slow tier (-m slow): keeps the fast tier under 8 minutes on 2 cores
 def test_report_cli(run_copy, tmp_path):
     out = tmp_path / "cli.html"
     res = run_cli("report", run_copy, "--out", out)

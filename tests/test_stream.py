@@ -301,6 +301,7 @@ def test_cli_pack(folder, tmp_path):
     assert again.returncode == 2 and "not empty" in again.stderr and "Traceback" not in again.stderr
 
 
+@pytest.mark.slow  # the slow tier (-m slow): keeps the fast tier under 8 minutes on 2 cores
 def test_fit_with_random_resized_crop_trains_from_a_pack_of_the_stored_images(folder, tmp_path, monkeypatch):
     """The whole command: `kclassify fit` on a photo folder with augment.random_resized_crop packs
     the training images once into KCLASSIFY_CACHE (kept above the training size) and trains from

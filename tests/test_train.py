@@ -193,6 +193,7 @@ def test_cifar100_recipe_runs_on_mocked_tfds(tmp_path):
     assert metrics["model"] == "wrn28_10" and metrics["epochs"] == 1 and metrics["params"] > 36e6
 
 
+@pytest.mark.slow  # the slow tier (-m slow): keeps the fast tier under 8 minutes on 2 cores
 @pytest.mark.parametrize("first", ["kclassify.train.schedules", "kclassify.layers.dropblock"])
 def test_custom_objects_register_whichever_module_imports_keras_first(first):
     code = (f"import {first}, keras; g = keras.saving.get_registered_object; "

@@ -65,6 +65,7 @@ def finetune(recipe, schedule=None, out=None, fresh=False, dry_run=False, echo=p
     if schedule or not recipe.finetune.phases or any(p.lr is None for p in recipe.finetune.phases):
         recipe = resolve_phases(recipe, schedule)
     check_finetune_recipe(recipe)
+    runtime.check_backend(recipe, runtime.keras_backend(), echo)
     pattern = block_pattern(recipe)
     if dry_run:
         return _dry_run(recipe, pattern, echo)

@@ -2,6 +2,9 @@
 inference model, evaluate it, write metrics, reports and plots, run the recipe's exports and the
 HTML report, and record the command's time against its budget."""
 import json
+import os
+import subprocess
+import sys
 import time
 
 import keras
@@ -9,11 +12,12 @@ import numpy as np
 
 from kclassify.commands.export import ExportJob
 from kclassify.commands.report import write_run_report
+from kclassify.errors import ExportError
 from kclassify.inference import evaluate_model, write_evaluation
 from kclassify.metrics import format_report
 from kclassify.models import as_float32
 from kclassify.plots import plot_history
-from kclassify.runtime import timed
+from kclassify.runtime import NOISE, timed
 from kclassify.train.budget import close
 from kclassify.tta import view_count, views_of
 
@@ -84,11 +88,29 @@ def _exports(run, model, data, recipe, echo):
     if not recipe.output.export:
         return
 
+    if keras.backend.backend() != "tensorflow":
+        return _export_under_tensorflow(run, recipe.output.export, echo)
     job = ExportJob(run.dir, model=model, data=data, calibration_count=recipe.output.calibration_images)
     for mode in recipe.output.export:
         rep = job.export(mode)
         echo(f"export {mode}: {rep['file']} {rep['size_bytes']:,} bytes, top-1 {rep['tflite']['top1']:.4f}, "
              f"agreement with Keras {rep['agreement']:.4f}")
+
+
+def _export_under_tensorflow(run, modes, echo):
+    """The TFLite converter runs on TensorFlow: a run trained on another backend is exported by
+    `kclassify export` in a child process on TensorFlow, from the model.keras just saved."""
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
+    for mode in modes:
+        echo(f"export {mode}: on TensorFlow in a child process (this run trained on {keras.backend.backend()})")
+        child = subprocess.run([sys.executable, "-m", "kclassify", "export", str(run.dir), "--tflite", "--quant", mode],
+                               env=env, capture_output=True, text=True)
+        for line in child.stdout.splitlines() + [x for x in child.stderr.splitlines() if not NOISE.search(x)]:
+            echo(f"  {line}")
+        if child.returncode:
+            raise ExportError(f"export {mode} of {run.dir} on TensorFlow failed (exit {child.returncode}); the trained "
+                              f"model is saved: rerun `KERAS_BACKEND=tensorflow kclassify export {run.dir} --tflite "
+                              f"--quant {mode}`")
 
 
 def _html_report(run, data, probs, echo):

@@ -16,6 +16,7 @@ def fit(recipe, out=None, fresh=False, echo=print, callbacks=(), started=None, c
     `clock` is what a time budget reads (a test gives a fake one)."""
     started = started or runtime.command_started() or clock()
     check_fit_recipe(recipe)
+    runtime.check_backend(recipe, runtime.keras_backend(), echo)
     with training_run(recipe, out, fresh, "fit", echo) as (run, strategy):
         if strategy is None:
             return run.dir

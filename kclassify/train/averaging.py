@@ -10,11 +10,14 @@
   finishes on the shadow.
 
 The updates run as one compiled function (a Python loop over variables costs milliseconds a
-step). The averages are saved with every checkpoint, so a resumed run continues them exactly.
+step): a tf.function over the variables on TensorFlow, a jitted function of their values on JAX
+(whose step state Keras' `Callback.model` attaches to the variables first). The averages are
+saved with every checkpoint, so a resumed run continues them exactly.
 """
 import keras
 import numpy as np
 import tensorflow as tf
+from keras import ops
 
 
 class WeightAverage(keras.callbacks.Callback):
@@ -22,10 +25,16 @@ class WeightAverage(keras.callbacks.Callback):
         super().__init__()
         self.cfg, self.target = cfg, model
         self.progress = progress or (lambda: 1.0)  # training progress in [0, 1] (lookahead's ramp)
-        self.shadow = [tf.Variable(w.numpy(), trainable=False) for w in self.weights()]
+        on_tf = keras.backend.backend() == "tensorflow"
+        self.shadow = [tf.Variable(w.numpy(), trainable=False) if on_tf else
+                       keras.Variable(w.numpy(), trainable=False, dtype=w.dtype) for w in self.weights()]
         self.count = 0  # ema / lookahead: updates so far; swa: snapshots averaged so far
         self.steps = 0
-        self._move = tf.function(self._move_shadow)
+        if on_tf:
+            moved = tf.function(self._move_shadow)
+            self._move = lambda decay, reset: moved(tf.constant(decay, tf.float32), reset)
+        else:
+            self._move = self._jax_mover()
 
     def weights(self):
         if self.cfg.kind == "swa":
@@ -38,6 +47,24 @@ class WeightAverage(keras.callbacks.Callback):
             if reset:
                 w.assign(tf.cast(shadow, w.dtype))
 
+    def _jax_mover(self):
+        import jax  # the JAX backend's own module
+
+        @jax.jit
+        def moved(shadow, weights, decay):
+            return [decay * a + (1.0 - decay) * w.astype(a.dtype) for a, w in zip(shadow, weights)]
+
+        def move(decay, reset):
+            self.model  # noqa: B018  (Keras' Callback.model puts the step's state back into the variables)
+            values = moved([a.value for a in self.shadow], [w.value for w in self.weights()], np.float32(decay))
+            for shadow, value in zip(self.shadow, values):
+                shadow.assign(value)
+            if reset:  # copies: the next step donates the weights' buffers, which the shadow must keep
+                for w, value in zip(self.weights(), values):
+                    w.assign(jax.numpy.array(value, dtype=w.dtype, copy=True))
+
+        return move
+
     def on_train_batch_end(self, batch, logs=None):
         self.steps += 1
         if self.cfg.kind == "swa" or self.steps % self.cfg.every:
@@ -45,16 +72,16 @@ class WeightAverage(keras.callbacks.Callback):
         self.count += 1
         if self.cfg.kind == "ema":
             decay = min(self.cfg.momentum, (1.0 + self.count) / (10.0 + self.count))
-            self._move(tf.constant(decay, tf.float32), False)
+            self._move(decay, False)
         else:
             decay = self.cfg.momentum ** self.cfg.every * min(self.progress(), 1.0) ** self.cfg.power
-            self._move(tf.constant(decay, tf.float32), True)
+            self._move(decay, True)
 
     def on_epoch_end(self, epoch, logs=None):
         done = epoch + 1 - self.cfg.start_epoch
         if self.cfg.kind == "swa" and done > 0 and done % self.cfg.cycle_epochs == 0:  # at each cycle's end
             self.count += 1
-            self._move(tf.constant(1.0 - 1.0 / self.count, tf.float32), False)
+            self._move(1.0 - 1.0 / self.count, False)
 
     def arrays(self):
         """What a checkpoint keeps of the average."""
@@ -70,7 +97,7 @@ class WeightAverage(keras.callbacks.Callback):
         if self.count == 0:
             return False
         for w, shadow in zip(self.weights(), self.shadow):
-            w.assign(tf.cast(shadow, w.dtype))
+            w.assign(ops.cast(shadow, w.dtype))
         if self.cfg.kind == "swa" and bn_data is not None:
             recompute_bn(self.target, bn_data, self.cfg.bn_batches)
         return True
@@ -90,11 +117,11 @@ def recompute_bn(model, dataset, batches):
         return
     saved = [layer.momentum for layer in bns]
     for layer in bns:
-        layer.moving_mean.assign(tf.zeros_like(layer.moving_mean))
-        layer.moving_variance.assign(tf.ones_like(layer.moving_variance))
+        layer.moving_mean.assign(ops.zeros_like(layer.moving_mean))
+        layer.moving_variance.assign(ops.ones_like(layer.moving_variance))
     for i, batch in enumerate(dataset.take(batches)):
         for layer in bns:
             layer.momentum = i / (i + 1.0)
-        model(batch[0], training=True)
+        model(np.asarray(batch[0]), training=True)
     for layer, momentum in zip(bns, saved):
         layer.momentum = momentum

@@ -35,6 +35,7 @@ class Budget:
         self.seconds_per_tta_image = 0.0  # the same with every test-time view
         self.step_when_timed = None  # seconds_per_step when inference was timed
         self.val_seconds = 0.0  # one validation pass while training
+        self.compile_seconds = 0.0  # the final networks' first calls (JAX compiles each new network once)
         self.ckpt_seconds = 0.0  # one checkpoint save
         self.replans = 0
         self._warmup = None  # (clock, step) when the warm-up steps were done
@@ -69,7 +70,7 @@ class Budget:
         per_tta = (self.seconds_per_tta_image * load) or (self.eval_views * per_image)
         evaluate = self.val_images * (per_image + (per_tta if self.eval_views else 0.0))
         exports = sum(EXPORT_SECONDS + (self.calibration + 2 * self.val_images) * per_image for _ in self.exports)
-        return 1.1 * evaluate + exports + REPORT_SECONDS + self.ckpt_seconds
+        return 1.1 * evaluate + exports + REPORT_SECONDS + self.ckpt_seconds + self.compile_seconds
 
     def inference_timed(self, per_image, per_tta_image):
         self.seconds_per_image, self.seconds_per_tta_image = per_image, per_tta_image

@@ -35,6 +35,8 @@ from kclassify.train.averaging import load_arrays, WeightAverage
 from kclassify.train.distill import distillation_model, DistillationLoss, student_metrics
 from kclassify.train.dropblock_schedule import dropblock_layers, DropBlockSchedule
 from kclassify.train.loop import distribute, make_train_function, worker_of
+from kclassify.train.progress import EpochProgress
+from kclassify.train.jax_loop import make_jax_train_function
 from kclassify.train.optim import make_loss, make_metrics, make_optimizer
 from kclassify.tta import tta_model, view_count, views_of
 
@@ -79,6 +81,8 @@ class Engine:
             self.budget = budgets.Budget(t.budget_minutes, self.started, len(data.val),
                                          view_count(recipe.evaluate), recipe.output.export, calibration, clock)
         self.averager = self._averager()
+        self.progress = EpochProgress(self.spe, self.batch, clock, recipe.runtime.verbose, self.echo,
+                                      self.budget)
         self.phase_total = None
         self.low_res = low_res_shape(t.low_res, data.train.image_shape)  # (h, w, cost of a step) or None
         self.small_input_networks = ()  # what takes the small batches: the model, and the proxy that ranks them
@@ -144,6 +148,7 @@ class Engine:
                     self._run_phases()
                     break
                 except Rewind:
+                    attach_state(self.trainer)  # JAX: the abandoned steps' state, before the checkpoint replaces it
                     continue
         self.run.state["done"] = True
         self.run.commit()
@@ -195,6 +200,7 @@ class Engine:
             self.echo_every_worker(f"resuming {self.run.dir} at step {s['step']} (epoch {s['epoch']}, phase {index + 1}; "
                       f"optimizer step {int(opt.iterations.numpy())}, lr {float(schedule(opt.iterations)):.5f})")
         callbacks = self._callbacks(trainer)
+        self.trainer = trainer
         self._loop(index, phase, trainer, opt, schedule, callbacks, first_step)
 
     def _planned_total(self, phase):
@@ -290,16 +296,18 @@ class Engine:
                 # the step holds the whitening bias's trainability, the input size and, preparing batches
                 # on the device, the mixer
                 if segment is None or want[1:] != segment[1:] or (self.augment_on_device and want[0] != segment[0]):
+                    attach_state(trainer)
                     set_whitening_bias_trainable(self.model, want[1])
                     if segment is not None and segment[2] and not want[2]:
                         self.echo(f"low_res: step {local + 1} on trains at the data's size")
-                    train_fn = make_train_function(trainer, self.strategy, self.recipe.runtime.jit_compile,
-                                                   self._step_wrap(want[0], want[2]))
+                    train_fn = self._train_function(trainer, want)
                 segment = want
             if new_epoch or step % self.spe == 0:
+                attach_state(trainer)
                 trainer.reset_metrics()
                 callbacks.on_epoch_begin(step // self.spe)
                 epoch_start, new_epoch = self.clock(), False
+                self.progress.start(step // self.spe, self.total_epochs, step % self.spe)
             callbacks.on_train_batch_begin(step % self.spe)
             if segment[2]:
                 with any_input_size(trainer, *self.small_input_networks):
@@ -308,6 +316,7 @@ class Engine:
                 logs = train_fn(iterator)
             s["phase_step"], s["step"] = local + 1, step + 1
             callbacks.on_train_batch_end(step % self.spe, logs)
+            self.progress.update(step % self.spe + 1, logs)
             self._maybe_plan(local + 1, schedule)
             end_of_epoch = s["step"] % self.spe == 0 or s["phase_step"] >= self.phase_total
             if s["step"] % (out.log_every_steps or 10) == 0 or end_of_epoch:
@@ -317,18 +326,29 @@ class Engine:
             if not end_of_epoch and self._out_of_time(schedule):
                 end_of_epoch = True
             if end_of_epoch:
+                self.progress.end()
+                attach_state(trainer)
                 self._end_epoch(trainer, opt, schedule, callbacks, logs, phase, self.clock() - epoch_start)
             elif out.checkpoint_every_steps and s["step"] % out.checkpoint_every_steps == 0:
+                attach_state(trainer)
                 s["train_seconds"] += self.clock() - epoch_start
                 self._checkpoint(trainer)
                 epoch_start = self.clock()
+        attach_state(trainer)
         callbacks.on_train_end()
+
+    def _train_function(self, trainer, segment):
+        if keras.backend.backend() == "jax":  # runtime.check_backend refused the TensorFlow-only stages
+            return make_jax_train_function(trainer)
+        return make_train_function(trainer, self.strategy, self.recipe.runtime.jit_compile,
+                                   self._step_wrap(segment[0], segment[2]))
 
     def _out_of_time(self, schedule):
         """A budgeted run whose time for training is up ends here (its last, partial epoch)."""
         s = self.run.state
         if self.budget is None or not s.get("plan") or not self.budget.out_of_time():
             return False
+        attach_state(self.trainer)
         self.echo(f"budget: stopping at step {s['step']} to leave time for the final evaluation and exports")
         self.phase_total = s["phase_step"]
         schedule.set(total_steps=self.phase_total)
@@ -340,13 +360,14 @@ class Engine:
         b, s = self.budget, self.run.state
         if b is None or s.get("plan") or not b.time_first_steps(local, self._step_cost):
             return
+        attach_state(self.trainer)
         self._time_inference()
         self._replan(schedule, first=True)
 
     def _time_inference(self):
         b = self.budget
         batch = next(iter(self.val_ds.take(1)))[0]
-        b.val_seconds = self._seconds_per_image(self.predict._fn, batch) * len(self.data.val)
+        b.val_seconds = self._seconds_per_image(self.predict.batch, batch) * len(self.data.val)
         b.inference_timed(*self._time_final_evaluation(batch))
 
     def _time_final_evaluation(self, batch):
@@ -355,18 +376,23 @@ class Engine:
         precision: a 30-minute run's 35,000 evaluated images once took 92 s against 30 s planned),
         plainly and with the recipe's test-time views."""
         ev = self.recipe.evaluate
+        self.budget.compile_seconds = 0.0
         final = as_float32(self.model)  # the model itself when it trains in float32
-        plain = self._seconds_per_image((self.predict if final is self.model else Predictor(final))._fn, batch)
+        plain = self._seconds_per_image((self.predict if final is self.model else Predictor(final)).batch, batch,
+                                        final is not self.model)
         if not view_count(ev):
             return plain, 0.0
-        tta = Predictor(tta_model(final, views_of(ev), ev.average))._fn
+        tta = Predictor(tta_model(final, views_of(ev), ev.average)).batch
         size = eval_batch_size(self.data.val.image_shape, view_count(ev), ev.batch_size)  # the report's batch
-        return plain, self._seconds_per_image(tta, batch[:size])
+        return plain, self._seconds_per_image(tta, batch[:size], True)
 
-    def _seconds_per_image(self, fn, batch):
-        """One traced call, then one timed."""
-        fn(batch)
-        _, seconds = self.budget.timed(lambda: fn(batch).numpy())
+    def _seconds_per_image(self, fn, batch, compiled_again=False):
+        """One traced call, then one timed. `compiled_again`: the final evaluation builds this
+        network anew, so its first call (a compile on JAX) is kept for the budget too."""
+        _, first = self.budget.timed(lambda: fn(batch))
+        _, seconds = self.budget.timed(lambda: fn(batch))
+        if compiled_again:
+            self.budget.compile_seconds += max(first - seconds, 0.0)
         return seconds / int(batch.shape[0])
 
     def _replan(self, schedule, first=False):
@@ -430,13 +456,14 @@ class Engine:
         s, t = self.run.state, self.recipe.train
         epoch = math.ceil(s["step"] / self.spe) - 1
         row = {"epoch": epoch, "step": s["step"], **{k: float(v) for k, v in logs.items()}}
+        rate = round(self.progress.images_per_second(s["step"] - epoch * self.spe), 1)  # before validation
         last = s["phase_step"] >= self.phase_total and s["phase"] == len(self.phases) - 1
         if (t.val_every and (epoch + 1) % t.val_every == 0) or last:
             val_time = self.clock()
             row.update(self._validate())
             if self.budget is not None:
                 self.budget.val_seconds = self.clock() - val_time
-        row.update(lr=float(schedule(opt.iterations)), seconds=round(seconds, 2), **phase.tags)
+        row.update(lr=float(schedule(opt.iterations)), seconds=round(seconds, 2), images_per_s=rate, **phase.tags)
         # Keras callbacks (TensorBoard) take numbers only; the phase's text tags stay in the history.
         callbacks.on_epoch_end(epoch, {k: v for k, v in row.items() if not isinstance(v, str)})
         s["epoch"], s["train_seconds"] = epoch + 1, s["train_seconds"] + seconds
@@ -468,11 +495,12 @@ class Engine:
         shown = [f"{k} {row[k]:.4f}" for k in ("loss", "top1", "val_loss", "val_top1") if k in row]
         tag = f" [{row['unfreeze']}]" if "unfreeze" in row else ""
         self.echo(f"epoch {row['epoch'] + 1}/{self.total_epochs}{tag} step {row['step']} - {row['seconds']:.1f}s - "
-                  + " - ".join(shown) + f" - lr {row['lr']:.5f}")
+                  + " - ".join(shown) + f" - lr {row['lr']:.5f} - {row['images_per_s']:.0f} images/s")
 
     def _log_step(self, logs, schedule, opt):
         if not self.run.chief:
             return
+        attach_state(self.trainer)
         path = self.run.dir / "steps.csv"
         line = f"{self.run.state['step']},{float(logs['loss']):.7g},{float(schedule(opt.iterations - 1)):.7g}\n"
         if not path.exists():
@@ -544,6 +572,14 @@ def batch_resizer(height, width):
         return (tf.cast(x, batch[0].dtype), *batch[1:])
 
     return resize
+
+
+def attach_state(trainer):
+    """On JAX, put the state the compiled steps carry back into the variables before the loop reads
+    or writes one between steps (train/jax_loop.py); nothing to do on TensorFlow."""
+    sync = getattr(trainer, "jax_state_sync", None)
+    if sync is not None:
+        sync()
 
 
 def set_whitening_bias_trainable(model, trainable):

@@ -19,7 +19,7 @@ def make_optimizer(train, steps_per_epoch, model, multipliers=(), total_steps=No
     `learning_rate` (a callable) replaces the recipe's schedule: the data filter's proxy follows
     the model's rate at the model's step.
     """
-    lr = learning_rate or schedules.schedule_from(train, steps_per_epoch, total_steps).adjustable()
+    lr = learning_rate or schedules.schedule_from(train, steps_per_epoch, total_steps)
     wd = train.weight_decay or None
     multipliers = [(v, m) for v, m in multipliers if m != 1.0]
     if train.optimizer in ("sgd", "muon"):
@@ -35,6 +35,8 @@ def make_optimizer(train, steps_per_epoch, model, multipliers=(), total_steps=No
         opt.set_lr_multipliers(multipliers)
     if train.optimizer == "muon":  # the SGD keeps what the filters do not take
         opt = muon_sgd(opt, model, train.muon)
+    if learning_rate is None:
+        lr.adjustable(opt)
     return opt
 
 

@@ -37,13 +37,20 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
         self.hold_lr = None if hold_lr is None else float(hold_lr)
         self.hold_cycle, self.hold_min_lr = int(hold_cycle), float(hold_min_lr)  # SWA's cyclic rate
 
-    def adjustable(self):
-        """Attach the variables that a budget plan (total steps) and a recovery (scale) set."""
+    def adjustable(self, optimizer=None):
+        """Attach the variables that a budget plan (total steps) and a recovery (scale) set. On
+        TensorFlow the compiled step reads them by reference; on JAX a step sees only its state, so
+        they are variables of the `optimizer` (whose state each step carries)."""
         if self._total is None:
-            import tensorflow as tf  # here, so the schedule (and optim.py) import on any Keras backend
+            if optimizer is None or keras.backend.backend() == "tensorflow":
+                import tensorflow as tf  # here, so the schedule (and optim.py) import on any Keras backend
 
-            self._total = tf.Variable(float(self.total_steps), trainable=False, dtype=tf.float32)
-            self._scale = tf.Variable(1.0, trainable=False, dtype=tf.float32)
+                self._total = tf.Variable(float(self.total_steps), trainable=False, dtype=tf.float32)
+                self._scale = tf.Variable(1.0, trainable=False, dtype=tf.float32)
+            else:
+                self._total = optimizer.add_variable((), keras.initializers.Constant(float(self.total_steps)),
+                                                     "float32", name="schedule_total_steps")
+                self._scale = optimizer.add_variable((), "ones", "float32", name="schedule_scale")
         return self
 
     def set(self, total_steps=None, scale=None):

@@ -1,0 +1,38 @@
+"""The compiled training step on Keras' JAX backend.
+
+On JAX a train step is a pure function of the state (trainable, non-trainable, optimizer and
+metric variables) and a batch. Keras' own `fit` keeps that state outside the variables during an
+epoch and puts it back (`jax_state_sync`) where something must read the model; kclassify's loop
+does the same with Keras' own `train_step` and its own bookkeeping: `attach_state` wherever the
+loop reads or writes a variable between steps (validation, checkpoints, weight averages, a new
+plan of the schedule, metric resets), after which the next step gathers the state again.
+Reading a variable between steps without it fails loudly: the step donates the state's buffers.
+"""
+import jax
+import numpy as np
+from keras import tree
+
+
+STATE = ("trainable_variables", "non_trainable_variables", "optimizer_variables", "metrics_variables")
+
+
+def make_jax_train_function(trainer, wrap=None):
+    """One jitted training step on the next batch of `iterator`; returns the step's logs.
+    `wrap(train_step)` gives the step that runs instead (stateless: (state, batch) -> (logs, state))."""
+    step = wrap(trainer.train_step) if wrap else trainer.train_step
+    compiled = jax.jit(step, donate_argnums=0)
+
+    def train_function(iterator):
+        if getattr(trainer, "_jax_state_synced", True):
+            state = trainer._get_jax_state(trainable_variables=True, non_trainable_variables=True,
+                                           optimizer_variables=True, metrics_variables=True)
+            trainer._jax_state_synced = False
+        else:
+            held = trainer._jax_state  # a Keras model tracks what it is given: back to plain lists
+            state = tuple(list(held[k]) for k in STATE)
+        batch = tree.map_structure(np.asarray, next(iterator))  # tf.data's tensors, or numpy already
+        logs, state = compiled(state, batch)
+        trainer._jax_state = dict(zip(STATE, state))
+        return logs
+
+    return train_function

@@ -1,0 +1,114 @@
+"""The engine on Keras' JAX backend (CPU here, `jax[cpu]` in the test extra): the quickstart recipe
+trains through `kclassify fit` and ships its measured int8 file (exported on TensorFlow in a child
+process); every registered model builds and trains a step; TensorFlow-only options are refused by
+name. Each case runs in its own process, because a process picks its backend once."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, tiny_recipe
+from kclassify.errors import RecipeError
+from kclassify.runtime import check_backend
+
+pytest.importorskip("jax", reason="the JAX backend's tests need jax[cpu] (pip install -e '.[test]')")
+
+# Models that do not build under JAX, with why (none so far).
+NOT_ON_JAX = {}
+
+
+def on_jax(*args, timeout=600):
+    env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_quickstart_trains_on_jax_and_its_int8_file_is_measured_on_tensorflow(tmp_path):
+    out = tmp_path / "run"
+    proc = on_jax("-m", "kclassify", "fit", "quickstart", "--out", out, "--set", "train.epochs=4")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "runtime.fused_bn: TensorFlow's fused BatchNorm kernel is set aside on jax" in proc.stdout
+    assert "export int8: on TensorFlow in a child process (this run trained on jax)" in proc.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 4 * 22 and metrics["val"]["top1"] > 0.8  # 4 epochs: 0.93-0.97 over seeds 0-2
+    exported = json.loads((out / "model_int8.json").read_text())
+    # The .keras saved on JAX, loaded on TensorFlow, predicts what the JAX run measured.
+    assert exported["keras"]["top1"] == pytest.approx(metrics["val"]["top1"], abs=1 / 360 + 1e-9)
+    assert exported["agreement"] >= 0.95 and (out / "model_int8.tflite").stat().st_size > 0
+    history = (out / "history.csv").read_text().splitlines()
+    assert history[0].endswith("images_per_s") and len(history) == 5
+
+
+BUILD_ALL = """
+import json, sys
+import numpy as np
+import keras
+from kclassify.models import build_model
+assert keras.backend.backend() == "jax"
+train, names, out = sys.argv[1] == "train", sys.argv[2:], {}
+x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+for name in names:
+    try:
+        model = build_model(name, 5, (32, 32, 3))
+        if train:  # a compiled step: on a CPU, seconds of XLA compilation a model
+            model.compile(optimizer="sgd", loss="categorical_crossentropy")
+            value = float(model.train_on_batch(x, np.eye(5, dtype="float32")[[0, 1]]))
+        else:
+            value = float(np.asarray(model(x, training=False)).sum())  # probabilities: 2 rows of 1
+        out[name] = "ok" if np.isfinite(value) else f"not finite: {value}"
+    except Exception as err:
+        out[name] = f"{type(err).__name__}: {str(err)[:300]}"
+print(json.dumps(out))
+"""
+
+
+def registered(which):
+    """The registry's generic models: `fast` (not marked slow), `slow`, or `families` (the first
+    fast model of each family)."""
+    from kclassify.models import MODELS
+
+    names = [n for n in MODELS.names() if MODELS.info(n).get("generic_tests", True) and n not in NOT_ON_JAX]
+    if which == "families":
+        return list({MODELS.info(n)["family"]: n for n in reversed(registered("fast"))}.values())
+    return [n for n in names if bool(MODELS.info(n).get("slow")) == (which == "slow")]
+
+
+@pytest.mark.slow  # a JAX child process runs ops eagerly: 30 s for one model of each family, minutes for all
+@pytest.mark.parametrize("which,mode", [("families", "build"),
+                                        pytest.param("fast", "build", marks=pytest.mark.slow),
+                                        pytest.param("fast", "train", marks=pytest.mark.slow),
+                                        pytest.param("slow", "build", marks=pytest.mark.slow)])
+def test_every_registered_model_builds_and_runs_on_jax(which, mode):
+    """Every model builds and runs forward on JAX (the fast tier: one of each family); the slow tier
+    also trains a compiled step of each fast one (the big ones' compiled steps take minutes each on
+    a CPU: built and run forward only)."""
+    names = registered(which)
+    proc = on_jax("-c", BUILD_ALL, mode, *names, timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout.splitlines()[-1])
+    assert {n: r for n, r in results.items() if r != "ok"} == {}
+    assert sorted(results) == sorted(names)
+
+
+def test_tensorflow_only_options_are_refused_by_name_on_jax(tmp_path):
+    for section, fields, named in (("runtime", {"strategy": "mirrored"}, "runtime.strategy: mirrored"),
+                                   ("runtime", {"fused_bn": True}, "runtime.fused_bn: true"),
+                                   ("runtime", {"augment_on": "device"}, "runtime.augment_on: device"),
+                                   ("train", {"low_res": {"size": 6, "fraction": 0.5}}, "train.low_res")):
+        recipe = tiny_recipe(tmp_path, **{section: fields})
+        with pytest.raises(RecipeError, match=f"{named} runs on TensorFlow only"):
+            check_backend(recipe, "jax")
+
+
+def test_defaults_that_are_tensorflows_are_set_aside_with_a_line(tmp_path):
+    recipe, lines = tiny_recipe(tmp_path), []
+    assert recipe.runtime.fused_bn
+    check_backend(recipe, "jax", lines.append)
+    assert not recipe.runtime.fused_bn and recipe.runtime.augment_on == "host"
+    assert lines == ["runtime.fused_bn: TensorFlow's fused BatchNorm kernel is set aside on jax (Keras' own ops)"]
+    with pytest.raises(RecipeError, match="kclassify trains on tensorflow or jax"):
+        check_backend(tiny_recipe(tmp_path), "torch")
+    unchanged = tiny_recipe(tmp_path)
+    check_backend(unchanged, "tensorflow")
+    assert unchanged.runtime.fused_bn
