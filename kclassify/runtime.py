@@ -114,7 +114,7 @@ def check_backend(recipe, backend, echo=print):
         return
     rt, t = recipe.runtime, recipe.train
     refused = [name for name, tf_only in (
-        (f"runtime.strategy: {rt.strategy}", rt.strategy != "default"),
+        (f"runtime.strategy: {rt.strategy}", rt.strategy == "multi_worker"),
         ("runtime.cpu_devices", rt.cpu_devices is not None),
         ("runtime.fused_bn: true", rt.fused_bn and "fused_bn" in rt.model_fields_set),
         ("runtime.conv_filter_grad: matmul", rt.conv_filter_grad == "matmul"),
@@ -168,10 +168,27 @@ def setup(runtime, echo=print):
                           "slower than float32, not faster; use float32 (or auto) on this CPU", stacklevel=2)
     if runtime.strategy == "multi_worker":
         return strategy
+    if runtime.strategy == "mirrored" and keras.backend.backend() == "jax":
+        return jax_data_parallel(echo)
     if runtime.strategy == "mirrored":
         gpus = tf.config.list_logical_devices("GPU")
         devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
         return tf.distribute.MirroredStrategy(devices=devices)
+    return tf.distribute.get_strategy()
+
+
+def jax_data_parallel(echo=print):
+    """runtime.strategy mirrored on JAX: keras.distribution's DataParallel over every local device
+    (variables replicated, each batch split along its first axis; the compiled step is one program
+    over the global batch, so BatchNorm sees the global batch as on one device). Set before the
+    model is built, so its variables are created replicated. The returned tf.distribute default
+    strategy is only the no-op scope the engine builds under."""
+    import keras
+    import tensorflow as tf
+
+    devices = keras.distribution.list_devices()
+    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+    echo(f"runtime.strategy mirrored on jax: keras.distribution.DataParallel over {len(devices)} devices")
     return tf.distribute.get_strategy()
 
 

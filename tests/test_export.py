@@ -418,6 +418,7 @@ def test_cli_export_and_evaluate(digits_run, tmp_path):
     assert (tmp_path / "eval_confusion.png").exists()
 
 
+@pytest.mark.slow  # the slow tier (-m slow): keeps the fast tier under 8 minutes on 2 cores
 def test_cli_debug_quant_and_kit(digits_run, tmp_path):
     out = run_cli("export", digits_run, "--tflite", "--quant", "int8", "--debug-quant", "--out",
                   tmp_path / "m.tflite", "--kit", tmp_path / "device")
@@ -437,6 +438,7 @@ def test_cli_max_drop(digits_run, tmp_path):
     assert bad.returncode == 2 and "--max-drop applies to calibrated modes" in bad.stderr
 
 
+@pytest.mark.slow  # the slow tier (-m slow): keeps the fast tier under 8 minutes on 2 cores
 def test_cli_model_file_that_is_not_a_model(tmp_path):
     fake = tmp_path / "model.keras"
     fake.write_text("hello")

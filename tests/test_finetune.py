@@ -158,6 +158,7 @@ def test_resume_inside_a_phase_and_saved_model_loads(tmp_path, tiny_npz, base_fi
     assert model.predict(x, verbose=0).shape == (4, 3)
 
 
+@pytest.mark.slow  # the slow tier (-m slow): keeps the fast tier under 8 minutes on 2 cores
 def test_dry_run_lists_phases(tmp_path, tiny_npz):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"data: {{source: npz, path: {tiny_npz}, val_fraction: 0.2}}\n"

@@ -210,6 +210,7 @@ def test_user_errors(tmp_path, presets, monkeypatch):
         build_model("keras_hub", 3, (32, 32, 3), preset=str(presets["resnet"][0]))
 
 
+@pytest.mark.slow  # the slow tier (-m slow): keeps the fast tier under 8 minutes on 2 cores
 def test_core_never_imports_keras_hub():
     code = ("import sys, kclassify, kclassify.models, kclassify.train.unfreeze; "
             "print('keras_hub' in sys.modules)")

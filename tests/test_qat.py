@@ -203,6 +203,7 @@ def checked(tmp_path_factory):
     return check
 
 
+@pytest.mark.slow  # the slow tier (-m slow): keeps the fast tier under 8 minutes on 2 cores
 @needs_tfmot
 # the imagenet-sized, mobile and nested groups in the slow tier (22, 25 and 30 s of the fast one);
 # the fast one keeps the CIFAR and pre-activation families (nesting is also checked without tfmot below)

@@ -71,6 +71,7 @@ class Engine:
         self.batch = min(t.batch_size, len(data.train))
         self.worker = worker_of(strategy)
         self.spe = steps_per_epoch(data.train, self.batch, t.steps_per_epoch, self.worker[1])
+        check_batch_splits(self.batch)
         self.val_ds = eval_dataset(data.val, self.k, recipe.evaluate.batch_size)
         self.predict = predictor(model)
         self.clock = clock  # every reading of the time (a budget is tested on a fake clock)
@@ -572,6 +573,14 @@ def batch_resizer(height, width):
         return (tf.cast(x, batch[0].dtype), *batch[1:])
 
     return resize
+
+
+def check_batch_splits(batch):
+    """A keras.distribution (JAX, runtime.strategy mirrored) splits each batch evenly over its devices."""
+    dist = keras.distribution.distribution()
+    devices = len(dist.device_mesh.devices.flat) if dist is not None else 1
+    if batch % devices:
+        raise RecipeError(f"train.batch_size {batch} does not split over {devices} devices: use a multiple of {devices}")
 
 
 def attach_state(trainer):

@@ -9,8 +9,19 @@ plan of the schedule, metric resets), after which the next step gathers the stat
 Reading a variable between steps without it fails loudly: the step donates the state's buffers.
 """
 import jax
+import keras
 import numpy as np
 from keras import tree
+
+
+def place(array):
+    """A batch's array (tf.data's tensor, or numpy) as the step takes it: split along the batch axis
+    over the devices of a keras.distribution (runtime.strategy mirrored), else as numpy."""
+    array = np.asarray(array)
+    dist = keras.distribution.distribution()
+    if dist is None:
+        return array
+    return jax.device_put(array, dist.get_data_layout(array.shape).backend_layout)
 
 
 STATE = ("trainable_variables", "non_trainable_variables", "optimizer_variables", "metrics_variables")
@@ -30,7 +41,7 @@ def make_jax_train_function(trainer, wrap=None):
         else:
             held = trainer._jax_state  # a Keras model tracks what it is given: back to plain lists
             state = tuple(list(held[k]) for k in STATE)
-        batch = tree.map_structure(np.asarray, next(iterator))  # tf.data's tensors, or numpy already
+        batch = tree.map_structure(place, next(iterator))
         logs, state = compiled(state, batch)
         trainer._jax_state = dict(zip(STATE, state))
         return logs
