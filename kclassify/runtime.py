@@ -118,7 +118,6 @@ def check_backend(recipe, backend, echo=print):
         ("runtime.cpu_devices", rt.cpu_devices is not None),
         ("runtime.fused_bn: true", rt.fused_bn and "fused_bn" in rt.model_fields_set),
         ("runtime.conv_filter_grad: matmul", rt.conv_filter_grad == "matmul"),
-        ("runtime.augment_on: device", rt.augment_on == "device"),
         ("train.data_filter", t.data_filter is not None),
         ("train.low_res", t.low_res is not None)) if tf_only]
     if refused:
@@ -126,7 +125,9 @@ def check_backend(recipe, backend, echo=print):
                           f"or a TensorFlow step); on {backend} leave it out, or run with KERAS_BACKEND=tensorflow")
     if rt.fused_bn:
         echo(f"runtime.fused_bn: TensorFlow's fused BatchNorm kernel is set aside on {backend} (Keras' own ops)")
-    recipe.runtime = rt.model_copy(update={"fused_bn": False, "conv_filter_grad": "native", "augment_on": "host"})
+    # augment_on auto is host on JAX: device is what the recipe asks for (augment/device.py)
+    augment_on = "device" if rt.augment_on == "device" else "host"
+    recipe.runtime = rt.model_copy(update={"fused_bn": False, "conv_filter_grad": "native", "augment_on": augment_on})
 
 
 def is_chief(runtime):

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import ROOT, tiny_recipe
@@ -24,9 +25,13 @@ def on_jax(*args, timeout=600, env=None):
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def test_quickstart_trains_on_jax_and_its_int8_file_is_measured_on_tensorflow(tmp_path):
+@pytest.mark.parametrize("augment_on", ["host", pytest.param("device", marks=pytest.mark.slow)])
+def test_quickstart_trains_on_jax_and_its_int8_file_is_measured_on_tensorflow(tmp_path, augment_on):
+    """host: tf.data augments; device: the numpy stream feeds uint8 batches that the jitted step
+    prepares itself (augment/device.py)."""
     out = tmp_path / "run"
-    proc = on_jax("-m", "kclassify", "fit", "quickstart", "--out", out, "--set", "train.epochs=4")
+    proc = on_jax("-m", "kclassify", "fit", "quickstart", "--out", out, "--set", "train.epochs=4",
+                  "--set", f"runtime.augment_on={augment_on}")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "runtime.fused_bn: TensorFlow's fused BatchNorm kernel is set aside on jax" in proc.stdout
     assert "export int8: on TensorFlow in a child process (this run trained on jax)" in proc.stdout
@@ -115,7 +120,6 @@ def test_every_registered_model_builds_and_runs_on_jax(which, mode):
 def test_tensorflow_only_options_are_refused_by_name_on_jax(tmp_path):
     for section, fields, named in (("runtime", {"strategy": "multi_worker"}, "runtime.strategy: multi_worker"),
                                    ("runtime", {"fused_bn": True}, "runtime.fused_bn: true"),
-                                   ("runtime", {"augment_on": "device"}, "runtime.augment_on: device"),
                                    ("train", {"low_res": {"size": 6, "fraction": 0.5}}, "train.low_res")):
         recipe = tiny_recipe(tmp_path, **{section: fields})
         with pytest.raises(RecipeError, match=f"{named} runs on TensorFlow only"):
@@ -126,10 +130,84 @@ def test_defaults_that_are_tensorflows_are_set_aside_with_a_line(tmp_path):
     recipe, lines = tiny_recipe(tmp_path), []
     assert recipe.runtime.fused_bn
     check_backend(recipe, "jax", lines.append)
-    assert not recipe.runtime.fused_bn and recipe.runtime.augment_on == "host"
+    assert not recipe.runtime.fused_bn and recipe.runtime.augment_on == "host"  # auto: host on JAX
     assert lines == ["runtime.fused_bn: TensorFlow's fused BatchNorm kernel is set aside on jax (Keras' own ops)"]
     with pytest.raises(RecipeError, match="kclassify trains on tensorflow or jax"):
         check_backend(tiny_recipe(tmp_path), "torch")
     unchanged = tiny_recipe(tmp_path)
     check_backend(unchanged, "tensorflow")
     assert unchanged.runtime.fused_bn
+
+
+def test_the_numpy_stream_hands_the_step_the_images_of_the_tensorflow_stream(tmp_path):
+    """Same images, labels and alternating-flip masks in the same order, across an epoch boundary
+    and for one worker's slice, from the numpy stream (no TensorFlow) and from tf.data."""
+    from kclassify.data import load_data
+    from kclassify.data.numpy_stream import numpy_batches
+    from kclassify.data.pipeline import BatchPlan, raw_stream, steps_per_epoch
+
+    recipe = tiny_recipe(tmp_path)
+    split = load_data(recipe.data, 0).train
+    spe = steps_per_epoch(split, 64, None, 1)
+    for worker in ((0, 1), (1, 2)):
+        plan = BatchPlan(split.labels, 64, spe, 3, "none", worker)
+        host = raw_stream(split, plan, spe - 2).take(4)
+        device = numpy_batches(split, 64, spe, 3, spe - 2, worker)
+        for (x, y, mask), (nx, ny, nmask, step) in zip(host, device):
+            np.testing.assert_array_equal(x.numpy(), nx)
+            np.testing.assert_array_equal(y.numpy(), ny)
+            np.testing.assert_array_equal(mask.numpy(), nmask)
+
+
+def test_the_device_preparation_computes_what_the_host_stream_does(tmp_path):
+    """With no random draw (alternating flip, label smoothing), the step's own preparation
+    (augment/device.py, keras.ops) turns the numpy stream's raw batches into the host stream's."""
+    from kclassify.augment.device import device_preparer, step_key
+    from kclassify.data import load_data
+    from kclassify.data.numpy_stream import numpy_batches
+    from kclassify.data.pipeline import recipe_train_dataset, steps_per_epoch
+
+    recipe = tiny_recipe(tmp_path, augment={"flip": "alternate"}, train={"label_smoothing": 0.1})
+    split = load_data(recipe.data, 0).train
+    spe = steps_per_epoch(split, 64, None, 1)
+    prepare = device_preparer(recipe, 10)
+    host = recipe_train_dataset(recipe, split, 10, start_step=spe - 1).take(3)
+    for (x, y), (nx, ny, mask, step) in zip(host, numpy_batches(split, 64, spe, 0, spe - 1)):
+        px, py = prepare(nx, ny, mask, step_key(0, step))
+        np.testing.assert_array_equal(np.asarray(px), x.numpy())
+        np.testing.assert_allclose(np.asarray(py), y.numpy(), rtol=1e-6)
+
+
+RANDOM_OPS = """
+import json
+import numpy as np
+from kclassify.augment.device import cutout, mix_batch, step_key, translate, fold
+from types import SimpleNamespace
+rng = np.random.default_rng(0)
+x = rng.integers(0, 120, (8, 12, 12, 3)).astype(np.uint8)
+key = step_key(5, 17)
+moved = np.asarray(translate(x, 2, "constant", key))
+padded = np.pad(x, [[0, 0], [2, 2], [2, 2], [0, 0]])
+windows = [any((padded[i, dy:dy + 12, dx:dx + 12] == moved[i]).all() for dy in range(5) for dx in range(5))
+           for i in range(8)]
+holes = np.asarray(cutout(x, key, n_holes=1, length=4))
+changed = (holes != x).any(-1)
+cfg = SimpleNamespace(mixup_alpha=0.4, cutmix_alpha=1.0, mix_switch_prob=0.5, mix_prob=1.0)
+y = np.eye(4, dtype=np.float32)[rng.integers(0, 4, 8)]
+mx, my = mix_batch(x.astype(np.float32), y, cfg, key)
+again = np.asarray(translate(x, 2, "constant", step_key(5, 17)))
+other = np.asarray(translate(x, 2, "constant", step_key(5, 18)))
+print(json.dumps({"windows": windows, "hole_fill": bool((holes[changed.nonzero()] == 128).all()),
+                  "holes_max": int(changed.sum((1, 2)).max()), "rows_sum_1": bool(np.allclose(np.asarray(my).sum(1), 1)),
+                  "same_key_same": bool((again == moved).all()), "other_key_differs": bool((other != moved).any())}))
+"""
+
+
+def test_the_random_device_ops_on_jax_draw_per_step_and_keep_their_contracts():
+    """On JAX: each translated image is a window of the padded image; Cutout paints at most one
+    4x4 square of 128 per image; mixed targets still sum to 1; a step's key repeats its draws."""
+    proc = on_jax("-c", RANDOM_OPS)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.splitlines()[-1])
+    assert all(out.pop("windows")) and out.pop("holes_max") <= 16
+    assert all(out.values()), out

@@ -21,6 +21,8 @@ import tensorflow as tf
 from keras.layers import InputSpec
 
 from kclassify.data.splits import resolve_count
+from kclassify.augment.device import check_device_recipe, device_preparer, step_key
+from kclassify.data.numpy_stream import numpy_batches
 from kclassify.data.pipeline import (augment_on_device, eval_batch_size, eval_dataset, recipe_preparer,
                                      recipe_train_dataset, steps_per_epoch)
 from kclassify.errors import RecipeError, TrainingDiverged
@@ -64,7 +66,10 @@ class Engine:
         self.teacher = teacher
         self.data_filter = data_filter  # train/data_filter.py: the proxy that picks each batch's kept images
         self.k = len(data.class_names)
+        self.on_jax = keras.backend.backend() == "jax"
         self.augment_on_device = augment_on_device(recipe.runtime.augment_on)
+        if self.augment_on_device and self.on_jax:
+            check_device_recipe(recipe)
         if self.augment_on_device:
             self.echo("augmentation: inside the train step (runtime.augment_on); the input stream gathers uint8 batches")
         t = recipe.train
@@ -237,6 +242,9 @@ class Engine:
     # ------------------------------------------------------------------ the loop
 
     def _stream(self, global_step, mix):
+        if self.on_jax and self.augment_on_device:
+            return numpy_batches(self.data.train, self.batch, self.spe, self.recipe.runtime.seed, global_step,
+                                 self.worker)
         return distribute(self.strategy, lambda worker, workers: recipe_train_dataset(
             self.recipe, self.data.train, self.k, mix=mix, start_step=global_step, worker=(worker, workers),
             raw=self.augment_on_device))
@@ -263,6 +271,20 @@ class Engine:
                 return step(batch)
 
             return prepared
+
+        return wrap
+
+    def _device_wrap(self, mix):
+        """JAX with runtime.augment_on device: the step prepares the numpy stream's raw batch itself
+        (augment/device.py), drawing its random numbers from the run's seed and the step's index."""
+        prepare, seed = device_preparer(self.recipe, self.k, mix), self.recipe.runtime.seed
+
+        def wrap(train_step):
+            def step(state, batch):
+                images, labels, mask, index = batch
+                return train_step(state, prepare(images, labels, mask, step_key(seed, index)))
+
+            return step
 
         return wrap
 
@@ -339,8 +361,8 @@ class Engine:
         callbacks.on_train_end()
 
     def _train_function(self, trainer, segment):
-        if keras.backend.backend() == "jax":  # runtime.check_backend refused the TensorFlow-only stages
-            return make_jax_train_function(trainer)
+        if self.on_jax:  # runtime.check_backend refused the TensorFlow-only stages
+            return make_jax_train_function(trainer, self._device_wrap(segment[0]) if self.augment_on_device else None)
         return make_train_function(trainer, self.strategy, self.recipe.runtime.jit_compile,
                                    self._step_wrap(segment[0], segment[2]))
 

@@ -19,7 +19,7 @@ def place(array):
     over the devices of a keras.distribution (runtime.strategy mirrored), else as numpy."""
     array = np.asarray(array)
     dist = keras.distribution.distribution()
-    if dist is None:
+    if dist is None or array.ndim == 0:  # a step's index is no batch
         return array
     return jax.device_put(array, dist.get_data_layout(array.shape).backend_layout)
 
