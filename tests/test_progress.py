@@ -33,3 +33,17 @@ def test_on_a_pipe_a_line_every_30_seconds_says_where_the_epoch_is():
 def test_verbose_0_and_2_print_only_the_epoch_lines(verbose):
     lines, _, _ = run_epoch(verbose)
     assert lines == []
+
+
+def test_a_run_reports_its_training_images_a_second_and_the_arithmetic_rate_they_make():
+    from kclassify.commands.finish import training_speed
+    from kclassify.commands.profile import profile_model
+    from kclassify.models import build_model
+
+    model = build_model("resnet20", 10, (8, 8, 1))
+    history = [{"images_per_s": 300.0}, {"images_per_s": 2000.0}, {"images_per_s": 2400.0}, {"images_per_s": 2200.0}]
+    speed = training_speed(history, model)
+    assert speed["train_images_per_s"] == 2200.0  # the median epoch after the first (which compiles)
+    assert speed["train_gflops"] == round(6 * profile_model(model)["macs"] * 2200.0 / 1e9, 2) > 0
+    assert training_speed(history[:1], model)["train_images_per_s"] == 300.0
+    assert training_speed([{"epoch": 0}], model) == {}

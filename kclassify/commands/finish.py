@@ -11,6 +11,7 @@ import keras
 import numpy as np
 
 from kclassify.commands.export import ExportJob
+from kclassify.commands.profile import profile_model
 from kclassify.commands.report import write_run_report
 from kclassify.errors import ExportError
 from kclassify.inference import evaluate_model, write_evaluation
@@ -44,6 +45,7 @@ def finish_run(run, model, data, recipe, echo=print, budget=None, started=None):
                "train_images": len(data.train), "val_images": len(data.val)}
     if "val_tta" in reports:
         metrics["val_tta"].update(tta=recipe.evaluate.tta, views=reports["val_tta"]["views"])
+    metrics.update(training_speed(state["history"], model))
     if state.get("recoveries"):
         metrics["recoveries"] = state["recoveries"]
     if not run.chief:
@@ -55,8 +57,21 @@ def finish_run(run, model, data, recipe, echo=print, budget=None, started=None):
         part("report", _html_report, run, data, arrays["probs"], echo)
     close(metrics, state, budget, started, finishing, parts, echo, clock)
     run.write_json("metrics.json", metrics)
-    echo(json.dumps({k: metrics[k] for k in ("val", "val_tta", "epochs", "steps", "wall_seconds") if k in metrics}))
+    echo(json.dumps({k: metrics[k] for k in ("val", "val_tta", "epochs", "steps", "train_images_per_s", "train_gflops",
+                                             "wall_seconds") if k in metrics}))
     return metrics
+
+
+def training_speed(history, model):
+    """Training images a second (the median epoch; the first, which compiles, only when it is the only
+    one) and the arithmetic rate that makes: 6 multiply-adds' worth of FLOPs per MAC of the forward
+    pass (forward, and backward at twice the forward), the figure to hold against a chip's peak."""
+    rates = [row["images_per_s"] for row in history if row.get("images_per_s")]
+    if not rates:
+        return {}
+    rate = float(np.median(rates[1:] or rates))
+    return {"train_images_per_s": round(rate, 1),
+            "train_gflops": round(6 * profile_model(model)["macs"] * rate / 1e9, 2)}
 
 
 def _final_evaluation(model, data, recipe, echo):
