@@ -429,7 +429,7 @@ class Engine:
             low = (t.low_res.fraction, self.low_res[2])
         total, low_steps = b.plan(done, self.spe, t.val_every, cap, per_epoch, low)
         self.phase_total = total
-        self.total_epochs = math.ceil(total / self.spe)
+        self.total_epochs = self.progress.total = math.ceil(total / self.spe)
         schedule.set(total_steps=total)
         s["plan"] = b.record(total, s["phase_step"])
         s["plan"]["total_steps"] = total
