@@ -14,7 +14,7 @@ from keras import ops
 from kclassify.errors import RecipeError
 
 DEVICE_OPS = {"cutout"}
-CUTOUT_FILL = 128  # augment/erasing.py's fill: mid-gray, as airbench
+CUTOUT_FILL = 128  # Cutout's fill on both paths (augment/erasing.py imports it): mid-gray, as airbench
 
 
 def check_device_recipe(recipe):
@@ -38,7 +38,8 @@ def device_preparer(recipe, num_classes, mix=True):
     mixing = mix and (a.mixup_alpha > 0 or a.cutmix_alpha > 0)
 
     def prepare(images, labels, mask, key):
-        keys = [fold(key, i) for i in range(4 + len(cutouts))]
+        # flip, translate, mix; Cutout's keys sit apart from what mix_batch folds from keys[2] (7 to 20)
+        keys = [fold(key, i) for i in range(3)] + [fold(key, 64 + i) for i in range(len(cutouts))]
         x = images
         if a.flip == "alternate":
             x = flip(x, mask)
@@ -47,7 +48,7 @@ def device_preparer(recipe, num_classes, mix=True):
         if a.crop_pad:
             x = translate(x, a.crop_pad, a.pad_mode, keys[1])
         for i, params in enumerate(cutouts):
-            x = cutout(x, keys[4 + i], **params)
+            x = cutout(x, keys[3 + i], **params)
         x = ops.cast(x, "float32")
         y = smooth(ops.one_hot(ops.cast(labels, "int32"), num_classes), t.label_smoothing, t.label_smoothing_mode)
         if mixing:
