@@ -14,7 +14,8 @@ from keras import ops
 from kclassify.errors import RecipeError
 
 DEVICE_OPS = {"cutout"}
-CUTOUT_FILL = 128  # Cutout's fill on both paths (augment/erasing.py imports it): mid-gray, as airbench
+CUTOUT_FILL = 128  # augment/erasing.py's value, kept there too: the tf_keras QAT worker imports that module
+# and cannot import Keras 3, which this module needs
 
 
 def check_device_recipe(recipe):

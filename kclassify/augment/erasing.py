@@ -3,12 +3,12 @@
 Both take one HxWxC image or a BxHxWxC batch; in a batch every image draws its own boxes."""
 import tensorflow as tf
 
-from kclassify.augment.device import CUTOUT_FILL
 from kclassify.augment.ops import batched
 
 # DeVries & Taylor zero the *normalized* image, i.e. paint the dataset mean. Normalization lives
 # in the model here, so holes take a uint8 fill instead; mid-gray is close to the CIFAR mean
 # (125, 123, 114). Pass the dataset's mean per channel to match the paper exactly.
+CUTOUT_FILL = 128
 
 
 def box_mask(height, width, top, left, box_h, box_w):
