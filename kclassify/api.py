@@ -66,12 +66,13 @@ def evaluate(model_or_run, *, data=None, tta=None, json_out=None, echo=print):
 
 
 def export(model_or_run, quant="int8", *, out=None, data=None, calibration_images=None, tta=None, max_drop=None,
-           max_float=None, allow_flex=False, float_layers=None, input_size=None, echo=print):
+           max_float=None, allow_flex=False, float_layers=None, input_size=None, bias_correction=True, echo=print):
     """A builtins-only .tflite in mode `quant` of a run, .keras file or ExportJob, measured with
     LiteRT; returns its report dict.
     `tta` (a preset) puts the test-time views and their average inside the file; `max_drop`
     (top-1 points) is the int8 max-drop limit (default: the run recipe's output.max_drop), searched
-    over at most `max_float` layers kept in float."""
+    over at most `max_float` layers kept in float, refused (MaxDropNotMet) where none is within it;
+    calibrated modes correct the biases for the int8 weights' rounding unless `bias_correction` is False."""
     from kclassify import runtime
 
     runtime.quiet_tensorflow()
@@ -84,7 +85,8 @@ def export(model_or_run, quant="int8", *, out=None, data=None, calibration_image
         out = out or job.default_out(f"{quant}_tta")
         job.model = _tta_wrapped(job.model, tta)
     rep = job.export(quant, out, allow_flex=allow_flex, float_layers=float_layers,
-                     max_drop=RECIPE if max_drop is None else max_drop, max_float=max_float, echo=echo)
+                     max_drop=RECIPE if max_drop is None else max_drop, max_float=max_float, echo=echo,
+                     bias_correction=bias_correction)
     measured = (f"top-1 {rep['tflite']['top1']:.4f} (Keras {rep['keras']['top1']:.4f}), agreement {rep['agreement']:.4f}"
                 if "tflite" in rep else rep.get("note", ""))
     echo(f"{rep['file']}: {rep['size_bytes']:,} bytes, {quant}{f', TTA {tta}' if tta else ''}, input "

@@ -103,17 +103,20 @@ def report(run, out):
 @click.option("--calibration-images", type=click.IntRange(1), help="Unaugmented training images for calibration (default: the recipe's output.calibration_images, auto: 32 a class, 300 to 1000).")
 @click.option("--max-drop", type=click.FloatRange(min=0, min_open=True), metavar="POINTS",
               help="Top-1 points the int8 file may lose (default: the recipe's output.max_drop): keep the worst layers in float until "
-                   "top-1 on held-out training images is within POINTS of float.")
+                   "at most POINTS %% of the validation images (labels unused) change class against float; refused (exit 2, no file) "
+                   "when no attempt gets there.")
 @click.option("--max-float-layers", type=click.IntRange(1), help="With --max-drop: try at most the N worst layers in float (default 10).")
 @click.option("--debug-quant", is_flag=True, help="Run the TFLite quantization debugger; print the layers with the largest error.")
 @click.option("--float-layers", metavar="REGEX", help="Keep ops whose (Keras layer) names match REGEX in float.")
+@click.option("--no-bias-correction", is_flag=True,
+              help="Calibrated modes: leave the biases as trained (by default they are corrected for the int8 weights' rounding).")
 @click.option("--allow-flex", is_flag=True, help="Allow TensorFlow (Flex) ops; the device runtime must link the Flex delegate.")
 @click.option("--input-size", type=click.IntRange(8, 4096), help="Take N x N frames and resize to the network's size inside the graph.")
 @click.option("--tta", type=click.Choice(TTA_PRESETS), default=None,
               help="Put these test-time views and their average inside the file (measured like any export).")
 @click.option("--kit", "kit_dir", type=click.Path(file_okay=False), help="Also copy the on-device kit (evaluate/benchmark/predict) into this folder.")
 def export(model_or_run, tflite, quant, compare, out, spec, calibration_images, max_drop, max_float_layers, debug_quant,
-           float_layers, allow_flex, input_size, tta, kit_dir):
+           float_layers, no_bias_correction, allow_flex, input_size, tta, kit_dir):
     """Export a run (or .keras file) to a builtins-only .tflite and measure it with LiteRT."""
     import kclassify
     from kclassify import runtime
@@ -131,7 +134,8 @@ def export(model_or_run, tflite, quant, compare, out, spec, calibration_images, 
         compare_modes(job, folder=out, echo=click.echo)
     else:
         kclassify.export(job, quant, out=out, tta=tta, max_drop=max_drop, max_float=max_float_layers,
-                         allow_flex=allow_flex, float_layers=float_layers, echo=click.echo)
+                         allow_flex=allow_flex, float_layers=float_layers, bias_correction=not no_bias_correction,
+                         echo=click.echo)
     if kit_dir:
         click.echo(f"kit copied to {copy_kit(kit_dir)}")
 

@@ -23,6 +23,15 @@ class ExportError(KClassifyError):
     """Conversion to TFLite failed, e.g. an op that needs Flex."""
 
 
+class MaxDropNotMet(ExportError):
+    """No int8 file the max-drop search tried stays within the limit: nothing is shipped.
+    `summary` is the search's record (every attempt), for the report."""
+
+    def __init__(self, message, summary=None):
+        super().__init__(message)
+        self.summary = summary or {}
+
+
 class TrainingDiverged(KClassifyError):
     """The loss became NaN or infinite; the last good checkpoint was kept."""
 

@@ -163,6 +163,20 @@ def test_data_stream(cifar_like, tmp_path):
         assert_fraction(results[name]["val_top1"])
 
 
+@pytest.mark.slow  # the slow tier (-m slow): keeps the fast tier under 8 minutes on 2 cores
+def test_data_stream_flat(cifar_like, tmp_path):
+    out = last_object(run_script("data_stream.py", "--data", cifar_like, "--out", tmp_path, "--flat", "--flat-size", 32,
+                                 "--flat-small", 4, "--val-count", 10))
+    results = out["results"]
+    assert out["mode"] == "flat" and set(results) == {"small folder", "whole folder", "whole folder, 5x validation",
+                                                      "peak RSS whole / small folder", "images whole / small folder"}
+    for name in ("small folder", "whole folder", "whole folder, 5x validation"):
+        assert "error" not in results[name], results[name]
+        assert results[name]["peak_rss_mb"] > 0
+    assert results["small folder"]["train_images"] < results["whole folder"]["train_images"]
+    assert results["peak RSS whole / small folder"] > 0
+
+
 def test_cifar10_fast_ablation(cifar_like, tmp_path):
     out = last_object(run_script("cifar10_fast_ablation.py", "--epochs", 1, "--only", "full recipe", "--out", tmp_path,
                                  "--set", f"data.path={cifar_like}", "--set", "data.val_count=20",

@@ -130,7 +130,7 @@ def test_budget_search_ships_the_fewest_float_layers_that_meet_it(broken_job, tm
     rep = broken_job.export("int8", tmp_path / "budget.tflite", max_drop=2.5, echo=lines.append)
     budget, said = rep["max_drop_search"], "\n".join(lines)
     attempts = budget["attempts"]
-    assert attempts[0]["note"] == "plain" and attempts[0]["flip_points"] > 50, said  # the spoiled layers ruin int8
+    assert attempts[0]["note"] == "plain, bias-corrected" and attempts[0]["flip_points"] > 50, said  # the spoiled layers ruin int8
     forward = [a for a in attempts if "(pruning)" not in a["note"]]
     assert budget["met"] and forward[-1]["within_max_drop"], said  # the forward pass stopped at the first set within
     assert not any(a["within_max_drop"] for a in forward[:-1]), said
@@ -148,10 +148,19 @@ def test_budget_search_ships_the_fewest_float_layers_that_meet_it(broken_job, tm
     assert saved["max_drop_search"]["eval_drop_points"] == budget["eval_drop_points"]
 
 
-def test_budget_not_met_within_the_limit_ships_the_best_and_says_so(broken_job, tmp_path):
-    rep = broken_job.export("int8", tmp_path / "b.tflite", max_drop=1.0, max_float=1, echo=lambda *a: None)
-    budget = rep["max_drop_search"]
-    assert not budget["met"] and "max-drop NOT met" in budget["message"] and "limit" in budget["message"]
+def test_a_limit_not_met_is_refused_with_what_to_do(broken_job, tmp_path):
+    """No attempt within the limit: no file is shipped; the error says how far the best got and what
+    to do, and the attempts are kept beside where the file would have gone."""
+    from kclassify.errors import MaxDropNotMet
+
+    with pytest.raises(MaxDropNotMet) as refused:
+        broken_job.export("int8", tmp_path / "b.tflite", max_drop=1.0, max_float=1, echo=lambda *a: None)
+    budget, message = refused.value.summary, str(refused.value)
+    assert refused.value.exit_code == 2 and not (tmp_path / "b.tflite").exists()
+    assert "max-drop NOT met, so no int8 file is written" in message and "--max-drop " in message
+    assert "--max-float-layers 2" in message and "kclassify qat" in message and "--quant float16" in message
+    assert json.loads((tmp_path / "b.refused.json").read_text())["max_drop_search"]["attempts"] == budget["attempts"]
+    assert not budget["met"] and "b.refused.json" in message
     # the limit: one layer tried in float (one of the two spoiled ones: the other still ruins int8)
     tried = [a for a in budget["attempts"] if a["float_layers"]]
     assert len(tried) == 1 and len(tried[0]["float_layers"]) == 1 and len(budget["float_layers"]) <= 1
@@ -175,9 +184,12 @@ def test_a_limit_finer_than_the_images_resolve_adds_their_views_and_says_so(brok
     more, n, added = search_set(images, 1.0, mirror=False)
     assert n == 100 and len(more) == 400 and added == ["shifted +2,+0", "shifted -2,+0", "shifted +0,+2"]
     np.testing.assert_array_equal(more[:100], images)
+    from kclassify.errors import MaxDropNotMet
+
     lines = []
-    rep = broken_job.export("int8", tmp_path / "tight.tflite", max_drop=0.2, max_float=1, echo=lines.append)
-    searched = rep["max_drop_search"]
+    with pytest.raises(MaxDropNotMet) as refused:
+        broken_job.export("int8", tmp_path / "tight.tflite", max_drop=0.2, max_float=1, echo=lines.append)
+    searched = refused.value.summary
     assert searched["search_originals"] == 360 and searched["search_images"] > 360 and searched["search_views"]
     assert "too coarse for 0.2 alone" in lines[0] and not searched["met"]
     assert all(line.count("(+/- ") == 1 for line in lines if line.lstrip().startswith("attempt"))
@@ -248,7 +260,7 @@ def test_a_budget_met_on_the_search_images_but_not_on_the_evaluation_split_is_re
     from kclassify.commands import export as export_command
     from kclassify.tflite.convert import convert
 
-    def optimistic(job, quant, max_drop, max_float, echo):  # a search that saw no drop at all
+    def optimistic(job, quant, max_drop, max_float, echo, bias_correction):  # a search that saw no drop at all
         return convert(job.model, quant, job.calibration), {
             "met": True, "flip_points_search": 0.0, "flip_margin95_search": 0.0, "float_layers": [],
             "calibration_images": len(job.calibration), "search_source": "training images (the run has none)"}

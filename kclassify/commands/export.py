@@ -14,7 +14,7 @@ from ai_edge_litert.interpreter import Interpreter
 from kclassify.commands.evaluate import evaluation_split
 from kclassify.data.splits import calibration_images, resolve_count, take
 from kclassify.data.sources import resize_all
-from kclassify.errors import DataError, ExportError
+from kclassify.errors import DataError, ExportError, MaxDropNotMet
 from kclassify.inference import predict
 from kclassify.kit import KIT_DIR, KIT_FILES, kitlib
 from kclassify.models.saving import load_model
@@ -137,11 +137,15 @@ class ExportJob:
         echo(format_errors(rows, top))
         return rows
 
-    def export(self, quant, out=None, allow_flex=False, float_layers=None, max_drop=RECIPE, max_float=None, echo=None):
+    def export(self, quant, out=None, allow_flex=False, float_layers=None, max_drop=RECIPE, max_float=None, echo=None,
+               bias_correction=True):
         """Convert, embed the spec, evaluate with LiteRT; returns the report (also written as JSON).
         With `max_drop` (points of top-1; by default the recipe's output.max_drop for calibrated
         modes, None for none), the max-drop search (tflite/max_drop.py) picks the layers kept in
-        float; the evaluation split is measured once, on the file it chose."""
+        float; the evaluation split is measured once, on the file it chose. Where no attempt is
+        within the limit it raises MaxDropNotMet and writes only <out stem>.refused.json (the
+        attempts). Calibrated modes correct the biases for the int8 weights' rounding unless
+        `bias_correction` is False."""
         mode = get_mode(quant)
         if max_drop == RECIPE:
             max_drop = self.run.recipe.output.max_drop if (self.run and mode.calibrate and not float_layers) else None
@@ -153,16 +157,17 @@ class ExportJob:
         out = Path(out) if out else self.default_out(quant)
         searched = None
         if max_drop is not None:
-            blob, searched = search(self, quant, max_drop, max_float, echo or (lambda *a: None))
+            blob, searched = self._search(quant, out, max_drop, max_float, echo, bias_correction)
             calib_count = searched["calibration_images"]
         else:
             calib = self.calibration if mode.calibrate else None
-            blob = convert(self.model, quant, calib, allow_flex=allow_flex, float_layers=float_layers)
+            blob = convert(self.model, quant, calib, allow_flex=allow_flex, float_layers=float_layers,
+                           bias_correction=bias_correction)
             calib_count = 0 if calib is None else len(calib)
         out.parent.mkdir(parents=True, exist_ok=True)
         report = {"file": str(out), "quant": quant, "mode": mode.summary, "class_names": self.names,
                   "calibration_images": calib_count, "float_layers": searched["float_layers"] if searched else float_layers,
-                  "source": str(self.source)}
+                  "bias_correction": bool(bias_correction and mode.calibrate), "source": str(self.source)}
         if searched:
             report["max_drop_search"] = searched
         report = self.finish(out, blob, report)
@@ -176,6 +181,17 @@ class ExportJob:
                 (echo or (lambda *a: None))(f"warning: {searched['eval_note']}")
             out.with_suffix(".json").write_text(json.dumps(report, indent=1))
         return report
+
+    def _search(self, quant, out, max_drop, max_float, echo, bias_correction):
+        """The max-drop search's (file, summary); a refusal leaves its attempts in <out stem>.refused.json."""
+        try:
+            return search(self, quant, max_drop, max_float, echo or (lambda *a: None), bias_correction)
+        except MaxDropNotMet as refused:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            record = out.with_suffix(".refused.json")
+            record.write_text(json.dumps({"quant": quant, "source": str(self.source), "max_drop_search": refused.summary},
+                                         indent=1))
+            raise MaxDropNotMet(f"{refused} (every attempt: {record})", refused.summary) from None
 
     def finish(self, out, blob, report):
         """Describe the file's input/output, embed that spec, measure it with LiteRT, and write

@@ -13,7 +13,7 @@ import numpy as np
 from kclassify.commands.export import ExportJob
 from kclassify.commands.profile import profile_model
 from kclassify.commands.report import write_run_report
-from kclassify.errors import ExportError
+from kclassify.errors import ExportError, MaxDropNotMet
 from kclassify.inference import evaluate_model, write_evaluation
 from kclassify.metrics import format_report
 from kclassify.models import as_float32
@@ -107,7 +107,11 @@ def _exports(run, model, data, recipe, echo):
         return _export_under_tensorflow(run, recipe.output.export, echo)
     job = ExportJob(run.dir, model=model, data=data, calibration_count=recipe.output.calibration_images)
     for mode in recipe.output.export:
-        rep = job.export(mode)
+        try:
+            rep = job.export(mode)
+        except MaxDropNotMet as refused:  # the run itself is complete: say why this file is missing, go on
+            echo(f"export {mode}: refused: {refused}")
+            continue
         echo(f"export {mode}: {rep['file']} {rep['size_bytes']:,} bytes, top-1 {rep['tflite']['top1']:.4f}, "
              f"agreement with Keras {rep['agreement']:.4f}")
 
@@ -122,7 +126,9 @@ def _export_under_tensorflow(run, modes, echo):
                                env=env, capture_output=True, text=True)
         for line in child.stdout.splitlines() + [x for x in child.stderr.splitlines() if not NOISE.search(x)]:
             echo(f"  {line}")
-        if child.returncode:
+        if child.returncode == MaxDropNotMet.exit_code and "max-drop NOT met" in child.stderr + child.stdout:
+            echo(f"export {mode}: refused (above: the max-drop limit was not met)")
+        elif child.returncode:
             raise ExportError(f"export {mode} of {run.dir} on TensorFlow failed (exit {child.returncode}); the trained "
                               f"model is saved: rerun `KERAS_BACKEND=tensorflow kclassify export {run.dir} --tflite "
                               f"--quant {mode}`")

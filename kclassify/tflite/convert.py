@@ -5,6 +5,7 @@ The file takes raw pixels: normalization (and any upscaling) is inside the model
 `Quantizer` calibrates a model once and then quantizes it with any set of ops kept in float
 (`--float-layers`, the int8-xnnpack mode and the max-drop search all go through it)."""
 import re
+from contextlib import nullcontext
 
 import numpy as np
 import tensorflow as tf
@@ -12,17 +13,21 @@ from tensorflow.python.framework.convert_to_constants import convert_variables_t
 
 from kclassify.errors import ExportError
 from kclassify.runtime import quiet_conversion
+from kclassify.tflite.bias_correction import bias_corrected
 from kclassify.tflite.modes import MODES, get_mode  # noqa: F401 (MODES re-exported)
 
 
-def make_converter(model, mode, calibration=None, allow_flex=False):
-    """A TFLiteConverter set up for `mode` (a name from the modes table)."""
-
+def make_converter(model, mode, calibration=None, allow_flex=False, bias_correction=True):
+    """A TFLiteConverter set up for `mode` (a name from the modes table). In a calibrated mode the
+    frozen graph carries biases corrected for the int8 weights' rounding (bias_correction.py)
+    unless `bias_correction` is False; the Keras model itself is left as it was."""
     spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32, name="pixels")
     fn = tf.function(lambda x: model(x, training=False), input_signature=[spec])
-    # Freeze variables into constants: calibration of a function that reads resource
-    # variables fails inside the converter (READ_VARIABLE "variable != nullptr").
-    frozen = convert_variables_to_constants_v2(fn.get_concrete_function())
+    correct = bias_correction and get_mode(mode).calibrate and calibration is not None
+    with bias_corrected(model, calibration, get_mode(mode).per_channel) if correct else nullcontext():
+        # Freeze variables into constants: calibration of a function that reads resource
+        # variables fails inside the converter (READ_VARIABLE "variable != nullptr").
+        frozen = convert_variables_to_constants_v2(fn.get_concrete_function())
     with quiet_conversion():
         converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
     return configure(converter, mode, calibration, allow_flex)
@@ -61,16 +66,16 @@ def representative(images):
     return gen
 
 
-def convert(model, mode, calibration=None, allow_flex=False, float_layers=None):
+def convert(model, mode, calibration=None, allow_flex=False, float_layers=None, bias_correction=True):
     """Convert `model` in quantization `mode`; returns the .tflite bytes. `float_layers` (a
     regex on the converted graph's tensor names, which carry the Keras layer names) keeps the
     matching ops in float."""
     try:
         if float_layers or get_mode(mode).float_ops:
-            quantizer = Quantizer(model, mode, calibration)
+            quantizer = Quantizer(model, mode, calibration, bias_correction)
             return quantizer.quantize(quantizer.matching(float_layers) if float_layers else ())
         with quiet_conversion():
-            return make_converter(model, mode, calibration, allow_flex).convert()
+            return make_converter(model, mode, calibration, allow_flex, bias_correction).convert()
     except ExportError:
         raise
     except Exception as exc:
@@ -82,14 +87,15 @@ class Quantizer:
     quantized as often as needed with chosen ops left in float: each `quantize` call costs a
     fraction of a second, where a fresh conversion re-runs the calibration."""
 
-    def __init__(self, model, mode, calibration):
+    def __init__(self, model, mode, calibration, bias_correction=True):
         self.mode = get_mode(mode)
         if not self.mode.calibrate:
             raise ExportError(f"keeping layers in float applies to calibrated modes (int8, 16x8...), not {mode}")
-        self.calibration = calibration
+        self.calibration, self.bias_correction = calibration, bias_correction
         with quiet_conversion():
             self.debugger = tf.lite.experimental.QuantizationDebugger(
-                converter=make_converter(model, mode, calibration), debug_dataset=representative(calibration))
+                converter=make_converter(model, mode, calibration, bias_correction=bias_correction),
+                debug_dataset=representative(calibration))
 
     @property
     def nodes(self):
