@@ -67,6 +67,28 @@ def test_the_int8_files_mean_shift_shrinks_and_the_float_model_is_untouched(kind
     assert errors[False].max() > 20 * errors[True].max(), errors  # 340-410x on this box
 
 
+def test_a_layer_left_in_float_keeps_its_trained_bias(tmp_path):
+    """The max-drop search floats layers: a floated layer has no int8 weights to compensate, so its
+    corrected bias would shift it the other way; the file with the convolution in float matches
+    the float model as closely as the corrected int8 file does."""
+    from kclassify.kit import kitlib
+    from kclassify.tflite.convert import Quantizer
+
+    model = shifted_model("conv_bn", nested=True)
+    images = np.random.default_rng(0).integers(0, 256, (200, SIZE, SIZE, 3), dtype=np.uint8)
+    images[0, 0, 0], images[0, 0, 1] = 0, 255
+    reference = np.asarray(model.predict(images.astype(np.float32), verbose=0))
+    quantizer = Quantizer(model, "int8", images)
+    conv_ops = quantizer.matching("conv_1/")
+    errors = {}
+    for name, floated in (("int8", []), ("conv in float", conv_ops), ("int8 again", [])):
+        path = tmp_path / f"{len(errors)}.tflite"
+        path.write_bytes(quantizer.quantize(floated))
+        errors[name] = np.abs((kitlib.Classifier(path).predict(images) - reference).mean(0)).max()
+    assert errors["conv in float"] < 0.003 and errors["int8"] < 0.003, errors  # the shift uncorrected: 0.04-0.07
+    assert errors["int8 again"] == errors["int8"]  # the base calibration is kept, not replaced
+
+
 def test_layers_it_cannot_correct_are_left_alone():
     """A convolution followed by something other than BatchNorm and without a bias, and Dense
     layers, get no correction; a convolution feeding BatchNorm corrects the BatchNorm's beta."""

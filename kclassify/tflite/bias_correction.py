@@ -28,10 +28,10 @@ BATCH = 32
 
 
 @contextmanager
-def bias_corrected(model, images, per_channel=True):
-    """The model with its quantization-corrected biases for the duration of the block; yields
-    {layer name: mean |shift|} for the report."""
-    shifts = corrections(model, images, per_channel)
+def bias_corrected(model, images, per_channel=True, skip=()):
+    """The model with its quantization-corrected biases (but for the layers named in `skip`) for
+    the duration of the block; yields {layer name: mean |shift|} for the report."""
+    shifts = corrections(model, images, per_channel, skip)
     saved = [(var, np.array(var.numpy())) for var, _ in shifts.values()]
     try:
         for var, delta in shifts.values():
@@ -42,12 +42,18 @@ def bias_corrected(model, images, per_channel=True):
             var.assign(value)
 
 
-def corrections(model, images, per_channel=True):
-    """{layer name: (bias variable, expected output shift)} for every correctable convolution."""
-    targets = [t for t in map(_target, _layers(model)) if t is not None]
+def corrections(model, images, per_channel=True, skip=()):
+    """{layer name: (bias variable, expected output shift)} for every correctable convolution
+    not named in `skip`."""
+    targets = [t for t in map(_target, _layers(model)) if t is not None and t[0].name not in skip]
     means = input_means(model, images, [layer for layer, _, _ in targets])
     return {layer.name: (bias, _shift(layer, scale, means[id(layer)], per_channel))
             for layer, bias, scale in targets}
+
+
+def corrected_layers(model):
+    """The layers the correction applies to."""
+    return [t[0] for t in map(_target, _layers(model)) if t is not None]
 
 
 def _layers(model):

@@ -231,7 +231,8 @@ class Trials:
                 f"(+/- {chosen['flip_margin95']:.2f}) > {self.max_drop:g} point(s) (attempt {chosen['attempt']}, "
                 f"{names} in float; {cost}). Choose one: allow more (--max-drop {np.ceil(best * 10) / 10:g} covers that "
                 f"attempt with its margin), try more layers in float (--max-float-layers {2 * max_float}), train the "
-                f"int8 file (kclassify qat), or ship float16 (--quant float16: half the size, no int8 loss)")
+                f"int8 file (kclassify qat), or ship 16x8 (--quant 16x8: int16 activations, float32 in and out) or float16 "
+                f"(--quant float16: half the size, no int8 loss)")
             raise MaxDropNotMet(summary["message"], summary)
         self.echo(summary["message"])
         return self.blobs[chosen["attempt"] - 1], summary
