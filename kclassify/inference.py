@@ -11,9 +11,10 @@ import tensorflow as tf
 
 from kclassify.data.pipeline import eval_dataset
 from kclassify.data.sources import Split
+from kclassify.data.splits import take
 from kclassify.metrics import classification_report, cross_entropy
 from kclassify.plots import plot_confusion
-from kclassify.tta import tta_model
+from kclassify.tta import least_sure, tta_model
 
 _PREDICTORS = weakref.WeakKeyDictionary()
 
@@ -74,10 +75,19 @@ def predict(model, images, batch_size=None, views=1):
     return predictor(model)(eval_dataset(split, 1, batch_size, views))
 
 
-def evaluate_model(model, split, class_names, batch_size=None, views=None, average="logits"):
+def evaluate_model(model, split, class_names, batch_size=None, views=None, average="logits", fraction=1.0,
+                   plain=None):
     """(report, probabilities) on a split; with `views` (kclassify.tta), the weighted average of
-    the test-time views."""
-    probs = predict(tta_model(model, views, average) if views else model, split, batch_size, len(views or [None]))
+    the test-time views: for every image or, with `fraction` < 1, for that share of the images the
+    plain view is least sure of, the rest keeping their plain probabilities (`plain`: those
+    probabilities when the caller has them)."""
+    if views and fraction < 1:
+        probs = plain if plain is not None else predict(model, split, batch_size)
+        chosen = least_sure(probs, fraction)
+        probs = probs.copy()
+        probs[chosen] = predict(tta_model(model, views, average), take(split, chosen), batch_size, len(views))
+    else:
+        probs = predict(tta_model(model, views, average) if views else model, split, batch_size, len(views or [None]))
     report = classification_report(probs, split.labels, class_names)
     report["loss"] = cross_entropy(probs, split.labels)
     return report, probs

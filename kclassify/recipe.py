@@ -286,6 +286,9 @@ class EvaluateConfig(Section):
     tta: Literal["none", "flip", "mirror_translate", "crops"] = "none"
     shift: Optional[int] = Field(None, ge=1)  # pixels of the shifted views (default 1; crops: 4)
     average: Literal["logits", "probs"] = "logits"  # logits: a weighted mean of log-probabilities
+    # the views only for this share of the images the plain view is least sure of (the rest keep the
+    # plain prediction): the final evaluation's TTA then costs that share of its time
+    tta_fraction: float = Field(1.0, gt=0, le=1)
     # images per forward pass; default: 256 up to 64x64 pixels, fewer for bigger images and more views
     # (16 at 224x224), so a full-resolution evaluation does not hold gigabytes (pipeline.eval_batch_size)
     batch_size: Optional[int] = Field(None, ge=1)

@@ -130,7 +130,9 @@ def test_export(run_dir):
 def test_int8_table(run_dir):
     (out,) = json_lines(run_script("int8_table.py", run_dir, "--qat-steps", 3))
     assert_sane(out)
-    assert [r["file"] for r in out["rows"]] == ["float32", "int8 (default)", "int8 --max-drop 0.5", "QAT int8"]
+    budget_row = ["int8 --max-drop 0.5"] if out["budget"]["met"] else []  # refused: no file, no row
+    assert [r["file"] for r in out["rows"]] == ["float32", "int8, no bias correction", "int8 (default: bias-corrected)",
+                                                *budget_row, "QAT int8"]
     for row in out["rows"]:
         assert_fraction(row["top1"], row["keras_top1"], row["agreement"])
         assert row["size_bytes"] > 0 and row["ms_1t"] > 0 and row["ms_2t"] > 0

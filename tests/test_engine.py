@@ -295,3 +295,14 @@ def test_the_final_reserve_grows_when_the_machine_gets_busier():
     for quieter in (0.5, 0.2):  # back to the timed speed, or faster: the measured reserve holds
         b.seconds_per_step = quieter
         assert abs((b.final_seconds() - fixed) - quiet) < 1e-6
+
+
+def test_the_final_reserve_counts_tta_only_on_its_share_of_the_images():
+    """evaluate.tta_fraction 0.15: the views' time is kept for 15% of the validation images."""
+    from kclassify.train.budget import REPORT_SECONDS, Budget
+
+    b = Budget(30.0, 0.0, val_images=5000, eval_views=6, exports=[], calibration_images=500, clock=lambda: 0.0)
+    b.seconds_per_step = 0.5
+    b.inference_timed(0.002, 0.010)
+    b.tta_fraction = 0.15
+    assert abs(b.final_seconds() - REPORT_SECONDS - 1.1 * 5000 * (0.002 + 0.15 * 0.010)) < 1e-6

@@ -306,3 +306,31 @@ def test_muon_recipe_trains_and_its_checkpoint_holds_the_optimizer_state(tmp_pat
     momenta = opt.optimizers[0].variables[1:]  # after its iteration counter: one momentum per conv kernel
     assert int(opt.iterations.numpy()) == state["step"] and len(momenta) == len(muon_variables(saved)) == 19
     assert all(np.abs(v.numpy()).sum() > 0 for v in momenta)  # the trained momenta, not fresh zeros
+
+
+def test_tta_on_the_least_sure_share_changes_only_those_images():
+    """evaluate.tta_fraction: the views run on the images the plain view is least sure of; the
+    others keep their plain probabilities; a fraction of 1 is the full TTA."""
+    import keras
+
+    from kclassify.data.sources import Split
+    from kclassify.inference import evaluate_model, predict
+    from kclassify.tta import least_sure, preset_views
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Rescaling(1 / 255.0), keras.layers.Conv2D(4, 3),
+                              keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(5, activation="softmax")])
+    rng = np.random.default_rng(0)
+    split = Split(rng.integers(0, 256, (40, 8, 8, 3), dtype=np.uint8), rng.integers(0, 5, 40).astype(np.int32))
+    views, names = preset_views("mirror_translate"), list("abcde")
+    plain = predict(model, split)
+    full = evaluate_model(model, split, names, views=views)[1]
+    report, part = evaluate_model(model, split, names, views=views, fraction=0.25)
+    chosen = least_sure(plain, 0.25)
+    assert len(chosen) == 10 and np.all(plain.max(1)[chosen].max() <= np.delete(plain.max(1), chosen))
+    np.testing.assert_allclose(part[chosen], full[chosen], atol=1e-6)
+    others = np.setdiff1d(np.arange(40), chosen)
+    np.testing.assert_array_equal(part[others], plain[others])
+    assert report["top1"] == np.mean(part.argmax(1) == split.labels)
+    np.testing.assert_allclose(evaluate_model(model, split, names, views=views, fraction=1.0)[1], full, atol=1e-6)
+    assert not np.allclose(part[chosen], plain[chosen])  # the views did change them

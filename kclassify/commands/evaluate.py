@@ -62,7 +62,7 @@ def run_evaluate(path, spec=None, json_out=None, echo=print, tta=None):
         echo(f"warning: TTA '{cfg.tta}' averages mirrored views, but this run trained without augment.flip: "
              "for classes a mirror changes (digits, text) use --tta none")
     report, _ = evaluate_model(model, split, names, cfg.batch_size, views_of(cfg) if view_count(cfg) else None,
-                               cfg.average)
+                               cfg.average, cfg.tta_fraction)
     report["tta"] = cfg.tta
     report["views"] = max(view_count(cfg), 1)
     shown = f" (TTA: {cfg.tta}, {view_count(cfg)} views)" if view_count(cfg) else ""

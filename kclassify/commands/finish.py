@@ -82,9 +82,10 @@ def _final_evaluation(model, data, recipe, echo):
     reports, arrays = {"val": report}, {"probs": probs, "labels": np.asarray(data.val.labels, np.int32)}
     if view_count(ev):
         tta, arrays["probs_tta"] = evaluate_model(model, data.val, data.class_names, ev.batch_size, views_of(ev),
-                                                  ev.average)
-        reports["val_tta"] = {**tta, "views": view_count(ev)}
-        echo(f"validation with TTA ({ev.tta}, {view_count(ev)} views): top-1 {tta['top1']:.4f}, "
+                                                  ev.average, ev.tta_fraction, probs)
+        reports["val_tta"] = {**tta, "views": view_count(ev), "tta_fraction": ev.tta_fraction}
+        share = f", on the {ev.tta_fraction:.0%} least sure" if ev.tta_fraction < 1 else ""
+        echo(f"validation with TTA ({ev.tta}, {view_count(ev)} views{share}): top-1 {tta['top1']:.4f}, "
              f"top-5 {tta['top5']:.4f}")
     return reports, arrays
 

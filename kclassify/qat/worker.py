@@ -369,7 +369,7 @@ def convert(model, mode, calibration=None):
     covers (inside HardSigmoid)."""
     import tensorflow as tf
 
-    from kclassify.tflite.convert import configure
+    from kclassify.tflite.converter_options import configure
 
     converter = configure(tf.lite.TFLiteConverter.from_keras_model(model), mode, calibration)
     try:

@@ -1,19 +1,19 @@
 """Keras -> .tflite in any mode of the table (modes.py). Builtins only unless Flex is allowed.
 The file takes raw pixels: normalization (and any upscaling) is inside the model.
 
-`configure` is the one converter set-up (also used by the QAT worker on its tf_keras model);
+`configure` (converter_options.py) is the one converter set-up, shared with the QAT worker;
 `Quantizer` calibrates a model once and then quantizes it with any set of ops kept in float
 (`--float-layers`, the int8-xnnpack mode and the max-drop search all go through it)."""
 import re
 from contextlib import nullcontext
 
-import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from kclassify.errors import ExportError
 from kclassify.runtime import quiet_conversion
 from kclassify.tflite.bias_correction import bias_corrected, corrected_layers
+from kclassify.tflite.converter_options import configure, representative
 from kclassify.tflite.modes import MODES, get_mode  # noqa: F401 (MODES re-exported)
 
 
@@ -32,39 +32,6 @@ def make_converter(model, mode, calibration=None, allow_flex=False, bias_correct
     with quiet_conversion():
         converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
     return configure(converter, mode, calibration, allow_flex)
-
-
-def configure(converter, mode, calibration=None, allow_flex=False):
-    """Set `converter` up for `mode`: op set, optimizations, weight types, per-channel scales,
-    calibration images and the file's input/output types. Returns the converter."""
-    mode = get_mode(mode)
-    ops = {"builtins": tf.lite.OpsSet.TFLITE_BUILTINS, "int8": tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
-           "16x8": tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8}
-    converter.target_spec.supported_ops = [ops[mode.ops]]
-    if mode.ops == "16x8":  # ops with no 16x8 kernel (HARD_SWISH...) fall back to float builtins
-        converter.target_spec.supported_ops.append(tf.lite.OpsSet.TFLITE_BUILTINS)
-    if allow_flex:
-        converter.target_spec.supported_ops += [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
-    if mode.optimize:
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if mode.float16:
-        converter.target_spec.supported_types = [tf.float16]
-    converter._experimental_disable_per_channel = not mode.per_channel  # the converter's only switch
-    if mode.calibrate:
-        if calibration is None:
-            raise ExportError(f"{mode.name} needs calibration images")
-        converter.representative_dataset = representative(calibration)
-        converter.inference_input_type = getattr(tf, mode.input_type)
-        converter.inference_output_type = getattr(tf, mode.output_type)
-    return converter
-
-
-def representative(images):
-    """The converter's representative dataset: each image as a float32 batch of one."""
-    def gen():
-        for image in images:
-            yield [image[None].astype(np.float32)]
-    return gen
 
 
 def convert(model, mode, calibration=None, allow_flex=False, float_layers=None, bias_correction=True):

@@ -29,6 +29,7 @@ class Budget:
         self.deadline = started + 60.0 * self.minutes
         self.margin = 5.0 + 0.02 * 60.0 * self.minutes
         self.val_images, self.eval_views = val_images, eval_views
+        self.tta_fraction = 1.0  # the share of the validation images that get the test-time views
         self.exports, self.calibration = list(exports), calibration_images
         self.seconds_per_step = None
         self.seconds_per_image = None  # the final network's inference, measured on validation batches
@@ -68,7 +69,7 @@ class Budget:
         load = self.load()
         per_image = (self.seconds_per_image or 0.002) * load
         per_tta = (self.seconds_per_tta_image * load) or (self.eval_views * per_image)
-        evaluate = self.val_images * (per_image + (per_tta if self.eval_views else 0.0))
+        evaluate = self.val_images * (per_image + (self.tta_fraction * per_tta if self.eval_views else 0.0))
         exports = sum(EXPORT_SECONDS + (self.calibration + 2 * self.val_images) * per_image for _ in self.exports)
         return 1.1 * evaluate + exports + REPORT_SECONDS + self.ckpt_seconds + self.compile_seconds
 

@@ -86,6 +86,7 @@ class Engine:
             calibration = resolve_count(recipe.output.calibration_images, self.k, len(data.train))
             self.budget = budgets.Budget(t.budget_minutes, self.started, len(data.val),
                                          view_count(recipe.evaluate), recipe.output.export, calibration, clock)
+            self.budget.tta_fraction = recipe.evaluate.tta_fraction
         self.averager = self._averager()
         self.progress = EpochProgress(self.spe, self.batch, clock, recipe.runtime.verbose, self.echo,
                                       self.budget)
