@@ -243,8 +243,9 @@ def main():
         results = flat_all(args, env)
     else:
         results = fit_all(args, env)
+    subset = args.flat_small if args.flat else args.subset
     print(json.dumps({"data": f"{args.data} (CIFAR-10's 50,000 training images, PNG; 'all': minus the validation "
-                              f"images; 'subset': the first {args.subset} of each class)",
+                              f"images; 'subset' / 'small folder': the first {subset} of each class)",
                       "cpu": _cpu(), "mode": "stream-only" if args.stream_only else "flat" if args.flat else "fit",
                       "results": results}, indent=1))
 
