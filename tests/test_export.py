@@ -515,3 +515,26 @@ def test_input_size_resizes_inside_the_graph(digits_run, tmp_path):
     # against the float model on the same 16-pixel frames, not a fixed figure (one box measured 0.886
     # with agreement 0.989: the resized frames cost accuracy in float as well)
     assert rep["agreement"] >= 0.95 and abs(rep["tflite"]["top1"] - rep["keras"]["top1"]) <= 0.03
+
+
+@pytest.mark.slow  # the slow tier (-m slow): keeps the fast tier under 8 minutes on 2 cores
+def test_a_runs_refused_export_is_reported_and_the_run_finishes(digits_run, tmp_path):
+    """A fit or finetune whose recipe sets an output.max_drop no attempt meets: the final export
+    says it was refused and why, writes no file, and the finishing steps go on."""
+    import shutil
+
+    from kclassify.commands.finish import _exports
+    from kclassify.models.saving import load_model
+    from kclassify.run import Run
+
+    copy = tmp_path / "run"
+    shutil.copytree(digits_run, copy)
+    (copy / "model_int8.tflite").unlink(missing_ok=True)
+    run = Run.load(copy)
+    recipe = run.recipe.model_copy(update={"output": run.recipe.output.model_copy(
+        update={"export": ["int8"], "max_drop": 0.01})})
+    lines = []
+    _exports(run, badly_quantized(load_model(copy)), run.data(), recipe, lines.append)
+    said = "\n".join(lines)
+    assert "export int8: refused: max-drop NOT met" in said and "kclassify qat" in said, said
+    assert not (copy / "model_int8.tflite").exists() and (copy / "model_int8.refused.json").is_file()
