@@ -527,14 +527,17 @@ def test_a_runs_refused_export_is_reported_and_the_run_finishes(digits_run, tmp_
     from kclassify.models.saving import load_model
     from kclassify.run import Run
 
+    import yaml
+
     copy = tmp_path / "run"
     shutil.copytree(digits_run, copy)
     (copy / "model_int8.tflite").unlink(missing_ok=True)
+    saved = yaml.safe_load((copy / "recipe.yaml").read_text())
+    saved.setdefault("output", {}).update(export=["int8"], max_drop=0.01)  # as the user's recipe would say
+    (copy / "recipe.yaml").write_text(yaml.safe_dump(saved))
     run = Run.load(copy)
-    recipe = run.recipe.model_copy(update={"output": run.recipe.output.model_copy(
-        update={"export": ["int8"], "max_drop": 0.01})})
     lines = []
-    _exports(run, badly_quantized(load_model(copy)), run.data(), recipe, lines.append)
+    _exports(run, badly_quantized(load_model(copy)), run.data(), run.recipe, lines.append)
     said = "\n".join(lines)
     assert "export int8: refused: max-drop NOT met" in said and "kclassify qat" in said, said
     assert not (copy / "model_int8.tflite").exists() and (copy / "model_int8.refused.json").is_file()
