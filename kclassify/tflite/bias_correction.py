@@ -30,13 +30,13 @@ BATCH = 32
 @contextmanager
 def bias_corrected(model, images, per_channel=True, skip=()):
     """The model with its quantization-corrected biases (but for the layers named in `skip`) for
-    the duration of the block; yields {layer name: mean |shift|} for the report."""
+    the duration of the block."""
     shifts = corrections(model, images, per_channel, skip)
     saved = [(var, np.array(var.numpy())) for var, _ in shifts.values()]
     try:
         for var, delta in shifts.values():
             var.assign(var.numpy() - delta)
-        yield {name: round(float(np.abs(delta).mean()), 5) for name, (_, delta) in shifts.items()}
+        yield
     finally:
         for var, value in saved:
             var.assign(value)
@@ -45,7 +45,7 @@ def bias_corrected(model, images, per_channel=True, skip=()):
 def corrections(model, images, per_channel=True, skip=()):
     """{layer name: (bias variable, expected output shift)} for every correctable convolution
     not named in `skip`."""
-    targets = [t for t in map(_target, _layers(model)) if t is not None and t[0].name not in skip]
+    targets = [t for t in _targets(model) if t[0].name not in skip]
     means = input_means(model, images, [layer for layer, _, _ in targets])
     return {layer.name: (bias, _shift(layer, scale, means[id(layer)], per_channel))
             for layer, bias, scale in targets}
@@ -53,7 +53,11 @@ def corrections(model, images, per_channel=True, skip=()):
 
 def corrected_layers(model):
     """The layers the correction applies to."""
-    return [t[0] for t in map(_target, _layers(model)) if t is not None]
+    return [layer for layer, _, _ in _targets(model)]
+
+
+def _targets(model):
+    return [t for t in map(_target, _layers(model)) if t is not None]
 
 
 def _layers(model):
