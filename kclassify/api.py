@@ -9,12 +9,13 @@
 
 A recipe is a shipped recipe's name, a YAML path, a dict of sections or a Recipe; keyword
 sections (`train={...}`) are merged into it and `overrides=["train.lr=0.1"]` work as --set does.
-Importing this module does not import TensorFlow; calling a function does.
+Importing this module does not import TensorFlow; calling a function does, except fit and
+finetune on JAX where TensorFlow is not installed.
 """
 
 
 def _prepared(recipe, overrides, sections, command=None, schedule=None):
-    """The validated recipe, checked for `command` before TensorFlow is imported."""
+    """The validated recipe, checked for `command` before TensorFlow (where the backend uses it) is imported."""
     from kclassify import runtime
     from kclassify.recipe import recipe_from
 
@@ -28,7 +29,7 @@ def _prepared(recipe, overrides, sections, command=None, schedule=None):
 
         cfg = resolve_phases(cfg, schedule)
         check_finetune_recipe(cfg)
-    runtime.quiet_tensorflow()
+    runtime.quiet_framework()
     return cfg
 
 

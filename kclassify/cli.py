@@ -324,6 +324,13 @@ def main():
     except KClassifyError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in runtime.TENSORFLOW_MODULES:
+            raise
+        # what no check refused by name: one line, not a traceback
+        error = runtime.tensorflow_missing(f"this command needed {exc.name}")
+        click.echo(f"error: {error}", err=True)
+        sys.exit(error.exit_code)
     except click.exceptions.Abort:
         click.echo("interrupted: run the same command again to resume from the last finished epoch", err=True)
         sys.exit(130)

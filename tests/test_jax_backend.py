@@ -143,7 +143,8 @@ def test_the_numpy_stream_hands_the_step_the_images_of_the_tensorflow_stream(tmp
     and for one worker's slice, from the numpy stream (no TensorFlow) and from tf.data."""
     from kclassify.data import load_data
     from kclassify.data.numpy_stream import numpy_batches
-    from kclassify.data.pipeline import BatchPlan, raw_stream, steps_per_epoch
+    from kclassify.data.batching import steps_per_epoch
+    from kclassify.data.pipeline import BatchPlan, raw_stream
 
     recipe = tiny_recipe(tmp_path)
     split = load_data(recipe.data, 0).train
@@ -164,7 +165,8 @@ def test_the_device_preparation_computes_what_the_host_stream_does(tmp_path):
     from kclassify.augment.device import device_preparer, step_key
     from kclassify.data import load_data
     from kclassify.data.numpy_stream import numpy_batches
-    from kclassify.data.pipeline import recipe_train_dataset, steps_per_epoch
+    from kclassify.data.batching import steps_per_epoch
+    from kclassify.data.pipeline import recipe_train_dataset
 
     recipe = tiny_recipe(tmp_path, augment={"flip": "alternate"}, train={"label_smoothing": 0.1})
     split = load_data(recipe.data, 0).train
