@@ -9,8 +9,8 @@
 
 A recipe is a shipped recipe's name, a YAML path, a dict of sections or a Recipe; keyword
 sections (`train={...}`) are merged into it and `overrides=["train.lr=0.1"]` work as --set does.
-Importing this module does not import TensorFlow; calling a function does, except fit and
-finetune on JAX where TensorFlow is not installed.
+Importing this module does not import TensorFlow; calling a function does, except fit, finetune
+and evaluate on JAX where TensorFlow is not installed.
 """
 
 
@@ -62,7 +62,7 @@ def evaluate(model_or_run, *, data=None, tta=None, json_out=None, echo=print):
     from kclassify import runtime
     from kclassify.commands.evaluate import run_evaluate
 
-    runtime.quiet_tensorflow()
+    runtime.quiet_framework()
     return run_evaluate(model_or_run, data, json_out, echo=echo, tta=tta)
 
 

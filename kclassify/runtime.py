@@ -169,15 +169,16 @@ def check_without_tensorflow(recipe, backend, echo=print):
     device (the numpy stream and the augmentation inside the compiled step), with a line."""
     d, rt = recipe.data, recipe.runtime
     refused = [(name, why) for name, why, on in (
-        (f"data.source: {d.source}", "reads its records with tf.data", d.source in ("tfrecord", "tfds")),
-        ("runtime.augment_on: host", "augments in tf.data threads", rt.augment_on == "host"),
-        ("output.tensorboard: true", "writes with tf.summary",
+        (f"data.source: {d.source}", "reads its records with tf.data; image_folder or npz data is read without it",
+         d.source in ("tfrecord", "tfds")),
+        ("runtime.augment_on: host", "augments in tf.data threads; runtime.augment_on device augments inside the "
+         "compiled step without it", rt.augment_on == "host"),
+        ("output.tensorboard: true", "writes its logs with tf.summary; history.csv and report.html hold the curves",
          recipe.output.tensorboard and "tensorboard" in recipe.output.model_fields_set)) if on]
     if refused:
         name, why = refused[0]
-        raise RecipeError(f"{name} {why}, which needs TensorFlow, and TensorFlow is not installed in this Python "
-                          f"({sys.executable}): leave it out on {backend} (runtime.augment_on device augments "
-                          "inside the compiled step), or install TensorFlow")
+        raise RecipeError(f"{name} needs TensorFlow, which is not installed in this Python ({sys.executable}): it "
+                          f"{why}. Leave it out on {backend}, or install TensorFlow")
     if rt.augment_on == "auto":
         echo(f"runtime.augment_on: auto -> device on {backend} without TensorFlow (the numpy stream; the "
              "augmentation runs inside the compiled step)")

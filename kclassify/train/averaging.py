@@ -92,8 +92,9 @@ def recompute_bn(model, batches_of, batches):
         return
     saved = [layer.momentum for layer in bns]
     for layer in bns:
-        layer.moving_mean.assign(ops.zeros_like(layer.moving_mean))
-        layer.moving_variance.assign(ops.ones_like(layer.moving_variance))
+        # zeros and ones of the variables' shape (ops.zeros_like of a Keras variable fails on JAX)
+        layer.moving_mean.assign(ops.zeros(layer.moving_mean.shape, layer.moving_mean.dtype))
+        layer.moving_variance.assign(ops.ones(layer.moving_variance.shape, layer.moving_variance.dtype))
     for i, batch in enumerate(itertools.islice(batches_of, batches)):
         for layer in bns:
             layer.momentum = i / (i + 1.0)
