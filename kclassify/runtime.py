@@ -97,7 +97,7 @@ def quiet_framework():
     another backend where it is installed (tf.data feeds every backend there). On JAX without
     TensorFlow nothing is imported here: the engine runs on JAX, numpy and Keras alone."""
     if keras_backend() == "tensorflow" or tensorflow_installed():
-        quiet_tensorflow()
+        quiet_tensorflow("Keras' backend here is tensorflow (KERAS_BACKEND=jax trains without it)")
 
 
 _COMMAND_STARTED = None

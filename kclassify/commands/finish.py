@@ -103,7 +103,7 @@ def _exports(run, model, data, recipe, echo):
     if not recipe.output.export:
         return
 
-    if keras.backend.backend() != "tensorflow" and not tensorflow_installed():
+    if not tensorflow_installed():  # JAX on a machine without TensorFlow
         for mode in recipe.output.export:
             echo(f"export {mode}: skipped: TFLite conversion needs TensorFlow, which is not installed in this Python; "
                  f"on a machine with TensorFlow run `kclassify export {run.dir} --tflite --quant {mode}`")

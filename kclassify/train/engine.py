@@ -30,7 +30,7 @@ from kclassify.layers.whitening import set_whitening_bias_trainable
 from kclassify.metrics import cross_entropy, top_k
 from kclassify.models import as_float32
 from kclassify.models.saving import load_model
-from kclassify.runtime import augment_on_device
+from kclassify.runtime import augment_on_device, tensorflow_installed
 from kclassify.train import backends
 from kclassify.train import budget as budgets
 from kclassify.train.averaging import load_arrays, WeightAverage
@@ -81,8 +81,9 @@ class Engine:
         self.budget = None
         if t.budget_minutes:
             calibration = resolve_count(recipe.output.calibration_images, self.k, len(data.train))
+            exports = recipe.output.export if tensorflow_installed() else []  # skipped without it (commands/finish.py)
             self.budget = budgets.Budget(t.budget_minutes, self.started, len(data.val),
-                                         view_count(recipe.evaluate), recipe.output.export, calibration, clock)
+                                         view_count(recipe.evaluate), exports, calibration, clock)
             self.budget.tta_fraction = recipe.evaluate.tta_fraction
         self.averager = self._averager()
         self.progress = EpochProgress(self.spe, self.batch, clock, recipe.runtime.verbose, self.echo,
