@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT, tiny_recipe
+from conftest import ROOT, run_cli_without, tiny_recipe
 from kclassify.errors import RecipeError
 from kclassify.runtime import check_backend
 
@@ -140,37 +140,13 @@ def test_defaults_that_are_tensorflows_are_set_aside_with_a_line(tmp_path):
     assert unchanged.runtime.fused_bn
 
 
-# Runs the kclassify command in a process where TensorFlow cannot be imported, as on a GPU machine
-# that carries JAX alone: every import of a TensorFlow module fails, and the imports kclassify's
-# own code asks for are recorded (the one probe that asks whether TensorFlow is installed aside);
-# they are printed as JSON on the last line of stderr when the process ends.
-WITHOUT_TENSORFLOW = """
-import atexit, json, sys, traceback
-BLOCKED = {"tensorflow", "tensorflow_datasets", "tf_keras", "tensorflow_model_optimization", "ai_edge_litert"}
-asked = []
-
-class NoTensorFlow:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] not in BLOCKED:
-            return None
-        frames = [f for f in traceback.extract_stack()[:-1] if "importlib" not in f.filename]
-        importer = frames[-1] if frames else None
-        if importer is not None and "/kclassify/" in importer.filename and importer.name != "tensorflow_installed":
-            asked.append(f"{name} from {importer.filename.split('/kclassify/')[-1]}:{importer.lineno}")
-        raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)", name=name)
-
-sys.meta_path.insert(0, NoTensorFlow())
-atexit.register(lambda: print(json.dumps({"kclassify_asked_for": asked}), file=sys.stderr))
-from kclassify.cli import main
-sys.argv = ["kclassify", *sys.argv[1:]]
-main()
-"""
+TENSORFLOW = ("tensorflow", "tensorflow_datasets", "tf_keras", "tensorflow_model_optimization", "ai_edge_litert")
 
 
 def without_tensorflow(*args, timeout=600):
-    proc = on_jax("-c", WITHOUT_TENSORFLOW, *map(str, args), timeout=timeout)
-    asked = json.loads(proc.stderr.strip().splitlines()[-1])["kclassify_asked_for"]
-    return proc, asked
+    """The command on JAX where TensorFlow (and the TFLite runtime) cannot be imported, as on a GPU
+    machine with JAX alone: (CompletedProcess, the TensorFlow imports kclassify asked for)."""
+    return run_cli_without(TENSORFLOW, *args, env={"KERAS_BACKEND": "jax"}, timeout=timeout)
 
 
 def test_fit_on_jax_runs_the_whole_engine_where_tensorflow_is_not_installed(tmp_path):
