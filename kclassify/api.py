@@ -110,6 +110,7 @@ def augment_preview(recipe, out, count=32, data=None, echo=print):
     from kclassify.recipe import recipe_from
 
     recipe = recipe_from(recipe)
+    runtime.check_backend(recipe, runtime.keras_backend(), echo=lambda *a: None)  # the pipeline this backend runs
     runtime.setup(recipe.runtime, echo=lambda *a: None)
     from kclassify.commands.augment import write_preview
 
