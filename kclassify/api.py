@@ -9,12 +9,13 @@
 
 A recipe is a shipped recipe's name, a YAML path, a dict of sections or a Recipe; keyword
 sections (`train={...}`) are merged into it and `overrides=["train.lr=0.1"]` work as --set does.
-Importing this module does not import TensorFlow; calling a function does.
+Importing this module does not import TensorFlow; calling a function does, except fit, finetune
+and evaluate on JAX where TensorFlow is not installed.
 """
 
 
 def _prepared(recipe, overrides, sections, command=None, schedule=None):
-    """The validated recipe, checked for `command` before TensorFlow is imported."""
+    """The validated recipe, checked for `command` before TensorFlow (where the backend uses it) is imported."""
     from kclassify import runtime
     from kclassify.recipe import recipe_from
 
@@ -28,7 +29,7 @@ def _prepared(recipe, overrides, sections, command=None, schedule=None):
 
         cfg = resolve_phases(cfg, schedule)
         check_finetune_recipe(cfg)
-    runtime.quiet_tensorflow()
+    runtime.quiet_framework()
     return cfg
 
 
@@ -61,7 +62,7 @@ def evaluate(model_or_run, *, data=None, tta=None, json_out=None, echo=print):
     from kclassify import runtime
     from kclassify.commands.evaluate import run_evaluate
 
-    runtime.quiet_tensorflow()
+    runtime.quiet_framework()
     return run_evaluate(model_or_run, data, json_out, echo=echo, tta=tta)
 
 
@@ -109,6 +110,7 @@ def augment_preview(recipe, out, count=32, data=None, echo=print):
     from kclassify.recipe import recipe_from
 
     recipe = recipe_from(recipe)
+    runtime.check_backend(recipe, runtime.keras_backend(), echo=lambda *a: None)  # the pipeline this backend runs
     runtime.setup(recipe.runtime, echo=lambda *a: None)
     from kclassify.commands.augment import write_preview
 

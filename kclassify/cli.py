@@ -88,7 +88,7 @@ def report(run, out):
     from kclassify import runtime
     from kclassify.commands.report import write_html_report
 
-    runtime.quiet_tensorflow()
+    runtime.quiet_framework()
     write_html_report(run, out or os.path.join(run, "report.html"), echo=click.echo)
 
 
@@ -120,11 +120,12 @@ def export(model_or_run, tflite, quant, compare, out, spec, calibration_images, 
     """Export a run (or .keras file) to a builtins-only .tflite and measure it with LiteRT."""
     import kclassify
     from kclassify import runtime
-    from kclassify.commands.export import ExportJob, copy_kit
 
     if compare and tta:
         raise click.UsageError("--tta makes one file; --compare exports every mode without views: use one")
-    runtime.quiet_tensorflow()
+    runtime.quiet_tensorflow("the TFLite converter is TensorFlow's")
+    from kclassify.commands.export import ExportJob, copy_kit
+
     job = ExportJob(model_or_run, data_spec=spec, calibration_count=calibration_images, input_size=input_size)
     if debug_quant:
         job.debug("int8" if quant in ("float32", "float16", "dynamic") else quant, click.echo)
@@ -324,6 +325,13 @@ def main():
     except KClassifyError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in runtime.TENSORFLOW_MODULES:
+            raise
+        # what no check refused by name: one line, not a traceback
+        error = runtime.tensorflow_missing(f"this command needed {exc.name}")
+        click.echo(f"error: {error}", err=True)
+        sys.exit(error.exit_code)
     except click.exceptions.Abort:
         click.echo("interrupted: run the same command again to resume from the last finished epoch", err=True)
         sys.exit(130)

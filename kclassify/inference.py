@@ -7,9 +7,8 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
 
-from kclassify.data.pipeline import eval_dataset
+from kclassify.data.batching import eval_batches
 from kclassify.data.sources import Split
 from kclassify.data.splits import take
 from kclassify.metrics import classification_report, cross_entropy
@@ -20,7 +19,7 @@ _PREDICTORS = weakref.WeakKeyDictionary()
 
 
 def predictor(model):
-    """The model's Predictor, made once (each new tf.function traces again)."""
+    """The model's Predictor, made once (each new compiled function traces again)."""
     if model not in _PREDICTORS:
         _PREDICTORS[model] = Predictor(model)
     return _PREDICTORS[model]
@@ -32,23 +31,30 @@ class Predictor:
 
     def __init__(self, model):
         self.model = model
-        self._fn = jax_inference(model) if keras.backend.backend() == "jax" else tf.function(
-            lambda x: model(x, training=False), input_signature=[tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)])
+        self._fn = jax_forward(model) if keras.backend.backend() == "jax" else tf_forward(model)
 
-    def __call__(self, dataset):
-        """Probabilities (float32 numpy) for a dataset of (images, ...) batches."""
-        outs = [self.batch(batch[0] if isinstance(batch, tuple) else batch) for batch in dataset]
+    def __call__(self, batches):
+        """Probabilities (float32 numpy) for an iterable of image batches (data.batching.eval_batches)."""
+        outs = [self.batch(images) for images in batches]
         return np.concatenate(outs).astype(np.float32) if outs else np.zeros((0, 0), np.float32)
 
     def batch(self, images):
-        """Probabilities (numpy) for one batch of images."""
-        return np.asarray(self._fn(images))
+        """Probabilities (numpy) for one batch of images (uint8 or float pixels)."""
+        return np.asarray(self._fn(np.asarray(images, np.float32)))
 
 
-def jax_inference(model):
+def tf_forward(model):
+    """The model's forward pass as one tf.function for float32 batches of any size."""
+    import tensorflow as tf  # the backend's own module, here at the fork: a JAX process may have no TensorFlow
+
+    return tf.function(lambda x: model(x, training=False),
+                       input_signature=[tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)])
+
+
+def jax_forward(model):
     """The model's forward pass jitted on JAX, with the variables' current values as arguments (a
     jitted closure would keep the values it saw when it was traced)."""
-    import jax  # the JAX backend's own module: present wherever Keras runs on JAX
+    import jax  # the backend's own module, here at the fork: a TensorFlow process may have no JAX
 
     @jax.jit
     def forward(trainable, non_trainable, images):
@@ -57,7 +63,6 @@ def jax_inference(model):
     widest = [0]
 
     def call(images):
-        images = np.asarray(images, np.float32)
         n = len(images)
         widest[0] = max(widest[0], n)  # a dataset's last, smaller batch is padded: one compile, not two
         padded = np.concatenate([images, np.zeros((widest[0] - n, *images.shape[1:]), np.float32)]) \
@@ -70,9 +75,9 @@ def jax_inference(model):
 
 def predict(model, images, batch_size=None, views=1):
     """Probabilities for uint8 images (an array, a Split or a streamed split); batch_size None: one
-    that fits the image size and the model's test-time `views` (pipeline.eval_batch_size)."""
+    that fits the image size and the model's test-time `views` (batching.eval_batch_size)."""
     split = images if hasattr(images, "labels") else Split(images, np.zeros(len(images), np.int32))
-    return predictor(model)(eval_dataset(split, 1, batch_size, views))
+    return predictor(model)(eval_batches(split, batch_size, views))
 
 
 def evaluate_model(model, split, class_names, batch_size=None, views=None, average="logits", fraction=1.0,

@@ -403,8 +403,8 @@ def migrate_saved(raw):
 
 def recipe_from(recipe, overrides=(), sections=None):
     """A validated Recipe from a Recipe, a dict of sections, or a YAML file / shipped recipe name."""
-    if isinstance(recipe, Recipe):
-        return _apply(recipe.model_dump(mode="json"), overrides, sections, recipe.name)
+    if isinstance(recipe, Recipe):  # the fields it set, so a default stays a default (runtime.check_backend asks)
+        return _apply(recipe.model_dump(mode="json", exclude_unset=True), overrides, sections, recipe.name)
     if isinstance(recipe, dict):
         return _apply(copy.deepcopy(recipe), overrides, sections, "recipe")
     return load_recipe(recipe, overrides, sections)

@@ -3,6 +3,7 @@ devices, seeds, precision, and the distribution strategy. TensorFlow and Keras a
 the functions on purpose: this is where they are first imported, quietly, and the TensorFlow-free
 boundary (import kclassify, the CLI's start, recipe checks) imports this module."""
 import contextlib
+import importlib.util
 import json
 import logging
 import os
@@ -55,8 +56,28 @@ def quiet_conversion():
         absl.setLevel(level)
 
 
-def quiet_tensorflow():
-    """Import TensorFlow with its start-up chatter filtered out of stderr."""
+def tensorflow_installed():
+    """Whether TensorFlow can be imported here, asked without importing it (a GPU machine may carry
+    JAX alone: there the JAX backend trains without it)."""
+    try:
+        return importlib.util.find_spec("tensorflow") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+TENSORFLOW_MODULES = ("tensorflow", "tensorflow_datasets", "tf_keras", "tensorflow_model_optimization")
+
+
+def tensorflow_missing(reason=None):
+    """The one-line error where TensorFlow is needed and not installed, saying for what."""
+    why = f": {reason}" if reason else ""
+    return KClassifyError(f"TensorFlow is not installed in this Python ({sys.executable}){why}; `pip install -e .` "
+                          "in the kclassify checkout installs it with the rest")
+
+
+def quiet_tensorflow(reason=None):
+    """Import TensorFlow with its start-up chatter filtered out of stderr; where it is not installed,
+    a KClassifyError saying what needed it (`reason`)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if sys.modules.get("tensorflow") is not None:
         return
@@ -67,9 +88,16 @@ def quiet_tensorflow():
             if exc.name != "tensorflow":
                 raise
 
-            raise KClassifyError(f"TensorFlow is not installed in this Python ({sys.executable}); "
-                                 "`pip install -e .` in the kclassify checkout installs it with the rest") from None
+            raise tensorflow_missing(reason) from None
         tf.config.list_physical_devices()
+
+
+def quiet_framework():
+    """Import what a training command runs on, quietly: TensorFlow on its own backend, and on
+    another backend where it is installed (tf.data feeds every backend there). On JAX without
+    TensorFlow nothing is imported here: the engine runs on JAX, numpy and Keras alone."""
+    if keras_backend() == "tensorflow" or tensorflow_installed():
+        quiet_tensorflow("Keras' backend here is tensorflow (KERAS_BACKEND=jax trains without it)")
 
 
 _COMMAND_STARTED = None
@@ -103,15 +131,17 @@ def keras_backend():
 BACKENDS = ("tensorflow", "jax")
 
 
-def check_backend(recipe, backend, echo=print):
+def check_backend(recipe, backend, echo=print, tensorflow=None):
     """What is TensorFlow's own is refused by name on another backend where the recipe sets it,
     and set aside with a line where it is a default (fused_bn) or `auto` would pick it; the
-    recipe's runtime section is replaced by what this backend runs."""
+    recipe's runtime section is replaced by what this backend runs. `tensorflow`: whether it is
+    installed (default: asked); without it, what needs tf.data or tf.summary is refused too."""
     if backend not in BACKENDS:
         raise RecipeError(f"Keras backend {backend!r}: kclassify trains on {' or '.join(BACKENDS)} "
                           "(set KERAS_BACKEND)")
     if backend == "tensorflow":
         return
+    tensorflow = tensorflow_installed() if tensorflow is None else tensorflow
     rt, t = recipe.runtime, recipe.train
     refused = [name for name, tf_only in (
         (f"runtime.strategy: {rt.strategy}", rt.strategy == "multi_worker"),
@@ -123,11 +153,38 @@ def check_backend(recipe, backend, echo=print):
     if refused:
         raise RecipeError(f"{refused[0]} runs on TensorFlow only (a tf.distribute strategy, a TensorFlow kernel "
                           f"or a TensorFlow step); on {backend} leave it out, or run with KERAS_BACKEND=tensorflow")
+    if not tensorflow:
+        check_without_tensorflow(recipe, backend, echo)
     if rt.fused_bn:
         echo(f"runtime.fused_bn: TensorFlow's fused BatchNorm kernel is set aside on {backend} (Keras' own ops)")
-    # augment_on auto is host on JAX: device is what the recipe asks for (augment/device.py)
-    augment_on = "device" if rt.augment_on == "device" else "host"
+    # augment_on auto is host on JAX where TensorFlow's tf.data is there to feed it: device is what the
+    # recipe asks for (augment/device.py), or what runs without TensorFlow
+    augment_on = "device" if rt.augment_on == "device" or not tensorflow else "host"
     recipe.runtime = rt.model_copy(update={"fused_bn": False, "conv_filter_grad": "native", "augment_on": augment_on})
+
+
+def check_without_tensorflow(recipe, backend, echo=print):
+    """On a backend other than TensorFlow, in a Python without it: what reads data or augments
+    through tf.data, or logs through tf.summary, is refused by name; runtime.augment_on auto becomes
+    device (the numpy stream and the augmentation inside the compiled step), with a line."""
+    d, rt = recipe.data, recipe.runtime
+    refused = [(name, why) for name, why, on in (
+        (f"data.source: {d.source}", "reads its records with tf.data; image_folder or npz data is read without it",
+         d.source in ("tfrecord", "tfds")),
+        ("runtime.augment_on: host", "augments in tf.data threads; runtime.augment_on device augments inside the "
+         "compiled step without it", rt.augment_on == "host"),
+        ("output.tensorboard: true", "writes its logs with tf.summary; history.csv and report.html hold the curves",
+         recipe.output.tensorboard and "tensorboard" in recipe.output.model_fields_set)) if on]
+    if refused:
+        name, why = refused[0]
+        raise RecipeError(f"{name} needs TensorFlow, which is not installed in this Python ({sys.executable}): it "
+                          f"{why}. Leave it out on {backend}, or install TensorFlow")
+    if rt.augment_on == "auto":
+        echo(f"runtime.augment_on: auto -> device on {backend} without TensorFlow (the numpy stream; the "
+             "augmentation runs inside the compiled step)")
+    if recipe.output.tensorboard:
+        echo("output.tensorboard: set aside (TensorBoard logs are written with tf.summary: TensorFlow is not installed)")
+        recipe.output = recipe.output.model_copy(update={"tensorboard": False})
 
 
 def is_chief(runtime):
@@ -140,8 +197,22 @@ def is_chief(runtime):
                                                           and int(task.get("index", 0)) == 0)
 
 
+class OneProcess:
+    """What the engine asks of a tf.distribute strategy, on a backend that has none (JAX, where
+    keras.distribution splits each batch inside the compiled step): a scope that changes nothing,
+    and one replica."""
+
+    num_replicas_in_sync = 1
+
+    def scope(self):
+        return contextlib.nullcontext()
+
+
 def setup(runtime, echo=print):
-    """Apply a RuntimeConfig; returns the tf.distribute strategy to build and fit under."""
+    """Apply a RuntimeConfig; returns the strategy to build and fit under: a tf.distribute strategy
+    on TensorFlow, a OneProcess on JAX."""
+    if keras_backend() == "jax":
+        return setup_jax(runtime, echo)
     quiet_tensorflow()
     import keras
     import tensorflow as tf
@@ -160,8 +231,7 @@ def setup(runtime, echo=print):
     keras.utils.set_random_seed(runtime.seed)
     precision = resolve_precision(runtime.precision, echo)
     keras.mixed_precision.set_global_policy(precision)
-    if (precision != "float32" and keras.backend.backend() == "tensorflow" and not tf.config.list_physical_devices("GPU")
-            and runtime.precision != "auto"):
+    if precision != "float32" and not tf.config.list_physical_devices("GPU") and runtime.precision != "auto":
         if not bf16_is_faster():
             # Measured (FACTS.md): CPUs without bf16 arithmetic compute mixed precision in float32
             # with extra casts: 6-12x slower for bfloat16 without XLA.
@@ -169,8 +239,6 @@ def setup(runtime, echo=print):
                           "slower than float32, not faster; use float32 (or auto) on this CPU", stacklevel=2)
     if runtime.strategy == "multi_worker":
         return strategy
-    if runtime.strategy == "mirrored" and keras.backend.backend() == "jax":
-        return jax_data_parallel(echo)
     if runtime.strategy == "mirrored":
         gpus = tf.config.list_logical_devices("GPU")
         devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
@@ -178,19 +246,23 @@ def setup(runtime, echo=print):
     return tf.distribute.get_strategy()
 
 
-def jax_data_parallel(echo=print):
-    """runtime.strategy mirrored on JAX: keras.distribution's DataParallel over every local device
-    (variables replicated, each batch split along its first axis; the compiled step is one program
-    over the global batch, so BatchNorm sees the global batch as on one device). Set before the
-    model is built, so its variables are created replicated. The returned tf.distribute default
-    strategy is only the no-op scope the engine builds under."""
+def setup_jax(runtime, echo=print):
+    """The JAX backend's set-up (check_backend refused TensorFlow's options): TensorFlow imported
+    quietly where it is installed (its tf.data may feed the run), the seed, the precision, and with
+    runtime.strategy mirrored keras.distribution's DataParallel over every local device (variables
+    replicated, each batch split along its first axis; the compiled step is one program over the
+    global batch, so BatchNorm sees the global batch as on one device). Set before the model is
+    built, so its variables are created replicated."""
+    quiet_framework()
     import keras
-    import tensorflow as tf
 
-    devices = keras.distribution.list_devices()
-    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
-    echo(f"runtime.strategy mirrored on jax: keras.distribution.DataParallel over {len(devices)} devices")
-    return tf.distribute.get_strategy()
+    keras.utils.set_random_seed(runtime.seed)
+    keras.mixed_precision.set_global_policy(resolve_precision(runtime.precision, echo))
+    if runtime.strategy == "mirrored":
+        devices = keras.distribution.list_devices()
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+        echo(f"runtime.strategy mirrored on jax: keras.distribution.DataParallel over {len(devices)} devices")
+    return OneProcess()
 
 
 def multi_worker_strategy():
@@ -208,18 +280,18 @@ def resolve_precision(precision, echo=print):
     measure faster than float32 (AMX or AVX512-BF16); float32 otherwise."""
     if precision != "auto":
         return precision
-    import keras
-    import tensorflow as tf
-
-    if keras.backend.backend() == "jax":
+    if keras_backend() == "jax":
         import jax  # the backend's own module
 
         # bfloat16 needs no loss scaling; a CPU under XLA's own kernels is not measured here: float32
         chosen = "mixed_bfloat16" if jax.default_backend() == "gpu" else "float32"
-    elif tf.config.list_physical_devices("GPU"):
-        chosen = "mixed_float16"
     else:
-        chosen = "mixed_bfloat16" if bf16_is_faster() else "float32"
+        import tensorflow as tf
+
+        if tf.config.list_physical_devices("GPU"):
+            chosen = "mixed_float16"
+        else:
+            chosen = "mixed_bfloat16" if bf16_is_faster() else "float32"
     echo(f"precision: auto -> {chosen}")
     return chosen
 
@@ -245,6 +317,17 @@ def bf16_is_faster(size=1024, reps=5):
 
         _BF16_FASTER = seconds(tf.bfloat16) < 0.8 * seconds(tf.float32)
     return _BF16_FASTER
+
+
+def augment_on_device(setting):
+    """runtime.augment_on `setting`: device, or auto where TensorFlow sees a GPU (measured: a GPU trains
+    airbench94 at about 280,000 images/s, the host stream gives about 21,000 a core). On another
+    backend check_backend has already chosen host or device."""
+    if setting != "auto":
+        return setting == "device"
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
 
 
 def timed(fn, clock=None):

@@ -1,5 +1,6 @@
 """Shared fixtures: a small trained digits run (reused by evaluate/export/load tests), image
 trees made on the fly, and helpers to run the CLI in a subprocess (exit codes, stderr)."""
+import json
 import os
 import subprocess
 import sys
@@ -24,6 +25,42 @@ def run_cli(*args, cwd=None, env=None, timeout=600):
     full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
     return subprocess.run([sys.executable, "-m", "kclassify", *map(str, args)], cwd=cwd or ROOT,
                           env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+# The kclassify command in a process where some packages cannot be imported, as on a machine that
+# lacks them (a GPU image with JAX and no TensorFlow; a CPU install with TensorFlow and no JAX):
+# every import of a blocked top-level package fails, and the imports of one that kclassify's own code
+# asks for are recorded (the probe that asks whether TensorFlow is installed aside), then printed as
+# JSON on the last line of stderr when the process ends.
+WITHOUT = """
+import atexit, json, sys, traceback
+blocked, asked = set(sys.argv[1].split(",")), []
+
+class Without:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] not in blocked:
+            return None
+        frames = [f for f in traceback.extract_stack()[:-1] if "importlib" not in f.filename]
+        importer = frames[-1] if frames else None
+        if importer is not None and "/kclassify/" in importer.filename and importer.name != "tensorflow_installed":
+            asked.append(f"{name} from {importer.filename.split('/kclassify/')[-1]}:{importer.lineno}")
+        raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)", name=name)
+
+sys.meta_path.insert(0, Without())
+atexit.register(lambda: print(json.dumps({"kclassify_asked_for": asked}), file=sys.stderr))
+from kclassify.cli import main
+sys.argv = ["kclassify", *sys.argv[2:]]
+main()
+"""
+
+
+def run_cli_without(blocked, *args, env=None, timeout=600):
+    """run_cli with the top-level packages `blocked` not importable: (CompletedProcess, the blocked
+    imports kclassify's own code asked for)."""
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+    proc = subprocess.run([sys.executable, "-c", WITHOUT, ",".join(blocked), *map(str, args)], cwd=ROOT,
+                          env=full_env, capture_output=True, text=True, timeout=timeout)
+    return proc, json.loads(proc.stderr.strip().splitlines()[-1])["kclassify_asked_for"]
 
 
 class FakeClock:

@@ -1,7 +1,6 @@
 """Smoke tests of the kept benchmark scripts: each runs for real, as its own process, on tiny data
 for a few steps, and prints JSON of the expected shape with sane numbers (never timing or tight
 accuracy: the figures themselves are measured elsewhere, benchmarks/RESULTS.md)."""
-import importlib.util
 import io
 import json
 import math
@@ -227,27 +226,18 @@ def test_plot_budget(tmp_path):
                     assert 0 <= point[key]["min"] <= point[key]["mean"] <= point[key]["max"] <= 100
 
 
-@pytest.mark.slow  # the slow tier (-m slow): keeps the fast tier under 8 minutes on 2 cores
-def test_airbench94_gpu_tf_stream(cifar_like):
-    """--tf-stream times kclassify's own tf.data stream: TensorFlow, no JAX."""
-    out = last_object(run_script("airbench94_gpu.py", "--tf-stream", 3, "--set", f"data.path={cifar_like}",
-                                 "--set", "data.val_count=20", "--set", "train.batch_size=32",
-                                 env={"KERAS_BACKEND": "tensorflow"}))
-    assert out["tf_stream"]["batches"] == 3 and out["tf_stream"]["tf_data_img_per_s"] > 0
-
-
-@pytest.mark.slow  # the slow tier (-m slow): keeps the fast tier under 8 minutes on 2 cores
-def test_airbench94_gpu(cifar_like):
-    if importlib.util.find_spec("jax") is None:
-        pytest.skip("airbench94_gpu.py trains with Keras' JAX backend, and JAX is not installed here")
-    lines = json_lines(run_script("airbench94_gpu.py", "--epochs", 1, "--speed-steps", 2, "--precision", "float32",
-                                  "--set", f"data.path={cifar_like}", "--set", "data.val_count=20",
-                                  "--set", "train.batch_size=32", env={"KERAS_BACKEND": "jax"}))
+def test_recipe_speed():
+    """Two runs of the quickstart recipe through `kclassify fit` (1 and 2 epochs), the training
+    stream timed alone, and the time-to-accuracy summary, on TensorFlow."""
+    lines = json_lines(run_script("recipe_speed.py", "quickstart", "--epochs", 1, 2, "--stream-batches", 2,
+                                  "--set", "output.export=[]", "--set", "output.report=false",
+                                  "--set", "output.plots=false", env={"KERAS_BACKEND": "tensorflow"}))
     assert_sane(lines)
-    head, (run,) = lines[0], [line["run"] for line in lines if "run" in line]
-    assert head["backend"] == "jax" and head["train_images"] == 100 and head["val_images"] == 20
-    assert run["steps"] == 3 and run["batch"] == 32
-    assert_fraction(run["val_top1"], run["val_top1_tta"])
-    speed = next(line["speed"] for line in lines if "speed" in line)
-    assert all(v > 0 for v in numbers(speed))
-    assert "recipe" in lines[-1]["summary"]
+    runs = [line["run"] for line in lines if "run" in line]
+    assert [r["steps"] for r in runs] == [22, 44] and all(r["train_images_per_s"] > 0 for r in runs)
+    assert_fraction(*[r[k] for r in runs for k in ("val_top1", "val_top1_tta")])
+    stream = next(line["input"] for line in lines if "input" in line)
+    assert stream["stream"] == "tf.data" and stream["batch"] == 64 and stream["input_to_train"] > 0
+    summary = lines[-1]["summary"]
+    assert [row["epochs"] for row in summary["lengths"]] == [1, 2] and set(summary["train_seconds_to_tta_top1"]) == {
+        "0.90", "0.91", "0.92", "0.93", "0.94"}

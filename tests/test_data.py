@@ -187,7 +187,7 @@ def test_tfds_records_go_through_the_one_decoder_and_feed_the_pipeline(tmp_path)
 
 
 def test_pipeline_crops_and_flips_differ_per_image():
-    from kclassify.augment import image_augmenter
+    from kclassify.augment.basic import image_augmenter
     from kclassify.data.pipeline import train_dataset
     from kclassify.data.sources import Split
     from kclassify.recipe import AugmentConfig

@@ -20,12 +20,14 @@ def _filter(keep=0.5, every=2, batch=16):
 
     keras.mixed_precision.set_global_policy("float32")  # a bf16 policy left by an earlier fit would blur the ranking
     from kclassify.train.data_filter import DataFilter
+    from kclassify.train.setup import fit_setup
 
     cfg = DataFilterConfig(proxy=ModelConfig(**TINY_PROXY), keep=keep, proxy_every=every)
     proxy = build_model("airbench93", 3, (32, 32, 3), widths=(8, 8, 8), act="relu")
     flt = DataFilter(cfg, proxy, batch)
     iterations = tf.Variable(0, dtype=tf.int64)
-    flt.compile(TrainConfig(lr=0.5, momentum=0.9), 10, lambda step: 0.5, iterations, 100)
+    train = TrainConfig(lr=0.5, momentum=0.9)
+    flt.compile(train, lambda m: fit_setup(m, train), 10, lambda step: 0.5, iterations, 100)
     return flt, iterations
 
 

@@ -11,9 +11,19 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import FakeClock, ROOT, run_cli, tiny_recipe
+from conftest import FakeClock, ROOT, run_cli, run_cli_without, tiny_recipe
 
 QUIET = {"echo": lambda *a: None}
+
+
+def test_fit_on_tensorflow_needs_no_jax(tmp_path):
+    """JAX is not a dependency: on TensorFlow the engine imports none of its JAX pieces (the fork in
+    train/backends.py), so the command trains where JAX cannot be imported."""
+    proc, asked = run_cli_without(("jax", "jaxlib"), "fit", "quickstart", "--out", tmp_path / "run",
+                                  "--set", "train.epochs=1", "--set", "output.export=[]", "--set", "output.report=false",
+                                  "--set", "output.plots=false", env={"KERAS_BACKEND": "tensorflow"})
+    assert proc.returncode == 0 and asked == [], proc.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["steps"] == 22
 
 
 def test_python_api_fit_evaluate_export_build(tmp_path):

@@ -258,30 +258,6 @@ def test_muon_runs_newton_schulz_in_the_runs_bfloat16_and_stays_airbenchs_step()
     assert np.abs(got_step - ref_step).max() > 1e-6  # bfloat16 did round: the iteration did not run in float32
 
 
-def test_muon_with_a_fed_rate_gets_a_rate_variable_of_its_own():
-    """make_optimizer(learning_rate=1.0) (a caller that feeds the rate step by step, as
-    benchmarks/airbench94_gpu.py does) gives ConvMuon a plain rate variable at train.muon.lr beside
-    the SGD's, each one steering only its own variables."""
-    from kclassify.train.setup import fit_setup
-    from kclassify.train.muon import ConvMuon
-    from kclassify.train.optim import make_optimizer
-
-    recipe = validate({"train": {"optimizer": "muon", "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0,
-                                 "schedule": "constant", "muon": {"lr": 0.3, "normalize_weights": False}}})
-    model = build_model("airbench93", 10, (32, 32, 3))
-    opt = make_optimizer(recipe.train, 1, model, fit_setup(model, recipe.train), learning_rate=1.0)
-    opt.build(model.trainable_variables)
-    muon = next(o for o in opt.optimizers if isinstance(o, ConvMuon))
-    assert float(muon.learning_rate) == pytest.approx(0.3) and float(opt.learning_rate) == pytest.approx(1.0)
-    ids = {id(v) for v in opt.variables}
-    assert id(muon._learning_rate) in ids and id(opt._learning_rate) in ids
-    muon._learning_rate.assign(0.0)  # Muon's rate at zero: the filters stay, the SGD's variables move
-    before = [v.numpy().copy() for v in model.trainable_variables]
-    opt.apply_gradients([(np.ones(v.shape, "float32"), v) for v in model.trainable_variables])
-    for v, b in zip(model.trainable_variables, before):
-        assert np.allclose(v.numpy(), b) == isinstance(opt._optimizer_map(v), ConvMuon), v.path
-
-
 def test_muon_recipe_trains_and_its_checkpoint_holds_the_optimizer_state(tmp_path):
     """A fit with train.optimizer muon learns the digits; its checkpoint (what a resume loads)
     deserializes the MuonSGD with every Muon momentum and SGD slot, equal to the trained ones."""

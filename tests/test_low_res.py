@@ -65,10 +65,10 @@ def test_a_network_that_needs_its_full_size_is_refused():
 
 def _count_resized_steps(monkeypatch):
     """A counter of the train steps that resized their batch (the resize runs in the graph)."""
-    from kclassify.train import engine
+    from kclassify.train import loop
 
     resized = tf.Variable(0, dtype=tf.int64)
-    real = engine.batch_resizer
+    real = loop.batch_resizer
 
     def counting(height, width):
         assert (height, width) == (6, 6)
@@ -80,7 +80,7 @@ def _count_resized_steps(monkeypatch):
 
         return step
 
-    monkeypatch.setattr(engine, "batch_resizer", counting)
+    monkeypatch.setattr(loop, "batch_resizer", counting)
     return resized
 
 

@@ -159,7 +159,7 @@ def test_tta_views_average_as_weighted():
 def test_evaluation_batch_fits_the_image_size_and_views_unless_the_recipe_sets_it():
     """Evaluation at 224x224 with the old fixed 256 held 7.0 GB at its peak (data_stream.py);
     the default batch shrinks with pixels and test-time views, a recipe's batch_size wins."""
-    from kclassify.data.pipeline import eval_batch_size, eval_dataset
+    from kclassify.data.batching import eval_batch_size, eval_batches
     from kclassify.data.sources import Split
 
     assert eval_batch_size((32, 32, 3)) == eval_batch_size((64, 64, 3)) == 256
@@ -167,6 +167,6 @@ def test_evaluation_batch_fits_the_image_size_and_views_unless_the_recipe_sets_i
     assert eval_batch_size((32, 32, 3), views=6) == 128 and eval_batch_size((224, 224, 3), views=10) == 4
     assert eval_batch_size((224, 224, 3), requested=100) == 100
     split = Split(np.zeros((40, 224, 224, 3), np.uint8), np.zeros(40, np.int32))
-    assert [int(x.shape[0]) for x, _ in eval_dataset(split, 2)] == [16, 16, 8]
-    assert [int(x.shape[0]) for x, _ in eval_dataset(split, 2, 30)] == [30, 10]
+    assert [len(x) for x in eval_batches(split)] == [16, 16, 8]
+    assert [len(x) for x in eval_batches(split, 30)] == [30, 10]
     assert validate({"evaluate": {"batch_size": None}}).evaluate.batch_size is None

@@ -154,7 +154,8 @@ def test_the_epoch_of_a_streamed_multi_worker_run_ends_with_its_least_loaded_wor
     global batch of 10, loads [27, 27, 27, 25, 24] give 24 // 2 = 12 steps, not 130 // 10 = 13
     (a 13th batch would find worker 4 out of images and run into the next epoch); one worker and
     an in-memory split keep len // batch; the steps cap still applies."""
-    from kclassify.data.pipeline import BatchPlan, steps_per_epoch, streamed_batches
+    from kclassify.data.batching import steps_per_epoch
+    from kclassify.data.pipeline import BatchPlan, streamed_batches
 
     for c in ("a", "b"):
         (tmp_path / "f" / c).mkdir(parents=True)

@@ -23,13 +23,14 @@ def check_device_recipe(recipe):
     a, t = recipe.augment, recipe.train
     for op in a.ops:
         if op["name"] not in DEVICE_OPS:
-            raise RecipeError(f"augment.ops {op['name']!r} has no device version (runtime.augment_on device); "
-                              f"device versions: {sorted(DEVICE_OPS)}, crop_pad, flip, MixUp/CutMix, label smoothing")
+            raise RecipeError(f"augment.ops {op['name']!r} has no device version (runtime.augment_on device; the host "
+                              f"version runs in TensorFlow's tf.data); device versions: {sorted(DEVICE_OPS)}, crop_pad, "
+                              "flip, MixUp/CutMix, label smoothing")
     for name, on in (("augment.random_resized_crop", a.random_resized_crop), ("train.class_balance",
                      t.class_balance != "none")):
         if on:
             raise RecipeError(f"{name} has no device version (runtime.augment_on device): leave it out, or "
-                              "augment on the host (runtime.augment_on host)")
+                              "augment on the host (runtime.augment_on host, with TensorFlow installed)")
 
 
 def device_preparer(recipe, num_classes, mix=True):

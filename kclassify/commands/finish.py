@@ -10,7 +10,6 @@ import time
 import keras
 import numpy as np
 
-from kclassify.commands.export import ExportJob
 from kclassify.commands.profile import profile_model
 from kclassify.commands.report import write_run_report
 from kclassify.errors import ExportError, MaxDropNotMet
@@ -18,7 +17,7 @@ from kclassify.inference import evaluate_model, write_evaluation
 from kclassify.metrics import format_report
 from kclassify.models import as_float32
 from kclassify.plots import plot_history
-from kclassify.runtime import NOISE, timed
+from kclassify.runtime import NOISE, tensorflow_installed, timed
 from kclassify.train.budget import close
 from kclassify.tta import view_count, views_of
 
@@ -104,8 +103,16 @@ def _exports(run, model, data, recipe, echo):
     if not recipe.output.export:
         return
 
+    if not tensorflow_installed():  # JAX on a machine without TensorFlow
+        for mode in recipe.output.export:
+            echo(f"export {mode}: skipped: TFLite conversion needs TensorFlow, which is not installed in this Python; "
+                 f"on a machine with TensorFlow run `kclassify export {run.dir} --tflite --quant {mode}`")
+        return
     if keras.backend.backend() != "tensorflow":
         return _export_under_tensorflow(run, recipe.output.export, echo)
+    # Imported here, at the fork: the exporter is TensorFlow's (and LiteRT's), which a JAX process may lack.
+    from kclassify.commands.export import ExportJob
+
     job = ExportJob(run.dir, model=model, data=data, calibration_count=recipe.output.calibration_images)
     for mode in recipe.output.export:
         try:

@@ -6,9 +6,8 @@ from kclassify.commands.checks import check_fit_recipe
 from kclassify.commands.finish import finish_run
 from kclassify.data import load_data
 from kclassify.run import training_run
-from kclassify.train.data_filter import build_filter
 from kclassify.train.engine import Phase, low_res_shape
-from kclassify.train.setup import build_for_run, finish_training, fit_setup, make_engine
+from kclassify.train.setup import build_filter, build_for_run, finish_training, fit_setup, make_engine
 
 
 def fit(recipe, out=None, fresh=False, echo=print, callbacks=(), started=None, clock=time.time):

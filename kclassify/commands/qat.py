@@ -28,7 +28,6 @@ from pydantic import ValidationError
 from kclassify.commands.export import ExportJob
 from kclassify.commands.finetune import block_pattern
 from kclassify.data.splits import take
-from kclassify.data.pipeline import augment_on_device
 from kclassify.errors import RecipeError
 from kclassify.models import MODELS
 from kclassify.qat import QATError, require_tfmot
@@ -36,7 +35,7 @@ from kclassify.qat.graph import write_model
 from kclassify.qat.job import Augment, DataFiles, Job, ModelFiles, Pruning, Training
 from kclassify.recipe import explain, QATConfig
 from kclassify.run import Run
-from kclassify.runtime import NOISE
+from kclassify.runtime import augment_on_device, NOISE
 from kclassify.train.unfreeze import apply_phase
 
 

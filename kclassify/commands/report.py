@@ -145,7 +145,9 @@ def summary_section(ctx):
     weak = sum(c["f1"] < WEAK_F1 for c in report["per_class"])
     facts = [f"macro F1 {report['macro']['f1']:.3f} over {len(report['per_class'])} classes; "
              f"{weak} weak (F1 &lt; {WEAK_F1})"]
-    for key, label in (("epochs", "epochs"), ("train_seconds", "training seconds"), ("params", "parameters"),
+    for key, label in (("epochs", "epochs"), ("train_seconds", "training seconds"),
+                       ("train_images_per_s", "training images a second (the median epoch)"),
+                       ("train_gflops", "training GFLOP/s (6 per forward MAC)"), ("params", "parameters"),
                        ("train_images", "training images"), ("val_images", "validation images")):
         if key in m:
             facts.append(f"{label}: {_metric(key, m[key])}")

@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 
+from kclassify import runtime
 from kclassify.data.decode import check_strict, DECODER_VERSION, read_images, skipped_note
 from kclassify.data.files import cache_root, list_files, resolve_root
 from kclassify.data.pack import MIN_SHARDS, pack_folder
@@ -109,6 +110,9 @@ def cached_pack(root, cfg):
 
 
 def _streamed(root, cfg, crop=None):
+    why = "augment.random_resized_crop crops from the stored images" if crop else \
+        f"the decoded images are more than data.cache_gb ({cfg.cache_gb:g} GB) holds in memory"
+    runtime.quiet_tensorflow(f"{root}: {why}, so they are packed into TFRecord shards and streamed by tf.data")
     pack = cached_pack(root, cfg)
     return StreamSplit(pack, size=cfg.image_size, resize=cfg.resize, crop=crop, shuffle_buffer=cfg.shuffle_buffer), \
         skipped_of(pack), pack.classes

@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from kclassify.augment.basic import batch_augmenter, flip_batch
 from kclassify.augment.mixing import batch_mixer
+from kclassify.data.batching import is_streamed, steps_per_epoch
 
 AUTOTUNE = tf.data.AUTOTUNE
 ENDLESS = 2 ** 62
@@ -36,10 +37,6 @@ def effective_number_weights(labels, num_classes, beta):
     counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
     w = np.where(counts > 0, (1.0 - beta) / (1.0 - np.power(beta, np.maximum(counts, 1))), 0.0)
     return (w * (counts > 0).sum() / w.sum()).astype(np.float32)
-
-
-def is_streamed(split):
-    return not hasattr(split, "images")
 
 
 def _resident(array):
@@ -177,17 +174,6 @@ def _mapped(ds, stages):
     return ds.prefetch(AUTOTUNE)
 
 
-def steps_per_epoch(split, batch_size, cap=None, workers=1):
-    """Global batches per epoch. A streamed split over several workers ends its epoch when the
-    least-loaded worker's shards run out (each fills its own slice of every batch from its own
-    shards), so every worker agrees on the epoch length; in memory every worker indexes all images."""
-    if is_streamed(split) and workers > 1:
-        steps = max(split.steps_per_epoch(batch_size, workers), 1)
-    else:
-        steps = max(len(split) // batch_size, 1)
-    return min(steps, cap) if cap else steps
-
-
 def recipe_train_dataset(recipe, split, num_classes, mix=True, start_step=0, worker=(0, 1), raw=False):
     """The training stream a recipe describes (mix=False: without MixUp/CutMix). raw=True: the
     batches before `recipe_preparer`, for a step that prepares them on the device."""
@@ -216,52 +202,9 @@ def _recipe_stages(recipe, split, num_classes, mix):
             a.flip)
 
 
-def augment_on_device(setting):
-    """runtime.augment_on `setting`: device, or auto where TensorFlow sees a GPU (measured: a GPU trains
-    airbench94 at about 280,000 images/s, the host stream gives about 21,000 a core;
-    benchmarks/airbench94_gpu.py)."""
-    if setting == "auto":
-        return bool(tf.config.list_physical_devices("GPU"))
-    return setting == "device"
-
-
 def train_dataset(split, num_classes, batch_size, augment=None, seed=0, balance="none", epochs=1):
     """`epochs` epochs of training batches (full batches only) with a batch augmenter: for tests
     and tools that want a finite dataset; training itself uses the endless stream."""
     batch = min(batch_size, len(split))
     plan = BatchPlan(split.labels, batch, steps_per_epoch(split, batch), seed, balance)
     return training_stream(split, num_classes, plan, augment).take(plan.spe * epochs)
-
-
-EVAL_PIXELS = 256 * 64 * 64  # pixels in one evaluation forward pass when the recipe does not set a batch
-
-
-def eval_batch_size(image_shape, views=1, requested=None):
-    """The evaluation batch: `requested`, else as many images (times their test-time views) as
-    make EVAL_PIXELS, a power of two from 4 to 256: 256 up to 64x64, 16 at 224x224 (256 at 224
-    held 7.0 GB at its peak against 3.0 GB at 16, benchmarks/data_stream.py), 4 at 224 with 10 views."""
-    if requested:
-        return int(requested)
-    fit = EVAL_PIXELS // max(int(image_shape[0]) * int(image_shape[1]) * max(int(views), 1), 1)
-    return int(min(256, max(4, 2 ** max(fit.bit_length() - 1, 0))))
-
-
-def eval_dataset(split, num_classes, batch_size=None, views=1):
-    """Unshuffled, unaugmented, every image (the last batch may be short); batch_size None: the
-    eval_batch_size of the split's images and `views`."""
-    batch_size = eval_batch_size(split.image_shape, views, batch_size)
-    ds = split.examples(training=False).batch(batch_size) if is_streamed(split) else _array_batches(split, batch_size)
-    return _mapped(ds, batch_stages(num_classes)[1:])  # float pixels and one-hot labels, nothing else
-
-
-def _array_batches(split, batch_size):
-    """An in-memory split's batches, sliced from its arrays as they are read: nothing is copied into
-    TensorFlow (from_tensor_slices held a second copy of the split for each evaluation dataset,
-    0.75 GB a copy for 5,000 images at 224x224; benchmarks/memory_flat.py)."""
-    images, labels = split.images, split.labels.astype(np.int32)
-
-    def batches():
-        for start in range(0, len(images), batch_size):
-            yield images[start:start + batch_size], labels[start:start + batch_size]
-    signature = (tf.TensorSpec((None, *images.shape[1:]), tf.as_dtype(images.dtype)), tf.TensorSpec((None,), tf.int32))
-    return tf.data.Dataset.from_generator(batches, output_signature=signature)

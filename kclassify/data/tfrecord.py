@@ -228,6 +228,14 @@ class StreamSplit:
         ds = ds.skip(skip)  # may be a tensor too (e.g. only in the first epoch of a flat_map)
         return ds.map(self._decode_fn(training, s), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
+    def eval_batches(self, batch_size):
+        """Every example in stored order, resized as for evaluation, in float32 image batches (the
+        last may be short), read ahead by tf.data (data.batching.eval_batches)."""
+        import tensorflow as tf
+
+        ds = self.examples(training=False).batch(batch_size)
+        return ds.map(lambda x, y: tf.cast(x, tf.float32), num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
     def _decode_fn(self, training, seed):
         import tensorflow as tf
 

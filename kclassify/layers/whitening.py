@@ -57,6 +57,13 @@ def whitening_layers(model):
     return [layer for layer in model._flatten_layers(include_self=False) if isinstance(layer, PatchWhitening)]
 
 
+def set_whitening_bias_trainable(model, trainable):
+    """Whether the stems' biases train (train.whiten_bias_epochs; a data filter's proxy never trains it)."""
+    for layer in whitening_layers(model):
+        if layer.bias is not None:
+            layer.bias.trainable = trainable
+
+
 def init_whitening(model, images, count=5000):
     """Compute every PatchWhitening layer's filters from the first `count` training images."""
     for layer in whitening_layers(model):

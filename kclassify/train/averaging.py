@@ -11,13 +11,17 @@
 
 The updates run as one compiled function (a Python loop over variables costs milliseconds a
 step): a tf.function over the variables on TensorFlow, a jitted function of their values on JAX
-(whose step state Keras' `Callback.model` attaches to the variables first). The averages are
-saved with every checkpoint, so a resumed run continues them exactly.
+(whose step state Keras' `Callback.model` attaches to the variables first); train/backends.py
+gives the backend's. The averages are saved with every checkpoint, so a resumed run continues them
+exactly.
 """
+import itertools
+
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import ops
+
+from kclassify.train.backends import shadow_mover
 
 
 class WeightAverage(keras.callbacks.Callback):
@@ -25,45 +29,15 @@ class WeightAverage(keras.callbacks.Callback):
         super().__init__()
         self.cfg, self.target = cfg, model
         self.progress = progress or (lambda: 1.0)  # training progress in [0, 1] (lookahead's ramp)
-        on_tf = keras.backend.backend() == "tensorflow"
-        self.shadow = [tf.Variable(w.numpy(), trainable=False) if on_tf else
-                       keras.Variable(w.numpy(), trainable=False, dtype=w.dtype) for w in self.weights()]
+        # Keras' Callback.model puts the JAX steps' state back into the variables
+        self.shadow, self._move = shadow_mover(self.weights, lambda: self.model)
         self.count = 0  # ema / lookahead: updates so far; swa: snapshots averaged so far
         self.steps = 0
-        if on_tf:
-            moved = tf.function(self._move_shadow)
-            self._move = lambda decay, reset: moved(tf.constant(decay, tf.float32), reset)
-        else:
-            self._move = self._jax_mover()
 
     def weights(self):
         if self.cfg.kind == "swa":
             return list(self.target.trainable_weights)
         return list(self.target.weights)
-
-    def _move_shadow(self, decay, reset):
-        for shadow, w in zip(self.shadow, self.weights()):
-            shadow.assign(decay * shadow + (1.0 - decay) * tf.cast(w, shadow.dtype))
-            if reset:
-                w.assign(tf.cast(shadow, w.dtype))
-
-    def _jax_mover(self):
-        import jax  # the JAX backend's own module
-
-        @jax.jit
-        def moved(shadow, weights, decay):
-            return [decay * a + (1.0 - decay) * w.astype(a.dtype) for a, w in zip(shadow, weights)]
-
-        def move(decay, reset):
-            self.model  # noqa: B018  (Keras' Callback.model puts the step's state back into the variables)
-            values = moved([a.value for a in self.shadow], [w.value for w in self.weights()], np.float32(decay))
-            for shadow, value in zip(self.shadow, values):
-                shadow.assign(value)
-            if reset:  # copies: the next step donates the weights' buffers, which the shadow must keep
-                for w, value in zip(self.weights(), values):
-                    w.assign(jax.numpy.array(value, dtype=w.dtype, copy=True))
-
-        return move
 
     def on_train_batch_end(self, batch, logs=None):
         self.steps += 1
@@ -108,18 +82,20 @@ def load_arrays(path):
         return {k: z[k] for k in z.files}
 
 
-def recompute_bn(model, dataset, batches):
-    """Set every BatchNorm's moving statistics to their plain average over `batches` batches
-    (momentum i/(i+1) at batch i gives the cumulative mean)."""
+def recompute_bn(model, batches_of, batches):
+    """Set every BatchNorm's moving statistics to their plain average over the first `batches`
+    batches of `batches_of` (a tf.data dataset or any iterable of (images, ...) batches; momentum
+    i/(i+1) at batch i gives the cumulative mean)."""
     bns = [layer for layer in model._flatten_layers(include_self=False)
            if isinstance(layer, keras.layers.BatchNormalization)]
     if not bns:
         return
     saved = [layer.momentum for layer in bns]
     for layer in bns:
-        layer.moving_mean.assign(ops.zeros_like(layer.moving_mean))
-        layer.moving_variance.assign(ops.ones_like(layer.moving_variance))
-    for i, batch in enumerate(dataset.take(batches)):
+        # zeros and ones of the variables' shape (ops.zeros_like of a Keras variable fails on JAX)
+        layer.moving_mean.assign(ops.zeros(layer.moving_mean.shape, layer.moving_mean.dtype))
+        layer.moving_variance.assign(ops.ones(layer.moving_variance.shape, layer.moving_variance.dtype))
+    for i, batch in enumerate(itertools.islice(batches_of, batches)):
         for layer in bns:
             layer.momentum = i / (i + 1.0)
         model(np.asarray(batch[0]), training=True)

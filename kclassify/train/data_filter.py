@@ -17,9 +17,7 @@ ranks exactly as the run it continues would have.
 import numpy as np
 import tensorflow as tf
 
-from kclassify.train.engine import set_whitening_bias_trainable
 from kclassify.train.optim import make_optimizer
-from kclassify.train.setup import build_for_run, fit_setup
 
 PREFIX = "proxy_"  # its arrays' names in a checkpoint's extra-arrays file
 
@@ -31,11 +29,12 @@ class DataFilter:
         self.optimizer = None
         self._learns = None  # a scalar bool tensor function: does the proxy learn at this step
 
-    def compile(self, train, steps_per_epoch, schedule, iterations, total_steps):
+    def compile(self, train, setup, steps_per_epoch, schedule, iterations, total_steps):
         """The proxy's optimizer (the recipe's, SGD where it is Muon; its momentum, decay and BatchNorm
-        multipliers) at the model's learning rate of the same step: `schedule(iterations)` of the
-        model's optimizer, so a budget's replan and a recovery's halving reach it too."""
-        multipliers = fit_setup(self.proxy, train)
+        multipliers, from `setup(proxy)`: the phase's trainable set, as the model's) at the model's
+        learning rate of the same step: `schedule(iterations)` of the model's optimizer, so a
+        budget's replan and a recovery's halving reach it too."""
+        multipliers = setup(self.proxy)
         plain = train.model_copy(update={"optimizer": "sgd" if train.optimizer == "muon" else train.optimizer})
         self.optimizer = make_optimizer(plain, steps_per_epoch, self.proxy, multipliers, total_steps,
                                         learning_rate=lambda: schedule(iterations))
@@ -86,20 +85,3 @@ class DataFilter:
         for i, v in enumerate(self.optimizer.variables):
             v.assign(arrays[f"{PREFIX}o{i}"])
         return True
-
-
-def build_filter(recipe, data, strategy, echo=print):
-    """The recipe's DataFilter with its proxy built and initialized like the model (Dirac, the
-    whitening stem from training images), or None."""
-    cfg = recipe.train.data_filter
-    if cfg is None:
-        return None
-
-    proxy_recipe = recipe.model_copy(update={"model": cfg.proxy})
-    proxy = build_for_run(proxy_recipe, data, strategy, fresh_start=True, echo=lambda *a, **k: None)
-
-    set_whitening_bias_trainable(proxy, False)  # airbench's proxy never trains its stem
-    batch = min(recipe.train.batch_size, len(data.train))
-    echo(f"data filter: the model trains on the {cfg.kept(batch)} hardest of every {batch} images, "
-         f"ranked by a proxy {cfg.proxy.name} ({proxy.count_params():,} parameters)")
-    return DataFilter(cfg, proxy, batch)

@@ -4,7 +4,9 @@ A phase is one optimizer: it sets which layers train, builds the optimizer and i
 runs its steps. Inside a phase the loop may switch segments (MixUp/CutMix off for the last epochs,
 the whitening stem's bias frozen after its first epochs), which rebuilds the data stream or the
 compiled step. Every catalogue feature (weight averaging, distillation, mixing segments, the steps
-cap, the DropBlock schedule, TensorBoard, the time budget, checkpoints, recovery) lives here once.
+cap, the DropBlock schedule, TensorBoard, the time budget, checkpoints, recovery) lives here once;
+what differs between TensorFlow and JAX (the compiled step, the training stream, the weight
+averages' update) comes from train/backends.py.
 
 Steps are counted globally (across phases): the data stream is a function of the global step, so a
 resume at any checkpoint continues with the data order it would have had.
@@ -17,28 +19,24 @@ from typing import Callable
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras.layers import InputSpec
 
+from kclassify.augment.device import check_device_recipe
+from kclassify.data.batching import eval_batch_size, eval_batches, steps_per_epoch
 from kclassify.data.splits import resolve_count
-from kclassify.augment.device import check_device_recipe, device_preparer, step_key
-from kclassify.data.numpy_stream import numpy_batches
-from kclassify.data.pipeline import (augment_on_device, eval_batch_size, eval_dataset, recipe_preparer,
-                                     recipe_train_dataset, steps_per_epoch)
 from kclassify.errors import RecipeError, TrainingDiverged
 from kclassify.inference import predictor, Predictor
-from kclassify.layers.conv_grad import filter_gradients
-from kclassify.layers.whitening import PatchWhitening
+from kclassify.layers.whitening import set_whitening_bias_trainable
 from kclassify.metrics import cross_entropy, top_k
 from kclassify.models import as_float32
 from kclassify.models.saving import load_model
+from kclassify.runtime import augment_on_device, tensorflow_installed
+from kclassify.train import backends
 from kclassify.train import budget as budgets
 from kclassify.train.averaging import load_arrays, WeightAverage
 from kclassify.train.distill import distillation_model, DistillationLoss, student_metrics
 from kclassify.train.dropblock_schedule import dropblock_layers, DropBlockSchedule
-from kclassify.train.loop import distribute, make_train_function, worker_of
 from kclassify.train.progress import EpochProgress
-from kclassify.train.jax_loop import make_jax_train_function
 from kclassify.train.optim import make_loss, make_metrics, make_optimizer
 from kclassify.tta import tta_model, view_count, views_of
 
@@ -66,26 +64,26 @@ class Engine:
         self.teacher = teacher
         self.data_filter = data_filter  # train/data_filter.py: the proxy that picks each batch's kept images
         self.k = len(data.class_names)
-        self.on_jax = keras.backend.backend() == "jax"
         self.augment_on_device = augment_on_device(recipe.runtime.augment_on)
-        if self.augment_on_device and self.on_jax:
+        if backends.numpy_fed(recipe):
             check_device_recipe(recipe)
         if self.augment_on_device:
             self.echo("augmentation: inside the train step (runtime.augment_on); the input stream gathers uint8 batches")
         t = recipe.train
         self.batch = min(t.batch_size, len(data.train))
-        self.worker = worker_of(strategy)
+        self.worker = backends.worker_of(strategy)
         self.spe = steps_per_epoch(data.train, self.batch, t.steps_per_epoch, self.worker[1])
         check_batch_splits(self.batch)
-        self.val_ds = eval_dataset(data.val, self.k, recipe.evaluate.batch_size)
+        self.val_batches = eval_batches(data.val, recipe.evaluate.batch_size)
         self.predict = predictor(model)
         self.clock = clock  # every reading of the time (a budget is tested on a fake clock)
         self.started = started or clock()
         self.budget = None
         if t.budget_minutes:
             calibration = resolve_count(recipe.output.calibration_images, self.k, len(data.train))
+            exports = recipe.output.export if tensorflow_installed() else []  # skipped without it (commands/finish.py)
             self.budget = budgets.Budget(t.budget_minutes, self.started, len(data.val),
-                                         view_count(recipe.evaluate), recipe.output.export, calibration, clock)
+                                         view_count(recipe.evaluate), exports, calibration, clock)
             self.budget.tta_fraction = recipe.evaluate.tta_fraction
         self.averager = self._averager()
         self.progress = EpochProgress(self.spe, self.batch, clock, recipe.runtime.verbose, self.echo,
@@ -128,7 +126,8 @@ class Engine:
             trainer.compile(optimizer=opt, loss=loss, metrics=metrics)
             opt.build(trainer.trainable_variables)
             if self.data_filter is not None:
-                self.data_filter.compile(phase.train, self.spe, opt._learning_rate, opt.iterations, total_steps)
+                self.data_filter.compile(phase.train, phase.setup, self.spe, opt._learning_rate, opt.iterations,
+                                         total_steps)
         return trainer, opt
 
     def _callbacks(self, trainer):
@@ -149,7 +148,7 @@ class Engine:
         self.phases = phases
         self.total_epochs = sum(p.epochs for p in phases)
         per_replica = max(1, self.batch // self.strategy.num_replicas_in_sync)
-        with filter_gradients(self.model, per_replica, self.recipe.runtime.conv_filter_grad, self.echo):
+        with backends.routed_gradients(self.model, per_replica, self.recipe.runtime.conv_filter_grad, self.echo):
             while True:
                 try:
                     self._run_phases()
@@ -243,51 +242,8 @@ class Engine:
     # ------------------------------------------------------------------ the loop
 
     def _stream(self, global_step, mix):
-        if self.on_jax and self.augment_on_device:
-            return numpy_batches(self.data.train, self.batch, self.spe, self.recipe.runtime.seed, global_step,
-                                 self.worker)
-        return distribute(self.strategy, lambda worker, workers: recipe_train_dataset(
-            self.recipe, self.data.train, self.k, mix=mix, start_step=global_step, worker=(worker, workers),
-            raw=self.augment_on_device))
-
-    def _step_wrap(self, mix, low):
-        """What runs around trainer.train_step: the data filter's ranking, with runtime.augment_on
-        device the recipe's batch preparation (the stream then carries raw uint8 batches), and in
-        train.low_res's steps the resize of the prepared batch."""
-        inner = self.data_filter.wrap if self.data_filter else None
-        stages = []
-        if self.augment_on_device:
-            stages.append(recipe_preparer(self.recipe, self.data.train, self.k, mix))
-        if low:
-            stages.append(batch_resizer(*self.low_res[:2]))
-        if not stages:
-            return inner
-
-        def wrap(train_step):
-            step = inner(train_step) if inner else train_step
-
-            def prepared(batch):
-                for stage in stages:
-                    batch = stage(batch)
-                return step(batch)
-
-            return prepared
-
-        return wrap
-
-    def _device_wrap(self, mix):
-        """JAX with runtime.augment_on device: the step prepares the numpy stream's raw batch itself
-        (augment/device.py), drawing its random numbers from the run's seed and the step's index."""
-        prepare, seed = device_preparer(self.recipe, self.k, mix), self.recipe.runtime.seed
-
-        def wrap(train_step):
-            def step(state, batch):
-                images, labels, mask, index = batch
-                return train_step(state, prepare(images, labels, mask, step_key(seed, index)))
-
-            return step
-
-        return wrap
+        return backends.train_stream(self.recipe, self.data.train, self.k, self.strategy, self.batch, self.spe,
+                                     global_step, mix, self.worker, raw=self.augment_on_device)
 
     def _low_res_steps(self):
         """Steps of this phase at train.low_res's size: its fraction of the planned steps, or what
@@ -362,10 +318,10 @@ class Engine:
         callbacks.on_train_end()
 
     def _train_function(self, trainer, segment):
-        if self.on_jax:  # runtime.check_backend refused the TensorFlow-only stages
-            return make_jax_train_function(trainer, self._device_wrap(segment[0]) if self.augment_on_device else None)
-        return make_train_function(trainer, self.strategy, self.recipe.runtime.jit_compile,
-                                   self._step_wrap(segment[0], segment[2]))
+        mix, _, low = segment
+        return backends.train_function(trainer, self.strategy, self.recipe, self.data.train, self.k, mix,
+                                       raw=self.augment_on_device, data_filter=self.data_filter,
+                                       resize=self.low_res[:2] if low else None)
 
     def _out_of_time(self, schedule):
         """A budgeted run whose time for training is up ends here (its last, partial epoch)."""
@@ -390,9 +346,12 @@ class Engine:
 
     def _time_inference(self):
         b = self.budget
-        batch = next(iter(self.val_ds.take(1)))[0]
+        batch = self._first_val_batch()
         b.val_seconds = self._seconds_per_image(self.predict.batch, batch) * len(self.data.val)
         b.inference_timed(*self._time_final_evaluation(batch))
+
+    def _first_val_batch(self):
+        return np.asarray(next(iter(self.val_batches)))
 
     def _time_final_evaluation(self, batch):
         """Seconds an image for the final report, timed on the network it will run: the float32
@@ -469,7 +428,7 @@ class Engine:
         raise Rewind()
 
     def _validate(self):
-        probs = self.predict(self.val_ds)
+        probs = self.predict(self.val_batches)
         labels = self.data.val.labels
         out = {"val_loss": cross_entropy(probs, labels), "val_top1": top_k(probs, labels, 1)}
         if self.k > 5:
@@ -589,15 +548,6 @@ def any_input_size(*models):
                 del model._manual_input_spec
 
 
-def batch_resizer(height, width):
-    """A prepared batch with its images resized (bilinear, antialiased: no aliasing on the way down)."""
-    def resize(batch):
-        x = tf.image.resize(batch[0], (height, width), method="bilinear", antialias=True)
-        return (tf.cast(x, batch[0].dtype), *batch[1:])
-
-    return resize
-
-
 def check_batch_splits(batch):
     """A keras.distribution (JAX, runtime.strategy mirrored) splits each batch evenly over its devices."""
     dist = keras.distribution.distribution()
@@ -612,9 +562,3 @@ def attach_state(trainer):
     sync = getattr(trainer, "jax_state_sync", None)
     if sync is not None:
         sync()
-
-
-def set_whitening_bias_trainable(model, trainable):
-    for layer in model._flatten_layers(include_self=False):
-        if isinstance(layer, PatchWhitening) and layer.bias is not None:
-            layer.bias.trainable = trainable

@@ -1,4 +1,6 @@
-"""The compiled training step on Keras' JAX backend.
+"""The compiled pieces of kclassify's training loop on Keras' JAX backend: the train step (with the
+recipe's batch preparation inside it, runtime.augment_on device) and the weight averages' update
+(train/loop.py holds TensorFlow's; train/backends.py picks). No TensorFlow is imported here.
 
 On JAX a train step is a pure function of the state (trainable, non-trainable, optimizer and
 metric variables) and a batch. Keras' own `fit` keeps that state outside the variables during an
@@ -12,6 +14,8 @@ import jax
 import keras
 import numpy as np
 from keras import tree
+
+from kclassify.augment.device import device_preparer, step_key
 
 
 def place(array):
@@ -47,3 +51,41 @@ def make_jax_train_function(trainer, wrap=None):
         return logs
 
     return train_function
+
+
+def device_step(recipe, num_classes, mix):
+    """wrap(train_step): the step that prepares the numpy stream's raw batch itself (augment/device.py),
+    drawing its random numbers from the run's seed and the step's index."""
+    prepare, seed = device_preparer(recipe, num_classes, mix), recipe.runtime.seed
+
+    def wrap(train_step):
+        def step(state, batch):
+            images, labels, mask, index = batch
+            return train_step(state, prepare(images, labels, mask, step_key(seed, index)))
+
+        return step
+
+    return wrap
+
+
+def shadow_mover(weights, attach):
+    """(shadow variables holding copies of `weights()`, move(decay, reset)): one jitted function of
+    the values moves every shadow toward its weight, and with `reset` the weights are set to the
+    shadows. `attach()` first puts the compiled steps' state back into the variables (Keras'
+    `Callback.model` does)."""
+    shadow = [keras.Variable(w.numpy(), trainable=False, dtype=w.dtype) for w in weights()]
+
+    @jax.jit
+    def moved(averages, values, decay):
+        return [decay * a + (1.0 - decay) * w.astype(a.dtype) for a, w in zip(averages, values)]
+
+    def move(decay, reset):
+        attach()
+        values = moved([a.value for a in shadow], [w.value for w in weights()], np.float32(decay))
+        for average, value in zip(shadow, values):
+            average.assign(value)
+        if reset:  # copies: the next step donates the weights' buffers, which the shadow must keep
+            for w, value in zip(weights(), values):
+                w.assign(jax.numpy.array(value, dtype=w.dtype, copy=True))
+
+    return shadow, move

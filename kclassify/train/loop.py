@@ -1,4 +1,6 @@
-"""The compiled pieces of kclassify's training loop, for every tf.distribute strategy.
+"""The compiled pieces of kclassify's training loop on TensorFlow, for every tf.distribute strategy:
+the train step (with what runs around it), the training stream's distribution over replicas and
+workers, and the weight averages' update (train/jax_loop.py holds JAX's; train/backends.py picks).
 
 Keras 3.15's `model.fit` fails under MultiWorkerMirroredStrategy on TF 2.21 in two places: its
 symbolic build reduces a PerReplica *data batch* eagerly (`_maybe_symbolic_build`, "Attempt to
@@ -64,3 +66,45 @@ def distribute(strategy, make_dataset):
 
 def _batch_of(ds):
     return int(tf.data.experimental.get_structure(ds)[0].shape[0])
+
+
+def prepared_step(stages, inner=None):
+    """wrap(train_step): the step that first runs `stages` on the batch in order (the recipe's
+    preparation of a raw batch with runtime.augment_on device, train.low_res's resize), then
+    `inner(train_step)` (the data filter's ranking) or the step itself."""
+    def wrap(train_step):
+        step = inner(train_step) if inner else train_step
+
+        def prepared(batch):
+            for stage in stages:
+                batch = stage(batch)
+            return step(batch)
+
+        return prepared
+
+    return wrap
+
+
+def batch_resizer(height, width):
+    """A prepared batch with its images resized (bilinear, antialiased: no aliasing on the way down)."""
+    def resize(batch):
+        x = tf.image.resize(batch[0], (height, width), method="bilinear", antialias=True)
+        return (tf.cast(x, batch[0].dtype), *batch[1:])
+
+    return resize
+
+
+def shadow_mover(weights):
+    """(shadow variables holding copies of `weights()`, move(decay, reset)): one tf.function moves
+    every shadow toward its weight, shadow = decay * shadow + (1 - decay) * weight, and with `reset`
+    sets the weights to the shadows (train/averaging.py)."""
+    shadow = [tf.Variable(w.numpy(), trainable=False) for w in weights()]
+
+    @tf.function
+    def moved(decay, reset):
+        for average, w in zip(shadow, weights()):
+            average.assign(decay * average + (1.0 - decay) * tf.cast(w, average.dtype))
+            if reset:
+                w.assign(tf.cast(average, w.dtype))
+
+    return shadow, lambda decay, reset: moved(tf.constant(decay, tf.float32), reset)

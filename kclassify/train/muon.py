@@ -130,16 +130,11 @@ def ns_dtype(cfg):
 
 def muon_sgd(sgd, model, cfg):
     """MuonSGD of `sgd` for every variable but the conv kernels, ConvMuon for those, at cfg.lr
-    times the run's schedule shape (cfg: the recipe's train.muon). Where the SGD has no schedule
-    (a caller feeds its rate into the variable step by step, as benchmarks/airbench94_gpu.py
-    does), Muon gets a variable of its own at cfg.lr for the caller to feed alike."""
+    times the run's schedule shape (cfg: the recipe's train.muon)."""
     schedule = sgd._learning_rate
-    if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
-        rate = ScaledSchedule(schedule, cfg.lr / float(schedule.base_lr))
-    elif isinstance(schedule, keras.Variable):  # a fed rate
-        rate = cfg.lr
-    else:  # a callable rate: Muon could not follow it at its own peak
-        raise TypeError(f"train.optimizer muon needs the SGD's rate as a schedule or a variable, got {schedule!r}")
+    if not isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):  # Muon follows its shape
+        raise TypeError(f"train.optimizer muon needs the SGD's rate as a schedule, got {schedule!r}")
+    rate = ScaledSchedule(schedule, cfg.lr / float(schedule.base_lr))
     muon = ConvMuon(rate, momentum=cfg.momentum, nesterov=cfg.nesterov,
                     normalize_weights=cfg.normalize_weights, ns_steps=cfg.ns_steps, ns_dtype=ns_dtype(cfg))
     kernels = muon_variables(model)

@@ -7,11 +7,11 @@ import time
 import keras
 import numpy as np
 
-from kclassify.data.pipeline import recipe_train_dataset
 from kclassify.layers.fused_bn import fuse_batchnorm
-from kclassify.layers.whitening import init_whitening, whitening_layers
+from kclassify.layers.whitening import init_whitening, set_whitening_bias_trainable, whitening_layers
 from kclassify.models import MODELS, build_model
 from kclassify.models.init import dirac_init
+from kclassify.train import backends
 from kclassify.train.engine import Engine
 
 
@@ -41,6 +41,21 @@ def build_for_run(recipe, data, strategy, fresh_start, echo=print):
         init_whitening(model, training_sample(data.train, 5000, recipe.runtime.seed))
         echo(f"init: patch-whitening filters from 5,000 training images ({time.time() - t:.1f} s)")
     return model
+
+
+def build_filter(recipe, data, strategy, echo=print):
+    """The recipe's data filter (train/data_filter.py) with its proxy built and initialized like the
+    model (Dirac, the whitening stem from training images), or None."""
+    cfg = recipe.train.data_filter
+    if cfg is None:
+        return None
+    proxy = build_for_run(recipe.model_copy(update={"model": cfg.proxy}), data, strategy, fresh_start=True,
+                          echo=lambda *a, **k: None)
+    set_whitening_bias_trainable(proxy, False)  # airbench's proxy never trains its stem
+    batch = min(recipe.train.batch_size, len(data.train))
+    echo(f"data filter: the model trains on the {cfg.kept(batch)} hardest of every {batch} images, "
+         f"ranked by a proxy {cfg.proxy.name} ({proxy.count_params():,} parameters)")
+    return backends.data_filter(cfg, proxy, batch)
 
 
 def apply_runtime_options(model, runtime):
@@ -76,7 +91,7 @@ def finish_training(engine, echo):
     averager = engine.averager
     if averager is None:
         return
-    bn_data = recipe_train_dataset(engine.recipe, engine.data.train, engine.k, mix=False) \
+    bn_data = backends.prepared_batches(engine.recipe, engine.data.train, engine.k, mix=False) \
         if averager.cfg.kind == "swa" else None
     if averager.apply(bn_data):
         echo(f"using the {averager.cfg.kind.upper()} weights ({averager.count} updates averaged)")
