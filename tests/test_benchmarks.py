@@ -96,6 +96,7 @@ def run_dir(tmp_path_factory):
     return fit(tiny_recipe(tmp_path_factory.mktemp("bench"), train={"epochs": 1}), echo=lambda *a: None)
 
 
+@pytest.mark.slow  # the slow tier (-m slow): keeps the fast tier under 8 minutes on 2 cores (50 s)
 def test_cifar10_baseline(cifar_like):
     out = last_object(run_script("cifar10_baseline.py", "--data", cifar_like, "--val-count", 20, "--batch", 25,
                                  "--budget-minutes", 0.01))
@@ -126,6 +127,7 @@ def test_export(run_dir):
     assert (run_dir / "compare" / "compare.json").is_file()
 
 
+@pytest.mark.slow  # the slow tier (-m slow): keeps the fast tier under 8 minutes on 2 cores (about 140 s with QAT in a tf_keras child)
 def test_int8_table(run_dir):
     (out,) = json_lines(run_script("int8_table.py", run_dir, "--qat-steps", 3))
     assert_sane(out)
@@ -226,6 +228,7 @@ def test_plot_budget(tmp_path):
                     assert 0 <= point[key]["min"] <= point[key]["mean"] <= point[key]["max"] <= 100
 
 
+@pytest.mark.slow  # the slow tier (-m slow): keeps the fast tier under 8 minutes on 2 cores (50 s)
 def test_recipe_speed():
     """Two runs of the quickstart recipe through `kclassify fit` (1 and 2 epochs), the training
     stream timed alone, and the time-to-accuracy summary, on TensorFlow."""
