@@ -83,7 +83,8 @@ def main():
         print(name, results[name], file=sys.stderr, flush=True)
     print(json.dumps({"recipe": "cifar10_fast", **({"epochs": args.epochs} if args.epochs else
                                                     {"budget_minutes": args.budget_minutes}),
-                      "data": "CIFAR-10 JPEGs, 45,000 train / 5,000 val", "results": results}, indent=1))
+                      "data": ", ".join(o for o in args.overrides if o.startswith("data."))
+                      or "the recipe's: lossless CIFAR-10, 45,000 train / 5,000 val", "results": results}, indent=1))
 
 
 if __name__ == "__main__":
