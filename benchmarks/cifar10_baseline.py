@@ -62,9 +62,9 @@ def resnet20(num_classes=10):
 
 
 def probe_step_seconds(model, train, warm=5, timed=30):
-    """Seconds a step, timed inside one fit: a second fit() call would rebuild the iterator and refill
-    the 45,000-image shuffle buffer, which made the old probe read 0.34 s a step against 0.27-0.29 in the
-    run and leave a quarter of a 30-minute budget unused."""
+    """Seconds a step, timed inside one fit. The probe before (b095f5e) timed a second fit() call, whose
+    timing held the iterator's rebuild and the refill of the 45,000-image shuffle buffer: it read 0.34 s a
+    step in three of four runs against 0.27-0.29 in their epochs, and left a quarter of the budget unused."""
     import keras
 
     ends = []
