@@ -63,7 +63,7 @@ def resnet20(num_classes=10):
 
 def probe_step_seconds(model, train, warm=5, timed=30):
     """Seconds a step, timed inside one fit. The probe before (b095f5e) timed a second fit() call, whose
-    timing held the iterator's rebuild and the refill of the 45,000-image shuffle buffer: it read 0.34 s a
+    timing held the iterator's rebuild (likely the 45,000-image shuffle buffer's refill too): it read 0.34 s a
     step in three of four runs against 0.27-0.29 in their epochs, and left a quarter of the budget unused."""
     import keras
 
