@@ -127,7 +127,7 @@ def test_export(run_dir):
     assert (run_dir / "compare" / "compare.json").is_file()
 
 
-@pytest.mark.slow  # the slow tier (-m slow): keeps the fast tier under 8 minutes on 2 cores (about 140 s with QAT in a tf_keras child)
+@pytest.mark.slow  # the slow tier (-m slow): keeps the fast tier under 8 minutes on 2 cores (QAT child: ~140 s)
 def test_int8_table(run_dir):
     (out,) = json_lines(run_script("int8_table.py", run_dir, "--qat-steps", 3))
     assert_sane(out)
